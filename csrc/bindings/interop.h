@@ -1,0 +1,36 @@
+// Arrays across the Python boundary: DLPack (torch, CuPy, JAX, NumPy; CPU and CUDA) and the buffer
+// protocol (NumPy, array.array, memoryview), turned into checked ArrayViews. The DLPack layer is written
+// once here: versioned and legacy capsules, strides, byte offset, capsule renamed when consumed.
+#pragma once
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/array.h"
+
+namespace selfext {
+
+namespace py = pybind11;
+
+// A view plus whatever keeps its memory alive (the exporting object, or the DLPack managed tensor whose
+// deleter runs when the last copy of this goes away).
+struct ArrayArg {
+  ArrayView view;
+  py::object owner;
+  std::shared_ptr<void> managed;
+};
+
+// Stream value meaning "not a CUDA call" in to_array's cuda_stream argument.
+constexpr int64_t kNoStream = -1;
+
+// Converts obj into an ArrayArg. `name` is the argument's name for error messages. For a CUDA array,
+// cuda_stream is the stream the consumer (us) will use; the producer makes the data ready on it
+// (DLPack's __dlpack__(stream=...) contract). Throws ArrayTypeError for objects that are not arrays.
+ArrayArg to_array(py::handle obj, const char* name, bool writable, int64_t cuda_stream = kNoStream);
+
+// Device of a DLPack/buffer object without consuming it: ("cpu"|"cuda", device id).
+std::pair<Device, int> array_device(py::handle obj, const char* name);
+
+}  // namespace selfext
