@@ -205,6 +205,18 @@ class _CheckedReader(gguf.GGUFReader):
                             f"needs bytes {offset}..{end}")
         return super()._get(offset, dtype, count, override_order)
 
+    # Smallest encodings: a key/value is a length-prefixed key (8+1), a type (4) and >= 1 byte of
+    # value; a tensor info is a length-prefixed name (8+1), n_dims (4), one dim (8), type (4), offset (8).
+    def _build_fields(self, offs, count):
+        if int(count) * 14 > self.data.size - offs:
+            raise GGUFError(f"kv_count = {int(count)} cannot fit in a file of {self.data.size} bytes")
+        return super()._build_fields(offs, count)
+
+    def _build_tensor_info(self, offs, count):
+        if int(count) * 33 > self.data.size - offs:
+            raise GGUFError(f"tensor_count = {int(count)} cannot fit in a file of {self.data.size} bytes")
+        return super()._build_tensor_info(offs, count)
+
     def _build_tensors(self, start_offs, fields):
         self.tensor_fields = fields
         self.tensors = []
