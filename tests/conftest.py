@@ -1,0 +1,37 @@
+import os
+import sys
+
+import pytest
+
+# Test helpers (reference.py, gguf_factory.py, ...) live beside the tests; the package under test is the
+# installed one, never the source tree.
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+def _cuda_available() -> bool:
+    try:
+        import selfext_native
+
+        return bool(selfext_native.backends()["cuda"]["available"])
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _cuda_available():
+        return
+    skip = pytest.mark.skip(reason="no usable CUDA GPU (selfext_native.backends()['cuda']['reason'])")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def rng(request):
+    """A fresh random generator per test; the seed is printed when the test fails."""
+    import numpy as np
+
+    seed = int.from_bytes(os.urandom(4), "little")
+    request.node.user_properties.append(("seed", seed))
+    print(f"random seed: {seed}")
+    return np.random.default_rng(seed)
