@@ -93,13 +93,16 @@ def random_kquant_blocks(rng: np.random.Generator, shape: tuple[int, int], qname
     n_blocks = rows * cols // blk
     blocks = rng.integers(0, 256, size=(n_blocks, tsize), dtype=np.uint8)
     d_at, dmin_at, ratio = _KQUANT_SCALE_FIELDS[qname]
-    d = rng.uniform(0.5, 1.5, size=n_blocks)   # per-block variety in the scales
+    d = rng.uniform(1.0, 2.0, size=n_blocks)   # per-block variety in the scales
     _f16_field(blocks, d_at, d)
     if dmin_at is not None:
         _f16_field(blocks, dmin_at, d * ratio)
     # Measure the unit-scale spread with gguf's own dequantizer, then rescale d (and dmin) to `std`.
     sample = gguf.quants.dequantize(blocks[: min(n_blocks, 64)], qt).astype(np.float64)
     k = std / max(float(sample.std()), 1e-30)
+    # With 6-bit sub-scales and 5-bit codes (Q5_K) a small std would need subnormal float16 d; keep
+    # d normal instead and accept a larger spread (random weights only need to be valid and bounded).
+    k = max(k, 2.0 * float(np.finfo(np.float16).tiny))
     _f16_field(blocks, d_at, d * k)
     if dmin_at is not None:
         _f16_field(blocks, dmin_at, d * ratio * k)
@@ -215,7 +218,9 @@ def tokenizer_kvs(kind: str, n_vocab: int, pre: Optional[str] = None) -> list[KV
     if kind == "llama":
         # SentencePiece layout: <unk> <s> </s>, the 256 byte-fallback tokens, then pieces with scores.
         head = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
-        words = [list("▁" + w) for w in _SAMPLE_TEXT.split(" ")]
+        # Pieces from lowercase letters only; everything else falls back to the byte tokens.
+        letters = "".join(c for c in _SAMPLE_TEXT.lower() if c.isascii() and (c.isalpha() or c == " "))
+        words = [list("▁" + w) for w in letters.split()]
         chars = sorted({c for w in words for c in w})
         n_pieces = n_vocab - len(head)
         merges = _train_bpe(words, max(0, n_pieces - len(chars)))
