@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -500,6 +500,8 @@ BROKEN_KINDS: dict[str, tuple[Union[str, tuple[str, ...]], _Breaker]] = {
     "missing_tensor": ("blk.1.attn_output.weight", lambda k, t: (k, [x for x in t if x.name != "blk.1.attn_output.weight"], {})),
     "unexpected_tensor": ("blk.0.ffn_gate_exps.weight", lambda k, t: (k, t + [replace(
         next(x for x in t if x.name == "blk.0.ffn_gate.weight"), name="blk.0.ffn_gate_exps.weight")], {})),
+    "duplicate_tensor": ("blk.0.attn_q.weight", lambda k, t: (k, t + [next(x for x in t if x.name == "blk.0.attn_q.weight")], {})),
+    "duplicate_key": ("llama.block_count", lambda k, t: (k + [next(x for x in k if x.key == "llama.block_count")], t, {})),
     "missing_key": ("attention.head_count", lambda k, t: ([x for x in k if not x.key.endswith("attention.head_count")], t, {})),
     "unknown_arch": ("mamba", lambda k, t: (_set_kv(k, "general.architecture", "mamba"), t, {})),
     "head_count_kv": ("head_count_kv", lambda k, t: (_set_kv(_set_kv(k, "llama.attention.head_count_kv", 3), "llama.attention.head_count", 4), t, {})),

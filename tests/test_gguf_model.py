@@ -269,10 +269,14 @@ def test_rope_yarn():
     cfg = rope.RopeConfig(freq_base=base, dim=dim, scaling_type="yarn", scaling_factor=s, yarn_orig_ctx=orig)
     inv, a = rope.rope_inv_freq(cfg)
     plain = base ** (-2 * np.arange(dim // 2) / dim)
-    # The ramp bounds by hand: pair i turns orig * plain[i] / (2 pi) times over the training context.
+    # The ramp bounds by hand: pair i turns orig * plain[i] / (2 pi) times over the training context;
+    # the ramp runs from the pair that turns beta_fast = 32 times to the one that turns beta_slow = 1 time.
     turns = orig * plain / (2 * np.pi)
     low, high = rope.yarn_ramp_bounds(cfg)
-    assert low == math.floor(np.interp(-32, -turns, np.arange(dim // 2))) or turns[int(low)] >= 32 > turns[int(low) + 2]
+    i32 = dim * math.log(orig / (32 * 2 * math.pi)) / (2 * math.log(base))    # turns(i32) == 32
+    i1 = dim * math.log(orig / (1 * 2 * math.pi)) / (2 * math.log(base))      # turns(i1) == 1
+    assert (low, high) == (math.floor(i32), math.ceil(i1))
+    assert turns[int(low)] >= 32 > turns[int(low) + 1] and turns[int(high) - 1] > 1 >= turns[int(high)]
     fast, slow = np.arange(dim // 2) <= low, np.arange(dim // 2) >= high
     assert fast.any() and slow.any()
     np.testing.assert_allclose(inv[fast], plain[fast], rtol=1e-15)          # many turns: extrapolate
@@ -424,3 +428,15 @@ def test_q8_activation_emulation(models):
     a, b = ref.forward(tokens), ref.forward(tokens, act_quant="q8")
     err = np.abs(a - b).max() / np.abs(a).max()
     assert 1e-6 < err < 0.05
+
+
+@pytest.mark.parametrize("style,partner", [("norm", 1), ("neox", 2)])
+def test_reference_rope_pairs(style, partner):
+    # head_dim 6 with rope dim 4: pair 0 is (0, 1) in "norm" and (0, 2) in "neox"; dims 4, 5 never rotate.
+    inv = np.array([0.5, 0.25])
+    x = np.zeros((1, 1, 6))
+    x[0, 0, 0], x[0, 0, 4] = 1.0, 3.0
+    out = R.rope_positions(x, np.array([3]), inv, 2.0, style)[0, 0]
+    want = np.zeros(6)
+    want[0], want[partner], want[4] = 2 * math.cos(1.5), 2 * math.sin(1.5), 3.0
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-15)
