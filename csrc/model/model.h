@@ -1,0 +1,92 @@
+// The llama-family forward pass (llama, qwen2) over a KV cache that stores K before RoPE.
+// Python owns files, tokens and sampling; this owns every loop over model-sized data. One call per
+// prefill chunk or decode step.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "attention/rope.h"
+#include "core/aligned_buffer.h"
+#include "core/array.h"
+#include "core/thread_pool.h"
+#include "quant/matmul.h"
+
+namespace selfext {
+
+struct LayerWeights {
+  const float* attn_norm = nullptr;  // (n_embd,)
+  QMatrix wq, wk, wv, wo;            // (n_head*head_dim, n_embd), (n_kv*head_dim, n_embd) x2, (n_embd, n_head*head_dim)
+  const float* bq = nullptr;         // qwen2 biases, or null: (n_head*head_dim,), (n_kv*head_dim,) x2
+  const float* bk = nullptr;
+  const float* bv = nullptr;
+  const float* ffn_norm = nullptr;   // (n_embd,)
+  QMatrix w_gate, w_up, w_down;      // (n_ff, n_embd) x2, (n_embd, n_ff)
+};
+
+struct ModelWeights {
+  QMatrix token_embd;                 // (n_vocab, n_embd)
+  const float* output_norm = nullptr; // (n_embd,)
+  QMatrix output;                     // (n_vocab, n_embd); token_embd when tied
+  std::vector<LayerWeights> layers;
+};
+
+struct ModelConfig {
+  int n_layer = 0, n_embd = 0, n_head = 0, n_head_kv = 0, head_dim = 0, n_ff = 0, n_vocab = 0;
+  float rms_eps = 1e-5f;
+  RopeStyle rope_style = RopeStyle::kNorm;
+  int rope_dim = 0;
+  std::vector<double> inv_freq;  // (rope_dim/2,), from python/selfext_native/rope.py
+  double mscale = 1.0;           // RoPE magnitude factor (YaRN)
+  int64_t n_ctx = 0;             // KV cache length
+  int64_t group = 1, window = 1; // SelfExtend; group 1 = off
+  DType kv_dtype = DType::kFloat16;
+  int64_t n_batch = 512;         // tokens per prefill chunk: bounds scratch memory
+  int n_threads = 1;
+};
+
+class Model {
+ public:
+  Model(ModelConfig config, ModelWeights weights);
+
+  const ModelConfig& config() const { return cfg_; }
+  int64_t n_past() const { return n_past_; }
+  // Forget cached positions >= n (n <= n_past): the next forward continues at position n.
+  void truncate(int64_t n);
+  // Changing G/W keeps the cache but makes it inexact for layers >= 1 (their K/V depend on G/W);
+  // callers re-prefill. Validated here.
+  void set_self_extend(int64_t group, int64_t window);
+
+  // Runs tokens[0..n) at positions n_past..n_past+n-1, in chunks of n_batch, and appends them to the
+  // cache. logits: (n, n_vocab) if all_logits, else (1, n_vocab) for the last token; may be null.
+  // cancel, when set by another thread, stops between layers/chunks: the cache keeps the last complete
+  // chunk and Cancelled is thrown.
+  void forward(const int32_t* tokens, int64_t n, float* logits, bool all_logits,
+               const std::atomic<bool>* cancel = nullptr);
+
+  // Bytes this object allocated (KV cache + scratch + RoPE table).
+  int64_t allocated_bytes() const;
+  static int64_t plan_bytes(const ModelConfig& cfg);
+
+ private:
+  void forward_chunk(const int32_t* tokens, int64_t n, float* logits, bool all_logits,
+                     const std::atomic<bool>* cancel);
+  void validate() const;
+
+  ModelConfig cfg_;
+  ModelWeights w_;
+  std::unique_ptr<ThreadPool> pool_;
+  int64_t n_past_ = 0;
+  AlignedBuffer rope_table_;         // (n_ctx, rope_dim/2, 2) float
+  AlignedBuffer k_cache_, v_cache_;  // (n_layer, n_kv, n_ctx, head_dim) of kv_dtype; K before RoPE
+  // Scratch for one chunk of n_batch tokens (float32).
+  AlignedBuffer x_;      // (n_batch, n_embd) residual stream
+  AlignedBuffer xb_;     // (n_batch, max(n_embd, n_head*head_dim)) normed input / attention output
+  AlignedBuffer q_;      // (n_batch, max(n_head*head_dim, n_embd)) queries, then projection outputs
+  AlignedBuffer kv_new_; // (2, n_batch, n_kv*head_dim) this chunk's K and V before they enter the cache
+  AlignedBuffer ff_;     // (2, n_batch, n_ff) gate and up
+  AlignedBuffer workspace_;  // quantized-activation scratch of matmul_cpu
+};
+
+}  // namespace selfext

