@@ -30,8 +30,9 @@ def import_selfext(name: str):
     """
     try:
         return importlib.import_module(f"selfext_native.{name}")
-    except ImportError:
-        if "selfext_native" in sys.modules and hasattr(sys.modules["selfext_native"], "_native"):
+    except ImportError as e:
+        # Only a missing native extension is bypassed; any other import failure is a real bug.
+        if "_native" not in str(e) or hasattr(sys.modules.get("selfext_native"), "_native"):
             raise
         spec = importlib.util.find_spec("selfext_native")
         if spec is None or not spec.submodule_search_locations:
