@@ -1,0 +1,81 @@
+// Q4_K: 256 weights in 8 sub-blocks of 32; 4-bit codes; per sub-block 6-bit scale and 6-bit min, times
+// fp16 super-scales: w = (d * sc_j) * q - (dmin * m_j).
+//
+//   bytes  0-1    d (fp16)
+//   bytes  2-3    dmin (fp16)
+//   bytes  4-15   scales[12]: the 6-bit scale (a..h) and min (A..H) of the 8 sub-blocks; lower case /
+//                 upper case letters are bits of scales / mins, the high 2 bits of sub-blocks 4-7
+//                 are parked in the top bits of bytes 0-7 (see k4_scale_min):
+//                    0 eeaaaaaa   4 EEAAAAAA    8 EEEEeeee
+//                    1 ffbbbbbb   5 FFBBBBBB    9 FFFFffff
+//                    2 ggcccccc   6 GGCCCCCC   10 GGGGgggg
+//                    3 hhdddddd   7 HHDDDDDD   11 HHHHhhhh
+//   bytes 16-143  qs[128]: four groups of 32 bytes; byte l of group g = hhhhllll, low nibble =
+//                 element 64 g + l, high nibble = element 64 g + 32 + l
+#pragma once
+#include <cstdint>
+
+#include "core/half.h"
+#include "quant/q8_k.h"
+
+namespace selfext {
+
+struct block_q4_k {
+  uint16_t d;     // fp16 super-scale of the scales
+  uint16_t dmin;  // fp16 super-scale of the mins
+  uint8_t scales[12];
+  uint8_t qs[kQK_K / 2];
+};
+static_assert(sizeof(block_q4_k) == 4 + 12 + kQK_K / 2, "wrong q4_k block size/padding");
+
+inline namespace SELFEXT_ISA_NAMESPACE {
+
+// The 6-bit scale and min of sub-block j (0..7), shared by Q4_K and Q5_K (llama.cpp get_scale_min_k4).
+SELFEXT_HD void k4_scale_min(const uint8_t* s, int j, int* sc, int* m) {
+  if (j < 4) {
+    *sc = s[j] & 63;
+    *m = s[j + 4] & 63;
+  } else {
+    *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+    *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
+}
+
+SELFEXT_HD int q4_k_code(const block_q4_k& b, int i) {
+  const int g = i >> 6, h = (i >> 5) & 1, l = i & 31;
+  return (b.qs[32 * g + l] >> (4 * h)) & 0xF;
+}
+
+SELFEXT_HD void dequantize_block(const block_q4_k& b, float* y) {
+  const float d = fp16_to_float(b.d), dmin = fp16_to_float(b.dmin);
+  for (int j = 0; j < 8; ++j) {
+    int sc, m;
+    k4_scale_min(b.scales, j, &sc, &m);
+    const float dl = d * float(sc), ml = dmin * float(m);
+    for (int i = 32 * j; i < 32 * j + 32; ++i) y[i] = dl * float(q4_k_code(b, i)) - ml;
+  }
+}
+
+// kquant_dot description: per-16 sc and mn repeat the per-32 scale and min; dm = dmin.
+SELFEXT_HD void kquant_scales(const block_q4_k& b, int16_t* sc, int16_t* mn, float* d, float* dm) {
+  for (int j = 0; j < 8; ++j) {
+    int s, m;
+    k4_scale_min(b.scales, j, &s, &m);
+    sc[2 * j] = sc[2 * j + 1] = int16_t(s);
+    mn[2 * j] = mn[2 * j + 1] = int16_t(m);
+  }
+  *d = fp16_to_float(b.d);
+  *dm = fp16_to_float(b.dmin);
+}
+
+SELFEXT_HD float vec_dot_block(const block_q4_k& b, const block_q8_k& a) {
+  uint8_t codes[kQK_K];
+  for (int i = 0; i < kQK_K; ++i) codes[i] = uint8_t(q4_k_code(b, i));
+  int16_t sc[16], mn[16];
+  float d, dm;
+  kquant_scales(b, sc, mn, &d, &dm);
+  return kquant_dot(codes, sc, mn, d, dm, a);
+}
+
+}  // inline namespace SELFEXT_ISA_NAMESPACE
+}  // namespace selfext

@@ -1,0 +1,65 @@
+// Q5_K: Q4_K plus a fifth bit per code: w = (d * sc_j) * q - (dmin * m_j), q = low4 | high << 4.
+//
+//   bytes  0-1     d (fp16)
+//   bytes  2-3     dmin (fp16)
+//   bytes  4-15    scales[12]: as Q4_K (k4_scale_min)
+//   bytes 16-47    qh[32]: bit c of byte l = high bit of element 32 c + l
+//   bytes 48-175   qs[128]: as Q4_K, byte l of group g: low nibble = element 64 g + l, high = 64 g + 32 + l
+#pragma once
+#include <cstdint>
+
+#include "core/half.h"
+#include "quant/q4_k.h"  // k4_scale_min
+#include "quant/q8_k.h"
+
+namespace selfext {
+
+struct block_q5_k {
+  uint16_t d;     // fp16 super-scale of the scales
+  uint16_t dmin;  // fp16 super-scale of the mins
+  uint8_t scales[12];
+  uint8_t qh[kQK_K / 8];
+  uint8_t qs[kQK_K / 2];
+};
+static_assert(sizeof(block_q5_k) == 4 + 12 + kQK_K / 8 + kQK_K / 2, "wrong q5_k block size/padding");
+
+inline namespace SELFEXT_ISA_NAMESPACE {
+
+SELFEXT_HD int q5_k_code(const block_q5_k& b, int i) {
+  const int g = i >> 6, h = (i >> 5) & 1, l = i & 31;
+  const int lo = (b.qs[32 * g + l] >> (4 * h)) & 0xF;
+  return lo | (((b.qh[l] >> (i >> 5)) & 1) << 4);
+}
+
+SELFEXT_HD void dequantize_block(const block_q5_k& b, float* y) {
+  const float d = fp16_to_float(b.d), dmin = fp16_to_float(b.dmin);
+  for (int j = 0; j < 8; ++j) {
+    int sc, m;
+    k4_scale_min(b.scales, j, &sc, &m);
+    const float dl = d * float(sc), ml = dmin * float(m);
+    for (int i = 32 * j; i < 32 * j + 32; ++i) y[i] = dl * float(q5_k_code(b, i)) - ml;
+  }
+}
+
+SELFEXT_HD void kquant_scales(const block_q5_k& b, int16_t* sc, int16_t* mn, float* d, float* dm) {
+  for (int j = 0; j < 8; ++j) {
+    int s, m;
+    k4_scale_min(b.scales, j, &s, &m);
+    sc[2 * j] = sc[2 * j + 1] = int16_t(s);
+    mn[2 * j] = mn[2 * j + 1] = int16_t(m);
+  }
+  *d = fp16_to_float(b.d);
+  *dm = fp16_to_float(b.dmin);
+}
+
+SELFEXT_HD float vec_dot_block(const block_q5_k& b, const block_q8_k& a) {
+  uint8_t codes[kQK_K];
+  for (int i = 0; i < kQK_K; ++i) codes[i] = uint8_t(q5_k_code(b, i));
+  int16_t sc[16], mn[16];
+  float d, dm;
+  kquant_scales(b, sc, mn, &d, &dm);
+  return kquant_dot(codes, sc, mn, d, dm, a);
+}
+
+}  // inline namespace SELFEXT_ISA_NAMESPACE
+}  // namespace selfext
