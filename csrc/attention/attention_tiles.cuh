@@ -1,0 +1,333 @@
+// Device-only building blocks of the flash-style attention kernels (SelfExtend and CoPE): async tile
+// copies, ldmatrix, tensor-core mma.sync m16n8k16 (fp16/bf16 in, fp32 accumulate), RoPE applied to a
+// tile in shared memory from the (pos, pair, 2) table of rope.h, one online-softmax step, P·V, and the
+// split-K merge. Both kernels are "one warp owns 16 query rows": the register layouts below are the
+// PTX ISA's m16n8k16 fragment layouts (accumulator c0,c1 at row lane/4, cols 2*(lane%4)+{0,1};
+// c2,c3 eight rows lower).
+//
+// Rows of a block are packed (query position, head of the GQA group): packed row R of kv head kvh is
+// query t = R / n_rep, head kvh * n_rep + R % n_rep. All heads of a group then share the block's K/V
+// tiles (read and rotated once per block, not once per head), and a decode step (T_q = 1) still fills
+// n_rep rows.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "attention/rope.h"
+#include "attention/softmax.h"
+#include "core/half.h"
+
+namespace selfext {
+namespace attn_cuda {
+
+constexpr int kBN = 64;                        // keys per tile
+constexpr float kLog2e = 1.4426950408889634f;  // softmax runs in base 2 (exp2f is one MUFU op)
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Shared-memory rows are padded by 16 bytes: 8 consecutive rows of any head dim (64/80/96/128) then
+// start in 8 different 16-byte bank groups, so ldmatrix is conflict-free without a swizzle (a swizzle
+// needs a power-of-two number of 16-byte chunks per row; 80 and 96 have 10 and 12).
+template <int kHeadDim>
+struct Layout {
+  static constexpr int kStride = kHeadDim + 8;  // elements per smem row
+  static constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per row
+  static_assert(kHeadDim % 16 == 0, "head_dim must be a multiple of 16 for m16n8k16");
+};
+
+// --- element conversion (hardware intrinsics; half.h's software versions are the host reference) ----
+template <typename T> __device__ __forceinline__ float ld_float(uint16_t bits);
+template <> __device__ __forceinline__ float ld_float<f16>(uint16_t b) { return __half2float(__ushort_as_half(b)); }
+template <> __device__ __forceinline__ float ld_float<bf16>(uint16_t b) { return __bfloat162float(__ushort_as_bfloat16(b)); }
+template <typename T> __device__ __forceinline__ uint16_t st_bits(float x);
+template <> __device__ __forceinline__ uint16_t st_bits<f16>(float x) { return __half_as_ushort(__float2half_rn(x)); }
+template <> __device__ __forceinline__ uint16_t st_bits<bf16>(float x) { return __bfloat16_as_ushort(__float2bfloat16_rn(x)); }
+
+// Two floats -> one 32-bit register of two halves, the low half first (the element with the lower column).
+template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t pack2<f16>(float lo, float hi) {
+  __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+template <> __device__ __forceinline__ uint32_t pack2<bf16>(float lo, float hi) {
+  __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+
+// --- PTX wrappers --------------------------------------------------------------------------------------
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// 16-byte global -> shared copy; when !pred the 16 bytes are zero-filled (src-size 0), so tiles past
+// the end of K/V hold zeros, never stale NaNs that 0 * NaN would carry into P·V.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
+               "r"(pred ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+
+template <typename T> __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1);
+template <> __device__ __forceinline__ void mma16816<f16>(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <> __device__ __forceinline__ void mma16816<bf16>(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// --- packed rows ---------------------------------------------------------------------------------------
+struct RowMap {
+  int64_t rows;  // T_q * n_rep packed rows per kv head
+  int n_rep;
+  int T_q, T_k;
+  // Query position of packed row R; rows past the end take the last valid row's position (computed,
+  // never stored).
+  __device__ __forceinline__ int pos(int64_t R) const {
+    if (R >= rows) R = rows - 1;
+    return T_k - T_q + int(R / n_rep);
+  }
+};
+
+// --- tile loads ----------------------------------------------------------------------------------------
+// Q rows [m0, m0 + kRows) of kv head kvh (packed) into smem rows of stride Layout::kStride.
+template <typename T, int kHeadDim, int kRows, int kThreads>
+__device__ __forceinline__ void load_q_async(T* smem, const T* q, int64_t stride_t, int64_t stride_h,
+                                             const RowMap& rm, int64_t m0, int kvh) {
+  using L = Layout<kHeadDim>;
+  for (int idx = threadIdx.x; idx < kRows * L::kChunks; idx += kThreads) {
+    const int r = idx / L::kChunks, c = idx % L::kChunks;
+    const int64_t R = m0 + r;
+    const bool ok = R < rm.rows;
+    const int64_t Rc = ok ? R : 0;
+    const T* src = q + (Rc / rm.n_rep) * stride_t + (int64_t(kvh) * rm.n_rep + Rc % rm.n_rep) * stride_h + c * 8;
+    cp_async16(smem + r * L::kStride + c * 8, src, ok);
+  }
+}
+
+// kBN rows of K or V starting at key j0 (rows >= j_end zero-filled).
+template <typename T, int kHeadDim, int kThreads>
+__device__ __forceinline__ void load_kv_async(T* smem, const T* x, int64_t stride_t, int64_t stride_h, int kvh,
+                                              int j0, int j_end) {
+  using L = Layout<kHeadDim>;
+  for (int idx = threadIdx.x; idx < kBN * L::kChunks; idx += kThreads) {
+    const int r = idx / L::kChunks, c = idx % L::kChunks;
+    const int j = j0 + r;
+    const bool ok = j < j_end;
+    const T* src = x + int64_t(ok ? j : 0) * stride_t + int64_t(kvh) * stride_h + c * 8;
+    cp_async16(smem + r * L::kStride + c * 8, src, ok);
+  }
+}
+
+// --- RoPE on a tile --------------------------------------------------------------------------------------
+struct RopeArgs {
+  const float* table;  // (n_pos, rope_dim/2, 2) mscale * (cos, sin), device
+  int n_pos;
+  int rope_dim;
+  RopeStyle style;
+};
+
+// dst[r] = RoPE(src[r], pos_of(r)) for rows [0, n_rows), with the pair convention and rotation of rope.h.
+// Each thread rotates 16-byte chunks; "norm" pairs lie inside a chunk, a "neox" partner is read from
+// the source row (which stays untouched, so dst may not alias src).
+template <typename T, int kHeadDim, int kThreads, typename PosFn>
+__device__ __forceinline__ void rope_tile(const T* src, T* dst, int n_rows, const RopeArgs& ra, PosFn pos_of) {
+  using L = Layout<kHeadDim>;
+  const int n_pairs = ra.rope_dim / 2;
+  for (int idx = threadIdx.x; idx < n_rows * L::kChunks; idx += kThreads) {
+    const int r = idx / L::kChunks, c = idx % L::kChunks;
+    const T* srow = src + r * L::kStride;
+    const uint4 raw = *reinterpret_cast<const uint4*>(srow + c * 8);
+    const uint16_t* x = reinterpret_cast<const uint16_t*>(&raw);
+    uint4 outv;
+    uint16_t* o = reinterpret_cast<uint16_t*>(&outv);
+    const int d0 = c * 8;
+    if (d0 >= ra.rope_dim) {
+      outv = raw;
+    } else {
+      int pos = pos_of(r);
+      pos = pos < ra.n_pos ? pos : ra.n_pos - 1;  // only rows that never use this branch clamp
+      const float2* trow = reinterpret_cast<const float2*>(ra.table) + int64_t(pos) * n_pairs;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const int d = d0 + e;
+        if (d >= ra.rope_dim) {
+          o[e] = x[e];
+          continue;
+        }
+        int a, b, p;
+        if (ra.style == RopeStyle::kNorm) {
+          p = d >> 1;
+        } else {
+          p = d < n_pairs ? d : d - n_pairs;
+        }
+        rope_pair(p, ra.rope_dim, ra.style, a, b);
+        const float2 cs = __ldg(trow + p);
+        float xa = a == d ? ld_float<T>(x[e]) : ld_float<T>(a - d0 >= 0 && a - d0 < 8 ? x[a - d0] : srow[a].bits);
+        float xb = b == d ? ld_float<T>(x[e]) : ld_float<T>(b - d0 >= 0 && b - d0 < 8 ? x[b - d0] : srow[b].bits);
+        rope_rotate(xa, xb, cs.x, cs.y);
+        o[e] = st_bits<T>(a == d ? xa : xb);
+      }
+    }
+    *reinterpret_cast<uint4*>(dst + r * L::kStride + c * 8) = outv;
+  }
+}
+
+// --- S = Q K^T for one warp's 16 rows and a 64-key tile ---------------------------------------------------
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void qk_tile(const T* qs, const T* ks, int warp, int lane, float s[8][4]) {
+  using L = Layout<kHeadDim>;
+#pragma unroll
+  for (int nb = 0; nb < 8; ++nb) s[nb][0] = s[nb][1] = s[nb][2] = s[nb][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+    uint32_t a[4];
+    ldmatrix_x4(a, qs + (warp * 16 + (lane & 15)) * L::kStride + kk * 16 + (lane >> 4) * 8);
+#pragma unroll
+    for (int np = 0; np < 4; ++np) {
+      uint32_t b[4];
+      ldmatrix_x4(b, ks + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * L::kStride + kk * 16 + ((lane >> 3) & 1) * 8);
+      mma16816<T>(s[2 * np], a, b[0], b[1]);
+      mma16816<T>(s[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// --- online softmax step + O += P V -------------------------------------------------------------------------
+// x: logits in base-2 units (masked = -inf). m: running max (base 2), l: this lane's partial running sum
+// (summed over the quad at the end). Rows: h = 0 is lane/4, h = 1 is lane/4 + 8.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void softmax_pv(float x[8][4], float m[2], float l[2], float o[kHeadDim / 8][4],
+                                           const T* vs, int lane) {
+  using L = Layout<kHeadDim>;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int nb = 0; nb < 8; ++nb) mx = fmaxf(mx, fmaxf(x[nb][2 * h], x[nb][2 * h + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m[h], mx);
+    const float base = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing unmasked yet stays empty
+    const float alpha = exp2f(m[h] - base);
+    m[h] = m_new;
+    float sum = 0.f;
+#pragma unroll
+    for (int nb = 0; nb < 8; ++nb) {
+      x[nb][2 * h] = exp2f(x[nb][2 * h] - base);
+      x[nb][2 * h + 1] = exp2f(x[nb][2 * h + 1] - base);
+      sum += x[nb][2 * h] + x[nb][2 * h + 1];
+    }
+    l[h] = l[h] * alpha + sum;
+#pragma unroll
+    for (int db = 0; db < kHeadDim / 8; ++db) {
+      o[db][2 * h] *= alpha;
+      o[db][2 * h + 1] *= alpha;
+    }
+  }
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {  // 16 keys per step: P (accumulator layout) is the A fragment as is
+    uint32_t a[4];
+    a[0] = pack2<T>(x[2 * kk][0], x[2 * kk][1]);
+    a[1] = pack2<T>(x[2 * kk][2], x[2 * kk][3]);
+    a[2] = pack2<T>(x[2 * kk + 1][0], x[2 * kk + 1][1]);
+    a[3] = pack2<T>(x[2 * kk + 1][2], x[2 * kk + 1][3]);
+#pragma unroll
+    for (int dp = 0; dp < kHeadDim / 16; ++dp) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * L::kStride + dp * 16 + (lane >> 4) * 8);
+      mma16816<T>(o[2 * dp], a, b[0], b[1]);
+      mma16816<T>(o[2 * dp + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// --- epilogue ---------------------------------------------------------------------------------------------
+struct OutArgs {
+  void* out;  // (T_q, n_heads, head_dim) storage type T, when not split
+  int64_t stride_t, stride_h;
+  float* ws_o;   // split: (n_splits, T_q, n_heads, head_dim) unnormalized accumulators
+  float* ws_ml;  // split: (n_splits, T_q, n_heads, 2) running max (natural log units) and sum
+  int n_heads;
+};
+
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void store_rows(const OutArgs& oa, const RowMap& rm, int64_t m0, int warp, int lane,
+                                           int kvh, float o[kHeadDim / 8][4], const float m[2], float l[2],
+                                           bool split, int split_idx) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float lsum = l[h];
+    lsum += __shfl_xor_sync(0xffffffffu, lsum, 1);
+    lsum += __shfl_xor_sync(0xffffffffu, lsum, 2);
+    const int64_t R = m0 + warp * 16 + (lane >> 2) + 8 * h;
+    if (R >= rm.rows) continue;
+    const int64_t t = R / rm.n_rep;
+    const int64_t head = int64_t(kvh) * rm.n_rep + R % rm.n_rep;
+    if (!split) {
+      const float inv = lsum > 0.f ? 1.f / lsum : 0.f;
+      T* dst = static_cast<T*>(oa.out) + t * oa.stride_t + head * oa.stride_h;
+#pragma unroll
+      for (int db = 0; db < kHeadDim / 8; ++db) {
+        const int d = db * 8 + (lane & 3) * 2;
+        *reinterpret_cast<uint32_t*>(dst + d) = pack2<T>(o[db][2 * h] * inv, o[db][2 * h + 1] * inv);
+      }
+    } else {
+      const int64_t row = (int64_t(split_idx) * rm.T_q + t) * oa.n_heads + head;
+      float* dst = oa.ws_o + row * kHeadDim;
+#pragma unroll
+      for (int db = 0; db < kHeadDim / 8; ++db) {
+        const int d = db * 8 + (lane & 3) * 2;
+        *reinterpret_cast<float2*>(dst + d) = make_float2(o[db][2 * h], o[db][2 * h + 1]);
+      }
+      if ((lane & 3) == 0) {
+        oa.ws_ml[row * 2] = m[h] == -INFINITY ? -INFINITY : m[h] * kLn2;
+        oa.ws_ml[row * 2 + 1] = lsum;
+      }
+    }
+  }
+}
+
+// Split-K merge (flash-decoding): one block per (query, head), one thread per element of head_dim; the
+// partial states combine by log-sum-exp through softmax_merge (softmax.h).
+template <typename T>
+__global__ void merge_splits_kernel(const float* __restrict__ ws_o, const float* __restrict__ ws_ml, int n_splits,
+                                    int64_t n_rows, int head_dim, int n_heads, T* out, int64_t stride_t,
+                                    int64_t stride_h) {
+  const int64_t row = blockIdx.x;  // t * n_heads + head
+  float M = -INFINITY, Lsum = 0.f;
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    float acc = 0.f;
+    M = -INFINITY;
+    Lsum = 0.f;
+    for (int s = 0; s < n_splits; ++s) {
+      const int64_t r = int64_t(s) * n_rows + row;
+      float alpha, beta;
+      softmax_merge(M, Lsum, ws_ml[r * 2], ws_ml[r * 2 + 1], alpha, beta);
+      acc = acc * alpha + ws_o[r * head_dim + d] * beta;
+    }
+    const int64_t t = row / n_heads, h = row % n_heads;
+    out[t * stride_t + h * stride_h + d].bits = st_bits<T>(Lsum > 0.f ? acc / Lsum : 0.f);
+  }
+}
+
+}  // namespace attn_cuda
+}  // namespace selfext

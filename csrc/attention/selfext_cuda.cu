@@ -1,0 +1,311 @@
+// SelfExtend attention on CUDA (Jin et al. 2024, arXiv 2401.01325): one fused flash-style pass with
+// tensor-core tiles and an online softmax; no T_q x T_k matrix exists anywhere.
+//
+// K arrives un-rotated (the cache stores K before RoPE). Per key tile the block rotates K from the
+// RoPE table at the positions the tile needs: normal (j) when some (i, j) of the tile is inside the
+// neighbor window, grouped (floor(j/G)) when some pair is outside it. Q is rotated once, at i and at
+// floor(i/G) + W - floor(W/G). A warp whose 16 rows see a tile entirely inside (outside) the window
+// computes one S = Q K^T; only tiles on the window boundary compute both and select per element, so
+// for W << T nearly all tiles cost one plain attention tile plus the rotation of one K tile.
+//
+// Decode and short chunks split the key range across blocks (flash-decoding) and merge by LSE.
+#include <algorithm>
+#include <climits>
+#include <cmath>
+
+#include "attention/attention_cuda.h"
+#include "attention/attention_host.cuh"
+#include "attention/attention_tiles.cuh"
+#include "attention/positions.h"
+#include "core/cuda_check.cuh"
+#include "core/dispatch.h"
+
+namespace selfext {
+namespace {
+
+using namespace attn_cuda;
+
+struct SeArgs {
+  const void* q;  // (T_q, n_heads, head_dim)
+  const void* k;  // (T_k, n_kv_heads, head_dim), before RoPE
+  const void* v;  // (T_k, n_kv_heads, head_dim)
+  int64_t q_st, q_sh, k_st, k_sh, v_st, v_sh;
+  RowMap rm;
+  float scale2;       // scale * log2(e): logits in base-2 units
+  int group, window;  // clamped to [1, T_k] (the same attention; see plan below)
+  RopeArgs rope;
+  int tiles_per_split;
+  OutArgs oa;
+};
+
+template <int kHeadDim, int kWarps>
+struct SeShape {
+  static constexpr int kBM = 16 * kWarps;
+  static constexpr int kStride = Layout<kHeadDim>::kStride;
+  // Qn, Qg (kBM rows each); Kn, Kg; raw K and V, double-buffered (2 x kBN rows each).
+  static constexpr size_t kSmemBytes = size_t(2 * kBM + 6 * kBN) * kStride * 2;
+  static_assert(kBM <= 2 * kBN, "raw Q is staged in the raw K buffers");
+};
+
+template <typename T, int kHeadDim, int kWarps, bool kSplit>
+__global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs a) {
+  constexpr int kThreads = kWarps * 32;
+  using Sh = SeShape<kHeadDim, kWarps>;
+  constexpr int kBM = Sh::kBM, S = Sh::kStride;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* qn = reinterpret_cast<T*>(smem_raw);  // (kBM, S) Q at normal positions
+  T* qg = qn + kBM * S;                    // (kBM, S) Q at grouped positions
+  T* kn = qg + kBM * S;                    // (kBN, S) K tile at normal positions
+  T* kg = kn + kBN * S;                    // (kBN, S) K tile at grouped positions
+  T* kraw = kg + kBN * S;                  // (2, kBN, S) K tiles as read
+  T* vs = kraw + 2 * kBN * S;              // (2, kBN, S) V tiles
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int mt = gridDim.x - 1 - blockIdx.x;  // longest causal rows first: less tail imbalance
+  const int kvh = blockIdx.y;
+  const RowMap rm = a.rm;
+  const int G = a.group, W = a.window;
+  const int64_t m0 = int64_t(mt) * kBM;
+  const int i_lo = rm.pos(m0), i_hi = rm.pos(m0 + kBM - 1);
+  const int n_kt = i_hi / kBN + 1;  // causal: keys 0..i_hi
+  int kt_begin = 0, kt_end = n_kt;
+  if (kSplit) {
+    kt_begin = blockIdx.z * a.tiles_per_split;
+    kt_end = min(n_kt, kt_begin + a.tiles_per_split);
+  }
+
+  const int64_t wr0 = m0 + warp * 16;
+  const bool warp_has_rows = wr0 < rm.rows;
+  const int wi_lo = rm.pos(wr0), wi_hi = rm.pos(wr0 + 15);
+  const int row_i[2] = {rm.pos(wr0 + (lane >> 2)), rm.pos(wr0 + (lane >> 2) + 8)};
+
+  float o[kHeadDim / 8][4];
+#pragma unroll
+  for (int db = 0; db < kHeadDim / 8; ++db) o[db][0] = o[db][1] = o[db][2] = o[db][3] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+
+  if (kt_begin < kt_end) {
+    const T* q = static_cast<const T*>(a.q);
+    const T* k = static_cast<const T*>(a.k);
+    const T* v = static_cast<const T*>(a.v);
+    load_q_async<T, kHeadDim, kBM, kThreads>(kraw, q, a.q_st, a.q_sh, rm, m0, kvh);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    rope_tile<T, kHeadDim, kThreads>(kraw, qn, kBM, a.rope, [&](int r) { return rm.pos(m0 + r); });
+    if (i_hi >= W)  // some row may reach the grouped branch
+      rope_tile<T, kHeadDim, kThreads>(kraw, qg, kBM, a.rope, [&](int r) {
+        return int(se_grouped_query_pos(rm.pos(m0 + r), G, W));
+      });
+    __syncthreads();  // the raw Q staging area becomes the first K tile
+
+    load_kv_async<T, kHeadDim, kThreads>(kraw, k, a.k_st, a.k_sh, kvh, kt_begin * kBN, rm.T_k);
+    load_kv_async<T, kHeadDim, kThreads>(vs, v, a.v_st, a.v_sh, kvh, kt_begin * kBN, rm.T_k);
+    cp_async_commit();
+    for (int kt = kt_begin; kt < kt_end; ++kt) {
+      const int buf = (kt - kt_begin) & 1;
+      cp_async_wait<0>();
+      __syncthreads();  // tile kt landed; every warp is done with tile kt-1 (its buffers and Kn/Kg)
+      if (kt + 1 < kt_end) {
+        load_kv_async<T, kHeadDim, kThreads>(kraw + (buf ^ 1) * kBN * S, k, a.k_st, a.k_sh, kvh, (kt + 1) * kBN, rm.T_k);
+        load_kv_async<T, kHeadDim, kThreads>(vs + (buf ^ 1) * kBN * S, v, a.v_st, a.v_sh, kvh, (kt + 1) * kBN, rm.T_k);
+        cp_async_commit();
+      }
+      const int j0 = kt * kBN, j1 = j0 + kBN - 1;
+      const T* kr = kraw + buf * kBN * S;
+      // Which branches the block's rows need on this tile (min and max of i - j over causal pairs).
+      if (max(0, i_lo - j1) < W)
+        rope_tile<T, kHeadDim, kThreads>(kr, kn, kBN, a.rope, [&](int r) { return j0 + r; });
+      if (i_hi - j0 >= W)
+        rope_tile<T, kHeadDim, kThreads>(kr, kg, kBN, a.rope, [&](int r) { return int(se_grouped_key_pos(j0 + r, G)); });
+      __syncthreads();
+
+      if (warp_has_rows && j0 <= wi_hi) {
+        const bool wn = max(0, wi_lo - j1) < W;
+        const bool wg = wi_hi - j0 >= W;
+        float x[8][4];
+        if (wn && wg) {  // boundary tile: both branches, select per element
+          float xg[8][4];
+          qk_tile<T, kHeadDim>(qn, kn, warp, lane, x);
+          qk_tile<T, kHeadDim>(qg, kg, warp, lane, xg);
+#pragma unroll
+          for (int nb = 0; nb < 8; ++nb)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+              const int j = j0 + nb * 8 + (lane & 3) * 2 + (c & 1);
+              if (!se_is_neighbor(row_i[c >> 1], j, W)) x[nb][c] = xg[nb][c];
+            }
+        } else if (wg) {
+          qk_tile<T, kHeadDim>(qg, kg, warp, lane, x);
+        } else {
+          qk_tile<T, kHeadDim>(qn, kn, warp, lane, x);
+        }
+        const bool need_mask = j1 > wi_lo;
+#pragma unroll
+        for (int nb = 0; nb < 8; ++nb)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) {
+            const int j = j0 + nb * 8 + (lane & 3) * 2 + (c & 1);
+            x[nb][c] = (need_mask && j > row_i[c >> 1]) ? -INFINITY : x[nb][c] * a.scale2;
+          }
+        softmax_pv<T, kHeadDim>(x, m, l, o, vs + buf * kBN * S, lane);
+      }
+    }
+  }
+  store_rows<T, kHeadDim>(a.oa, rm, m0, warp, lane, kvh, o, m, l, kSplit, blockIdx.z);
+}
+
+template <typename T, int kHeadDim, int kWarps, bool kSplit>
+void launch_se(const SeArgs& a, int64_t n_mtiles, int n_kv_heads, int n_splits, cudaStream_t stream) {
+  auto kernel = se_attention_kernel<T, kHeadDim, kWarps, kSplit>;
+  const size_t smem = SeShape<kHeadDim, kWarps>::kSmemBytes;
+  SELFEXT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  SELFEXT_CHECK(n_mtiles <= INT_MAX, ArgumentError, "self_extend_attention: too many query rows");
+  kernel<<<dim3(unsigned(n_mtiles), unsigned(n_kv_heads), unsigned(n_splits)), kWarps * 32, smem, stream>>>(a);
+  SELFEXT_CUDA_CHECK_LAUNCH();
+}
+
+void check_common(const AttentionParams& p, const char* op) {
+  SELFEXT_CHECK(p.q_dtype == p.kv_dtype && p.q_dtype == p.out_dtype, ArrayTypeError, op,
+                ": q, k, v and out must share one dtype");
+  SELFEXT_CHECK(p.q_dtype == DType::kFloat16 || p.q_dtype == DType::kBFloat16, ArrayTypeError, op,
+                " on CUDA takes float16 or bfloat16, got ", dtype_name(p.q_dtype));
+  SELFEXT_CHECK(p.T_q >= 0 && p.T_q <= p.T_k, ArgumentError, op, ": T_q (", p.T_q, ") must be in [0, T_k = ", p.T_k, "]");
+  SELFEXT_CHECK(p.T_k < (int64_t(1) << 30), ArgumentError, op, ": T_k = ", p.T_k, " exceeds 2^30");
+  SELFEXT_CHECK(p.n_kv_heads >= 1 && p.n_heads % p.n_kv_heads == 0, ArgumentError, op, ": n_heads (", p.n_heads,
+                ") must be a multiple of n_kv_heads (", p.n_kv_heads, ")");
+}
+
+template <typename T, int kHeadDim>
+void run_se(const AttentionParams& p) {
+  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  SeArgs a{};
+  a.q = p.q; a.k = p.k; a.v = p.v;
+  a.q_st = p.q_stride_t; a.q_sh = p.q_stride_h;
+  a.k_st = p.k_stride_t; a.k_sh = p.k_stride_h;
+  a.v_st = p.v_stride_t; a.v_sh = p.v_stride_h;
+  const int n_rep = p.n_heads / p.n_kv_heads;
+  a.rm = RowMap{p.T_q * n_rep, n_rep, int(p.T_q), int(p.T_k)};
+  a.scale2 = p.scale * kLog2e;
+  // G = 1 and W >= T_k are plain RoPE attention: W = T_k puts every pair in the neighbor branch.
+  // G > T_k groups every position to 0, as G = T_k does.
+  int64_t W = std::min<int64_t>(p.window, p.T_k), G = std::min<int64_t>(p.group, std::max<int64_t>(p.T_k, 1));
+  if (G == 1) W = p.T_k;
+  a.group = int(G);
+  a.window = int(std::max<int64_t>(W, 1));
+  a.rope = RopeArgs{p.rope_table, int(p.rope_n_pos), p.rope_dim, p.rope_style};
+  a.oa = OutArgs{p.out, p.out_stride_t, p.out_stride_h, nullptr, nullptr, p.n_heads};
+
+  const int64_t rows = a.rm.rows;
+  const int64_t n_key_tiles = (p.T_k + kBN - 1) / kBN;
+  const int sms = multiprocessor_count();
+  // Prefill: 8 warps (128 rows) per block amortize each K tile's rotation over more rows.
+  constexpr int kBigWarps = 8, kSmallWarps = 4;
+  const int64_t big_tiles = (rows + 16 * kBigWarps - 1) / (16 * kBigWarps);
+  if (big_tiles * p.n_kv_heads >= sms) {
+    a.tiles_per_split = int(n_key_tiles);
+    launch_se<T, kHeadDim, kBigWarps, false>(a, big_tiles, p.n_kv_heads, 1, stream);
+    return;
+  }
+  const int64_t small_tiles = (rows + 16 * kSmallWarps - 1) / (16 * kSmallWarps);
+  const SplitPlan sp = plan_splits(small_tiles * p.n_kv_heads, n_key_tiles, sms);
+  a.tiles_per_split = sp.tiles_per_split;
+  if (sp.n_splits == 1) {
+    launch_se<T, kHeadDim, kSmallWarps, false>(a, small_tiles, p.n_kv_heads, 1, stream);
+    return;
+  }
+  const size_t o_bytes = size_t(sp.n_splits) * p.T_q * p.n_heads * kHeadDim * sizeof(float);
+  const size_t ml_bytes = size_t(sp.n_splits) * p.T_q * p.n_heads * 2 * sizeof(float);
+  DeviceScratch ws(o_bytes + ml_bytes, stream);
+  a.oa.ws_o = ws.as<float>();
+  a.oa.ws_ml = ws.as<float>(o_bytes);
+  launch_se<T, kHeadDim, kSmallWarps, true>(a, small_tiles, p.n_kv_heads, sp.n_splits, stream);
+  launch_merge<T>(a.oa.ws_o, a.oa.ws_ml, sp.n_splits, p.T_q, p.n_heads, kHeadDim, p.out, p.out_stride_t,
+                  p.out_stride_h, stream);
+}
+
+// --- RoPE table on the device --------------------------------------------------------------------------
+struct InvFreq {
+  double f[kMaxRopePairs];
+};
+
+__global__ void rope_table_kernel(const InvFreq inv, int n_pairs, double mscale, int64_t n_pos, float* table) {
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= n_pos * n_pairs) return;
+  const int64_t pos = idx / n_pairs;
+  const int p = int(idx % n_pairs);
+  double s, c;
+  sincos(double(pos) * inv.f[p], &s, &c);  // as build_rope_table: angle and trig in double
+  table[2 * idx] = float(mscale * c);
+  table[2 * idx + 1] = float(mscale * s);
+}
+
+}  // namespace
+
+void build_rope_table_cuda(const double* inv_freq_host, int n_pairs, double mscale, int64_t n_pos, float* table_dev,
+                           void* stream) {
+  SELFEXT_CHECK(n_pairs >= 1 && n_pairs <= kMaxRopePairs, ArgumentError, "rope_dim / 2 = ", n_pairs,
+                " must be in [1, ", kMaxRopePairs, "]");
+  SELFEXT_CHECK(n_pos >= 1, ArgumentError, "the RoPE table needs n_pos >= 1, got ", n_pos);
+  InvFreq inv{};
+  for (int p = 0; p < n_pairs; ++p) inv.f[p] = inv_freq_host[p];
+  const int64_t n = n_pos * n_pairs;
+  const int threads = 256;
+  rope_table_kernel<<<unsigned((n + threads - 1) / threads), threads, 0, static_cast<cudaStream_t>(stream)>>>(
+      inv, n_pairs, mscale, n_pos, table_dev);
+  SELFEXT_CUDA_CHECK_LAUNCH();
+}
+
+void self_extend_attention_cuda(const AttentionParams& p) {
+  check_common(p, "self_extend_attention");
+  SELFEXT_CHECK(p.group >= 1, ArgumentError, "group must be >= 1, got ", p.group);
+  SELFEXT_CHECK(p.window >= 1, ArgumentError, "window must be >= 1, got ", p.window);
+  SELFEXT_CHECK(p.rope_dim >= 0 && p.rope_dim % 2 == 0 && p.rope_dim <= p.head_dim, ArgumentError,
+                "rope_dim must be even and in [0, head_dim = ", p.head_dim, "], got ", p.rope_dim);
+  SELFEXT_CHECK(p.rope_dim == 0 || (p.rope_table != nullptr && p.rope_n_pos >= p.T_k), ArgumentError,
+                "self_extend_attention: the RoPE table must cover positions 0..T_k-1 (", p.T_k, "), has ",
+                p.rope_n_pos);
+  if (p.T_q == 0) return;
+  SELFEXT_DISPATCH_HEAD_DIM(p.head_dim, kD, [&] {
+    if (p.q_dtype == DType::kFloat16)
+      run_se<f16, kD>(p);
+    else
+      run_se<bf16, kD>(p);
+  });
+}
+
+void self_extend_attention_cuda_freqs(AttentionParams p, const double* inv_freq_host, double mscale) {
+  if (p.rope_table != nullptr || p.rope_dim == 0 || p.T_q == 0) {
+    self_extend_attention_cuda(p);
+    return;
+  }
+  check_common(p, "self_extend_attention");
+  const int n_pairs = p.rope_dim / 2;
+  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  attn_cuda::DeviceScratch table(size_t(p.T_k) * n_pairs * 2 * sizeof(float), stream);
+  build_rope_table_cuda(inv_freq_host, n_pairs, mscale, p.T_k, table.as<float>(), p.stream);
+  p.rope_table = table.as<float>();
+  p.rope_n_pos = p.T_k;
+  self_extend_attention_cuda(p);
+}
+
+int64_t self_extend_attention_cuda_workspace_bytes(const AttentionParams& p) {
+  if (p.T_q == 0 || p.n_kv_heads < 1) return 0;
+  const int64_t table = p.rope_table == nullptr ? p.T_k * (p.rope_dim / 2) * 2 * int64_t(sizeof(float)) : 0;
+  const int n_rep = p.n_heads / p.n_kv_heads;
+  const int64_t rows = p.T_q * n_rep;
+  const int sms = attn_cuda::multiprocessor_count();
+  if ((rows + 127) / 128 * p.n_kv_heads >= sms) return table;
+  const attn_cuda::SplitPlan sp = attn_cuda::plan_splits((rows + 63) / 64 * p.n_kv_heads, (p.T_k + 63) / 64, sms);
+  if (sp.n_splits == 1) return table;
+  return table + int64_t(sp.n_splits) * p.T_q * p.n_heads * (p.head_dim + 2) * int64_t(sizeof(float));
+}
+
+int cuda_exchange_device(int device) {
+  int prev = 0;
+  SELFEXT_CUDA_CHECK(cudaGetDevice(&prev));
+  if (prev != device) SELFEXT_CUDA_CHECK(cudaSetDevice(device));
+  return prev;
+}
+
+}  // namespace selfext

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The one script the device machine runs (GPU build, CUDA tests, benches), rehearsed on the CPU first.
+#   scripts/device_run.sh [build] [test] [cputest] [bench] [quickbench]   (default: build test bench)
+# Stages are selectable so a second call can redo only what failed. Logs and bench JSON go to $OUT
+# (at most 8 files come back). Keeps within ~9 minutes: each stage has its own timeout.
+set -u -o pipefail
+OUT=${OUT:-/tmp/device_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+stages="${*:-build test bench}"
+start=$(date +%s)
+elapsed() { echo $(( $(date +%s) - start )); }
+
+if ls .carry/gguf-*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .carry/gguf-*.whl && export PYTHONPATH=/tmp/site
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+rc=0
+for st in $stages; do
+  echo "=== stage $st at $(elapsed)s"
+  case $st in
+    build)
+      # -C build-dir keeps the objects for a second call on a still-warm machine.
+      if ! SELFEXT_CUDA=ON SELFEXT_CUDA_ARCHITECTURES=90a-real timeout 300 python3 -m pip install \
+          --no-build-isolation --no-deps -v -C build-dir=/tmp/selfext_build . >"$OUT/build.log" 2>&1; then
+        grep -E "error|Error" "$OUT/build.log" | head -40
+        tail -20 "$OUT/build.log"
+        exit 1
+      fi
+      grep -E "selfext .*backends" "$OUT/build.log" || true
+      python3 -c "import selfext_native as s; c=s.backends()['cuda']; print('cuda:', c['available'], c['reason'], [d['name'] for d in c['devices']])"
+      ;;
+    test)
+      timeout 300 python3 -m pytest tests/test_cuda_foundation.py tests/test_attention_cuda.py -m cuda -q \
+        --maxfail=15 -p no:cacheprovider -rfE 2>&1 | tee "$OUT/test_cuda.log" | tail -60 || rc=1
+      ;;
+    cputest)
+      timeout 150 python3 -m pytest tests -q -m "not cuda and not model" -k "attention" -p no:cacheprovider \
+        2>&1 | tee "$OUT/test_cpu_attention.log" | tail -15 || rc=1
+      ;;
+    bench)
+      timeout 330 python3 bench/attention_cuda.py --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -40 || rc=1
+      ;;
+    quickbench)
+      timeout 120 python3 bench/attention_cuda.py --quick --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -30 || rc=1
+      ;;
+    *)
+      echo "unknown stage $st"; exit 2 ;;
+  esac
+done
+echo "=== done at $(elapsed)s rc=$rc"
+exit $rc
