@@ -52,6 +52,11 @@ inline __m256i dot_i16(__m256i acc, __m256i a, __m256i b) {
   return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
 }
 
+// Decode prefetch: a tile reads RW rows of one contiguous stretch, in RW interleaved streams that
+// restart every tile; each block step prefetches the same offset in the next tile's rows (RW * w_stride
+// ahead), so the next tile is in cache when it starts. Prefetching is a hint: past the matrix's end it
+// cannot fault.
+
 inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
 // Byte i = 0xFF where bit i of the little-endian uint32 at p is set (the Q5 high bits).
@@ -134,11 +139,16 @@ inline void tile_legacy(const GemmArgs& g, int64_t r, int nr, int64_t t, int nt)
   for (int i = 0; i < RW; ++i) w[i] = reinterpret_cast<const Block*>(g.w + (r + (i < nr ? i : nr - 1)) * g.w_stride);
   for (int j = 0; j < RA; ++j)
     a[j] = reinterpret_cast<const block_q8_act*>(g.a + (t + (j < nt ? j : nt - 1)) * g.a_stride);
-  __m256 acc[RW][RA];
+  // Decode (RA = 1): the min term gets its own accumulators, so no chain of two dependent FMAs per
+  // block; prefill has RW * RA independent chains already and no registers to spare.
+  constexpr bool kSplitMin = L::kMin && RA == 1;
+  __m256 acc[RW][RA], macc[RW][RA];
   for (int i = 0; i < RW; ++i)
-    for (int j = 0; j < RA; ++j) acc[i][j] = _mm256_setzero_ps();
+    for (int j = 0; j < RA; ++j) acc[i][j] = macc[i][j] = _mm256_setzero_ps();
 
   for (int64_t b = 0; b < g.nb; ++b) {
+    if constexpr (RA == 1)  // decode streams the weights from DRAM: ask for them early
+      for (int i = 0; i < RW; ++i) _mm_prefetch(reinterpret_cast<const char*>(w[i] + b) + RW * g.w_stride, _MM_HINT_T0);
     __m256i wc[RW], ws[RW];
     __m256 dw[RW], mw[RW];
     for (int i = 0; i < RW; ++i) {
@@ -166,23 +176,87 @@ inline void tile_legacy(const GemmArgs& g, int64_t r, int nr, int64_t t, int nt)
           is = dot_u8s8<kVnni>(init, wc[i], aq);
         }
         acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(dw[i], da), acc[i][j]);
-        if constexpr (L::kMin) acc[i][j] = _mm256_fmadd_ps(mw[i], sa, acc[i][j]);
+        if constexpr (kSplitMin) {
+          macc[i][j] = _mm256_fmadd_ps(mw[i], sa, macc[i][j]);
+        } else if constexpr (L::kMin) {
+          acc[i][j] = _mm256_fmadd_ps(mw[i], sa, acc[i][j]);
+        }
       }
     }
   }
   for (int j = 0; j < nt; ++j)
-    for (int i = 0; i < nr; ++i) g.y[(t + j) * g.ldy + r + i] = hsum(acc[i][j]);
+    for (int i = 0; i < nr; ++i)
+      g.y[(t + j) * g.ldy + r + i] = hsum(kSplitMin ? _mm256_add_ps(acc[i][j], macc[i][j]) : acc[i][j]);
 }
 
 // --- K-quants (256-element super-blocks) ------------------------------------------------------------
-// codes(b, c): the 32 u8 codes of elements 32 c .. 32 c + 31; sub-scales from the headers' kquant_scales.
+// codes(b, c): the 32 u8 codes of elements 32 c .. 32 c + 31. prep(b, p): the kquant_dot description
+// (q8_k.h) in registers: d, dm, mins (16 int16, one per 16 elements), and scale(p, c): the int16 scales
+// of chunk c (lanes 0-7: sub-block 2c, lanes 8-15: sub-block 2c + 1, as maddubs keeps element order).
+
+// Per-16 scales kept as int16[16]; chunk c's pair (sc[2c], sc[2c+1]) broadcast and spread to the halves.
+struct Scales16 {
+  alignas(32) int16_t sc[16];
+  __m256i scale(int c) const {
+    int32_t pair;
+    std::memcpy(&pair, sc + 2 * c, 4);
+    const __m256i ctrl = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,  //
+                                          2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+    return _mm256_shuffle_epi8(_mm256_set1_epi32(pair), ctrl);
+  }
+};
+
+struct KPrep16 : Scales16 {
+  float d, dm;
+  __m256i mins;
+};
+// Per-32 scales (Q4_K, Q5_K): chunk c has one scale.
+struct KPrep32 {
+  uint8_t sc[8];
+  float d, dm;
+  __m256i mins;
+  __m256i scale(int c) const { return _mm256_set1_epi16(sc[c]); }
+};
+
+// Q4_K / Q5_K 6-bit scales and mins with three 32-bit masks (llama.cpp's utmp unpacking):
+// afterwards bytes 0-7 are sc[0..7], bytes 8-15 m[0..7] (k4_scale_min in q4_k.h, 4 at a time).
+inline void k4_prep(const uint8_t* scales, uint16_t d, uint16_t dmin, KPrep32& p) {
+  uint32_t u[4];
+  std::memcpy(u, scales, 12);
+  const uint32_t kmask1 = 0x3f3f3f3f, kmask2 = 0x0f0f0f0f, kmask3 = 0x03030303;
+  u[3] = ((u[2] >> 4) & kmask2) | (((u[1] >> 6) & kmask3) << 4);
+  const uint32_t m_lo = u[1] & kmask1;
+  u[1] = (u[2] & kmask2) | (((u[0] >> 6) & kmask3) << 4);
+  u[2] = m_lo;
+  u[0] &= kmask1;
+  std::memcpy(p.sc, u, 8);
+  const __m128i m8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(u + 2));
+  p.mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));  // m_j for both 16-halves of sub-block j
+  p.d = h2f(d);
+  p.dm = h2f(dmin);
+}
 
 struct KQ2_K {
   using Block = block_q2_k;
+  using Prep = KPrep16;
+  static void prep(const Block& b, Prep& p) {
+    const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.scales));
+    const __m128i m = _mm_set1_epi8(0x0F);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(p.sc), _mm256_cvtepu8_epi16(_mm_and_si128(x, m)));
+    p.mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(x, 4), m));
+    p.d = h2f(b.d);
+    p.dm = h2f(b.dmin);
+  }
   static __m256i codes(const Block& b, int c) { return srl8(load256(b.qs + 32 * (c >> 2)), 2 * (c & 3), 3); }
 };
 struct KQ3_K {
   using Block = block_q3_k;
+  using Prep = KPrep16;
+  static void prep(const Block& b, Prep& p) {  // scalar unpacking (q3_k.h)
+    alignas(32) int16_t mn[16];
+    kquant_scales(b, p.sc, mn, &p.d, &p.dm);
+    p.mins = _mm256_load_si256(reinterpret_cast<const __m256i*>(mn));
+  }
   static __m256i codes(const Block& b, int c) {
     const __m256i lo = srl8(load256(b.qs + 32 * (c >> 2)), 2 * (c & 3), 3);
     return _mm256_or_si256(lo, _mm256_slli_epi16(srl8(load256(b.hmask), c, 1), 2));
@@ -190,10 +264,14 @@ struct KQ3_K {
 };
 struct KQ4_K {
   using Block = block_q4_k;
+  using Prep = KPrep32;
+  static void prep(const Block& b, Prep& p) { k4_prep(b.scales, b.d, b.dmin, p); }
   static __m256i codes(const Block& b, int c) { return srl8(load256(b.qs + 32 * (c >> 1)), 4 * (c & 1), 0xF); }
 };
 struct KQ5_K {
   using Block = block_q5_k;
+  using Prep = KPrep32;
+  static void prep(const Block& b, Prep& p) { k4_prep(b.scales, b.d, b.dmin, p); }
   static __m256i codes(const Block& b, int c) {
     const __m256i lo = srl8(load256(b.qs + 32 * (c >> 1)), 4 * (c & 1), 0xF);
     return _mm256_or_si256(lo, _mm256_slli_epi16(srl8(load256(b.qh), c, 1), 4));
@@ -201,6 +279,14 @@ struct KQ5_K {
 };
 struct KQ6_K {
   using Block = block_q6_k;
+  using Prep = KPrep16;
+  static void prep(const Block& b, Prep& p) {
+    const __m256i sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b.scales)));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(p.sc), sc);
+    p.mins = _mm256_slli_epi16(sc, 5);  // 32 * sc: the code offset
+    p.d = h2f(b.d);
+    p.dm = p.d;
+  }
   static __m256i codes(const Block& b, int c) {
     const int g = c >> 2, s = c & 3;
     const __m256i lo = srl8(load256(b.ql + 64 * g + 32 * (s & 1)), 4 * (s >> 1), 0xF);
@@ -219,33 +305,42 @@ inline void tile_k(const GemmArgs& g, int64_t r, int nr, int64_t t, int nt) {
   for (int i = 0; i < RW; ++i)
     for (int j = 0; j < RA; ++j) acc[i][j] = _mm256_setzero_ps();
 
+  // VNNI decode: vpdpwssd accumulates in place (latency ~5), so even and odd chunks use separate
+  // integer accumulators; prefill has RW * RA independent chains instead.
+  constexpr bool kSplit = kVnni && RA == 1;
   for (int64_t b = 0; b < g.nb; ++b) {
-    alignas(32) int16_t sc[RW][16], mn[RW][16];
-    float d[RW], dm[RW];
-    for (int i = 0; i < RW; ++i) kquant_scales(w[i][b], sc[i], mn[i], &d[i], &dm[i]);
-    __m256i iacc[RW][RA];
+    if constexpr (RA == 1)
+      for (int i = 0; i < RW; ++i)
+        for (int off = 0; off < int(sizeof(Block)); off += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(w[i] + b) + RW * g.w_stride + off, _MM_HINT_T0);
+    typename K::Prep p[RW];
+    for (int i = 0; i < RW; ++i) K::prep(w[i][b], p[i]);
+    __m256i iacc[RW][RA], iacc2[RW][RA];
     for (int i = 0; i < RW; ++i)
-      for (int j = 0; j < RA; ++j) iacc[i][j] = _mm256_setzero_si256();
+      for (int j = 0; j < RA; ++j) iacc[i][j] = iacc2[i][j] = _mm256_setzero_si256();
     for (int c = 0; c < 8; ++c) {
       __m256i wc[RW], sv[RW];
       for (int i = 0; i < RW; ++i) {
         wc[i] = K::codes(w[i][b], c);
-        // int16 lanes 0-7 hold elements 32c..32c+15 (sub-block 2c), lanes 8-15 sub-block 2c+1.
-        sv[i] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16(sc[i][2 * c])),
-                                        _mm_set1_epi16(sc[i][2 * c + 1]), 1);
+        sv[i] = p[i].scale(c);
       }
       for (int j = 0; j < RA; ++j) {
         const __m256i aq = load256(a[j][b].qs + 32 * c);
-        for (int i = 0; i < RW; ++i) iacc[i][j] = dot_i16<kVnni>(iacc[i][j], _mm256_maddubs_epi16(wc[i], aq), sv[i]);
+        for (int i = 0; i < RW; ++i) {
+          __m256i& ia = (kSplit && (c & 1)) ? iacc2[i][j] : iacc[i][j];
+          ia = dot_i16<kVnni>(ia, _mm256_maddubs_epi16(wc[i], aq), sv[i]);
+        }
       }
     }
+    if constexpr (kSplit)
+      for (int i = 0; i < RW; ++i)
+        for (int j = 0; j < RA; ++j) iacc[i][j] = _mm256_add_epi32(iacc[i][j], iacc2[i][j]);
     for (int i = 0; i < RW; ++i) {
-      const __m256i mv = _mm256_load_si256(reinterpret_cast<const __m256i*>(mn[i]));
       for (int j = 0; j < RA; ++j) {
         const block_q8_k& ab = a[j][b];
-        const __m256i im = _mm256_madd_epi16(load256(ab.bsums), mv);
-        acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[i][j]), _mm256_set1_ps(d[i] * ab.d), acc[i][j]);
-        acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(im), _mm256_set1_ps(-(dm[i] * ab.d)), acc[i][j]);
+        const __m256i im = _mm256_madd_epi16(load256(ab.bsums), p[i].mins);
+        acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[i][j]), _mm256_set1_ps(p[i].d * ab.d), acc[i][j]);
+        acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(im), _mm256_set1_ps(-(p[i].dm * ab.d)), acc[i][j]);
       }
     }
   }
@@ -310,6 +405,7 @@ template <bool kVnni, bool kRegs32>
 GemmFn x86_kernel(int type) {
   constexpr int LW = kRegs32 ? 4 : 2, LA = kRegs32 ? 4 : 4;  // legacy: RW*RA accumulators + RW codes
   constexpr int KW = kRegs32 ? 2 : 1, KA = kRegs32 ? 4 : 4;  // K: 2*RW*RA accumulators
+  constexpr int KD = kRegs32 ? 4 : 2;                          // K decode rows
   constexpr int FW = kRegs32 ? 4 : 3, FA = kRegs32 ? 4 : 3;
   switch (QType(type)) {
 #define SELFEXT_LEGACY(Q, L) \
@@ -321,7 +417,7 @@ GemmFn x86_kernel(int type) {
     SELFEXT_LEGACY(Q8_0, LQ8_0)
 #undef SELFEXT_LEGACY
 #define SELFEXT_K(Q, K) \
-  case QType::Q: return &gemm_tiles<tile_k<K, kVnni, KW, KA>, KW, KA, tile_k<K, kVnni, 2, 1>, 2>;
+  case QType::Q: return &gemm_tiles<tile_k<K, kVnni, KW, KA>, KW, KA, tile_k<K, kVnni, KD, 1>, KD>;
     SELFEXT_K(Q2_K, KQ2_K)
     SELFEXT_K(Q3_K, KQ3_K)
     SELFEXT_K(Q4_K, KQ4_K)
