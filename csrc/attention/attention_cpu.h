@@ -64,6 +64,11 @@ void attn_store_row(void* dst, DType dtype, const float* src, float mul, int n);
 // rope_dim == 0), into a panel (D, kAttnBlockK); keys >= T_k are zero columns.
 void attn_pack_key_block(const AttnCpuKernels& kr, const AttentionParams& p, const void* k_head, int64_t j0,
                          int64_t group, float* panel);
+// Copy values [j0, j0 + n) of one kv head (rows of v_head with row stride p.v_stride_t) into dst (n, D)
+// float32, contiguous: P·V then streams one contiguous block instead of rows H_kv*D apart (4 KiB strides
+// alias in L1 and miss the L1 TLB), and float16 is converted once, not once per query row group.
+void attn_pack_values(const AttnCpuKernels& kr, const AttentionParams& p, const void* v_head, int64_t j0, int64_t n,
+                      float* dst);
 // Element pointer arithmetic on untyped arrays.
 inline const void* attn_elem(const void* base, DType t, int64_t offset) {
   return static_cast<const char*>(base) + offset * dtype_size(t);

@@ -167,7 +167,7 @@ struct VecAvx512 {
 // AVX-512 (32 registers): 4 x 4 accumulators for both. AVX2 / scalar (16 registers): 2 x 4.
 template <class V> struct Blocking { static constexpr int kQkRows = 2, kQkVecs = 4, kPvRows = 2, kPvVecs = 4; };
 #if defined(__AVX512F__)
-template <> struct Blocking<VecAvx512> { static constexpr int kQkRows = 4, kQkVecs = 4, kPvRows = 4, kPvVecs = 4; };
+template <> struct Blocking<VecAvx512> { static constexpr int kQkRows = 6, kQkVecs = 4, kPvRows = 6, kPvVecs = 4; };
 #endif
 
 // ---------------------------------------------------------------------------------------------------

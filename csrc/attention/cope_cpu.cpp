@@ -70,6 +70,7 @@ void cope_attention_cpu(const AttentionParams& p, ThreadPool& pool) {
   const int64_t n_kb = (T_k + kAttnBlockK - 1) / kAttnBlockK;
   const int64_t panel = int64_t(D) * kAttnBlockK;
   std::vector<float> kp(size_t(n_kb * panel));
+  std::vector<float> vp(size_t(T_k) * D);  // (T_k, D) values of one kv head, float32
   std::vector<float> ep(size_t((per_head ? Hg : 1) * n_eb * panel));
   if (!per_head) pack_pos_emb(kr, p.pos_emb, p.q_dtype, D, n_pos, ep.data());
   const int64_t n_qb = (T_q + kAttnBlockQ - 1) / kAttnBlockQ;
@@ -80,6 +81,8 @@ void cope_attention_cpu(const AttentionParams& p, ThreadPool& pool) {
     pool.parallel_for(n_kb + (per_head ? Hg : 0), [&](int64_t t) {
       if (t < n_kb) {
         attn_pack_key_block(kr, p, k_head, t * kAttnBlockK, 1, kp.data() + t * panel);
+        const int64_t j0 = t * kAttnBlockK;
+        attn_pack_values(kr, p, v_head, j0, std::min<int64_t>(kAttnBlockK, T_k - j0), vp.data() + j0 * D);
       } else {
         const int hh = int(t - n_kb);
         pack_pos_emb(kr, attn_elem(p.pos_emb, p.q_dtype, (kvh * Hg + hh) * p.pe_stride_h), p.q_dtype, D, n_pos,
@@ -145,8 +148,7 @@ void cope_attention_cpu(const AttentionParams& p, ThreadPool& pool) {
         }
         kr.softmax_update(s, nq, kAttnBlockK, kAttnBlockK, m, l, acc);
         const int nk = int(std::min<int64_t>(kAttnBlockK, i1 - j0));
-        kr.pv(s, nq, nk, kAttnBlockK, attn_elem(v_head, p.kv_dtype, j0 * p.v_stride_t), p.kv_dtype, p.v_stride_t,
-              acc);
+        kr.pv(s, nq, nk, kAttnBlockK, vp.data() + j0 * D, DType::kFloat32, D, acc);
       }
       for (int r = 0; r < nq; ++r)
         attn_store_row(attn_elem(p.out, p.out_dtype, (i0 + r - i_min) * p.out_stride_t + h * p.out_stride_h),

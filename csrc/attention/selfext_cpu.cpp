@@ -92,6 +92,13 @@ void attn_pack_key_block(const AttnCpuKernels& kr, const AttentionParams& p, con
   }
 }
 
+void attn_pack_values(const AttnCpuKernels& kr, const AttentionParams& p, const void* v_head, int64_t j0, int64_t n,
+                      float* dst) {
+  for (int64_t j = j0; j < j0 + n; ++j)
+    kr.load_row(attn_elem(v_head, p.kv_dtype, j * p.v_stride_t), p.kv_dtype, nullptr, 0, RopeStyle::kNorm, 1.f,
+                dst + (j - j0) * p.head_dim);
+}
+
 namespace {
 
 // Per-thread scratch, grown on demand and kept: tasks of one call on one thread reuse it.
@@ -116,6 +123,7 @@ void se_prefill(const AttentionParams& p, ThreadPool& pool, const AttnCpuKernels
   const int64_t kb_n0 = grouped_any ? std::max<int64_t>(0, i_min - W + 1) / kAttnBlockK : 0;
   const int64_t kb_g1 = grouped_any ? (i_max - W) / kAttnBlockK : -1;  // inclusive
   std::vector<float> kn(size_t(n_kb * panel)), kg(grouped_any ? size_t((kb_g1 + 1) * panel) : 0);
+  std::vector<float> vp(size_t(T_k) * D);  // (T_k, D) values of one kv head, float32
   const int64_t n_qb = (T_q + kAttnBlockQ - 1) / kAttnBlockQ;
 
   for (int kvh = 0; kvh < p.n_kv_heads; ++kvh) {
@@ -124,6 +132,8 @@ void se_prefill(const AttentionParams& p, ThreadPool& pool, const AttnCpuKernels
     pool.parallel_for(n_kb, [&](int64_t kb) {
       if (kb >= kb_n0) attn_pack_key_block(kr, p, k_head, kb * kAttnBlockK, 1, kn.data() + kb * panel);
       if (kb <= kb_g1) attn_pack_key_block(kr, p, k_head, kb * kAttnBlockK, G, kg.data() + kb * panel);
+      const int64_t j0 = kb * kAttnBlockK;
+      attn_pack_values(kr, p, v_head, j0, std::min<int64_t>(kAttnBlockK, T_k - j0), vp.data() + j0 * D);
     });
     // Largest query blocks (most keys) first, so the last tasks to start are the short ones.
     pool.parallel_for(n_qb * Hg, [&](int64_t task) {
@@ -179,8 +189,7 @@ void se_prefill(const AttentionParams& p, ThreadPool& pool, const AttnCpuKernels
         }
         kr.softmax_update(s, nq, kAttnBlockK, kAttnBlockK, m, l, acc);
         const int nk = int(std::min<int64_t>(kAttnBlockK, i1 - j0));
-        kr.pv(s, nq, nk, kAttnBlockK, attn_elem(v_head, p.kv_dtype, j0 * p.v_stride_t), p.kv_dtype, p.v_stride_t,
-              acc);
+        kr.pv(s, nq, nk, kAttnBlockK, vp.data() + j0 * D, DType::kFloat32, D, acc);
       }
       for (int r = 0; r < nq; ++r)
         attn_store_row(attn_elem(p.out, p.out_dtype, (i0 + r - i_min) * p.out_stride_t + h * p.out_stride_h),

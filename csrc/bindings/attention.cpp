@@ -2,7 +2,10 @@
 // the RoPE table (built here from the caller's per-pair inverse frequencies, in double), and dispatch to
 // the CPU or CUDA kernels of attention/params.h. Shapes: q, out (T_q, H, D); k, v (T_k, H_kv, D);
 // pos_emb (npos_max, D) or (H, npos_max, D). Strided arrays are fine as long as head_dim is contiguous.
+#include <algorithm>
 #include <cmath>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -131,16 +134,43 @@ ArrayArg check_rope(py::handle inv_freq, double mscale, const std::string& style
   return f;
 }
 
+// The last RoPE table built, reused while the frequencies and mscale stay the same and it covers T_k
+// positions: building one costs n_pos * rope_dim/2 sin/cos pairs in double (~20 ms at 8k positions,
+// D = 128), more than a whole decode step. Grown geometrically. Shared ownership: a call still using an
+// old table keeps it alive.
+struct RopeTable {
+  std::vector<double> inv_freq;
+  double mscale = 0.0;
+  int64_t n_pos = 0;
+  std::vector<float> data;
+};
+
+std::shared_ptr<const RopeTable> rope_table_for(const double* inv_freq, int n_pairs, double mscale, int64_t n_pos) {
+  static std::mutex mutex;
+  static std::shared_ptr<const RopeTable> last;
+  std::lock_guard<std::mutex> lock(mutex);
+  const bool same = last && last->mscale == mscale && int(last->inv_freq.size()) == n_pairs &&
+                    std::equal(inv_freq, inv_freq + n_pairs, last->inv_freq.begin());
+  if (same && last->n_pos >= n_pos) return last;
+  auto t = std::make_shared<RopeTable>();
+  t->inv_freq.assign(inv_freq, inv_freq + n_pairs);
+  t->mscale = mscale;
+  t->n_pos = same ? std::max(n_pos, 2 * last->n_pos) : n_pos;
+  t->data.resize(size_t(t->n_pos) * n_pairs * 2);
+  build_rope_table(inv_freq, n_pairs, mscale, t->n_pos, t->data.data());
+  last = t;
+  return t;
+}
+
 void run_cpu_or_cuda(const AttnArrays& a, AttentionParams& p, const ArrayArg* inv_freq, double mscale, bool cope) {
-  std::vector<float> table;
   if (a.device == Device::kCPU) {
-    if (p.rope_dim > 0) {
-      table.resize(size_t(p.T_k) * p.rope_dim);
-      build_rope_table(inv_freq->view.ptr<double>(), p.rope_dim / 2, mscale, p.T_k, table.data());
-      p.rope_table = table.data();
-      p.rope_n_pos = p.T_k;
-    }
     py::gil_scoped_release release;
+    std::shared_ptr<const RopeTable> table;
+    if (p.rope_dim > 0) {
+      table = rope_table_for(inv_freq->view.ptr<double>(), p.rope_dim / 2, mscale, p.T_k);
+      p.rope_table = table->data.data();
+      p.rope_n_pos = table->n_pos;
+    }
     auto pool = default_pool();
     if (cope)
       cope_attention_cpu(p, *pool);
