@@ -153,7 +153,9 @@ inline void tile_legacy(const GemmArgs& g, int64_t r, int nr, int64_t t, int nt)
     __m256 dw[RW], mw[RW];
     for (int i = 0; i < RW; ++i) {
       wc[i] = L::codes(w[i][b]);
-      if constexpr (L::kSigned) {
+      if constexpr (L::kSigned && kVnni) {
+        wc[i] = _mm256_xor_si256(wc[i], _mm256_set1_epi8(char(0x80)));  // w + 128 as u8: no 16-bit saturation in vpdpbusd
+      } else if constexpr (L::kSigned) {
         ws[i] = wc[i];
         wc[i] = _mm256_sign_epi8(wc[i], wc[i]);  // |w| as u8 (|-128| = 128 fits)
       }
@@ -165,12 +167,14 @@ inline void tile_legacy(const GemmArgs& g, int64_t r, int nr, int64_t t, int nt)
       const __m256i aq = load256(ab.qs);
       const __m256 da = _mm256_set1_ps(ab.d);
       // Offset formats: sum (q - o) a = sum q a - o sum a, the o sum a spread over the 8 lanes.
-      const __m256i init = L::kOffset ? _mm256_set1_epi32(-(L::kOffset / 8) * ab.sum) : _mm256_setzero_si256();
+      // Q8_0 under VNNI: codes w + 128, offset 128.
+      constexpr int kOff = (L::kSigned && kVnni) ? 128 : L::kOffset;
+      const __m256i init = kOff ? _mm256_set1_epi32(-(kOff / 8) * ab.sum) : _mm256_setzero_si256();
       __m256 sa;
       if constexpr (L::kMin) sa = _mm256_set1_ps(ab.s * 0.125f);  // m d_a sum a, spread over 8 lanes
       for (int i = 0; i < RW; ++i) {
         __m256i is;
-        if constexpr (L::kSigned) {
+        if constexpr (L::kSigned && !kVnni) {  // maddubs: |w| times sign(w) a (w + 128 would saturate)
           is = dot_u8s8<kVnni>(init, wc[i], _mm256_sign_epi8(aq, ws[i]));
         } else {
           is = dot_u8s8<kVnni>(init, wc[i], aq);
