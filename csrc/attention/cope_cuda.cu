@@ -99,6 +99,8 @@ __global__ void __launch_bounds__(kThreads) cope_attention_kernel(const CopeArgs
   cp_async_commit();
 
   // --- integer position logits L[r][p] = zscale * <q_r, e_head(r)[p]> -------------------------------------
+  // In a global workspace, the splits of one query tile write the same values to the same place; each
+  // block reads only after writing them itself, so it reads either its own or an identical value.
   float* lbase = a.l_in_smem ? lsm : a.lws + (int64_t(kvh) * gridDim.x + mt) * kBM * npos;
   const T* pe = static_cast<const T*>(a.pe);
   if (kMode != kGateTotals) {
@@ -281,6 +283,9 @@ struct CopePlan {
   size_t total() const { return l_bytes + tot_bytes + o_bytes + ml_bytes; }
 };
 
+// Workspace regions start on 256-byte boundaries (the partial accumulators are stored as float2).
+inline size_t round_up_256(size_t n) { return (n + 255) / 256 * 256; }
+
 CopePlan plan_cope(const AttentionParams& p) {
   CopePlan pl;
   const int n_rep = p.n_heads / p.n_kv_heads;
@@ -288,12 +293,12 @@ CopePlan plan_cope(const AttentionParams& p) {
   pl.n_mtiles = (rows + kBM - 1) / kBM;
   pl.split = plan_splits(pl.n_mtiles * p.n_kv_heads, (p.T_k + kBN - 1) / kBN, multiprocessor_count());
   pl.l_in_smem = p.npos_max <= kMaxSmemNpos;
-  if (!pl.l_in_smem) pl.l_bytes = size_t(p.n_kv_heads) * pl.n_mtiles * kBM * p.npos_max * sizeof(float);
+  if (!pl.l_in_smem) pl.l_bytes = round_up_256(size_t(p.n_kv_heads) * pl.n_mtiles * kBM * p.npos_max * sizeof(float));
   if (pl.split.n_splits > 1) {
     const size_t rows_all = size_t(pl.split.n_splits) * p.T_q * p.n_heads;
-    pl.tot_bytes = rows_all * sizeof(float);
-    pl.o_bytes = rows_all * p.head_dim * sizeof(float);
-    pl.ml_bytes = rows_all * 2 * sizeof(float);
+    pl.tot_bytes = round_up_256(rows_all * sizeof(float));
+    pl.o_bytes = round_up_256(rows_all * p.head_dim * sizeof(float));
+    pl.ml_bytes = round_up_256(rows_all * 2 * sizeof(float));
   }
   return pl;
 }

@@ -92,9 +92,9 @@ __global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs 
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
-    rope_tile<T, kHeadDim, kThreads>(kraw, qn, kBM, a.rope, [&](int r) { return rm.pos(m0 + r); });
+    rope_tile<T, kHeadDim, kThreads, kBM>(kraw, qn, a.rope, [&](int r) { return rm.pos(m0 + r); });
     if (i_hi >= W)  // some row may reach the grouped branch
-      rope_tile<T, kHeadDim, kThreads>(kraw, qg, kBM, a.rope, [&](int r) {
+      rope_tile<T, kHeadDim, kThreads, kBM>(kraw, qg, a.rope, [&](int r) {
         return int(se_grouped_query_pos(rm.pos(m0 + r), G, W));
       });
     __syncthreads();  // the raw Q staging area becomes the first K tile
@@ -115,9 +115,9 @@ __global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs 
       const T* kr = kraw + buf * kBN * S;
       // Which branches the block's rows need on this tile (min and max of i - j over causal pairs).
       if (max(0, i_lo - j1) < W)
-        rope_tile<T, kHeadDim, kThreads>(kr, kn, kBN, a.rope, [&](int r) { return j0 + r; });
+        rope_tile<T, kHeadDim, kThreads, kBN>(kr, kn, a.rope, [&](int r) { return j0 + r; });
       if (i_hi - j0 >= W)
-        rope_tile<T, kHeadDim, kThreads>(kr, kg, kBN, a.rope, [&](int r) { return int(se_grouped_key_pos(j0 + r, G)); });
+        rope_tile<T, kHeadDim, kThreads, kBN>(kr, kg, a.rope, [&](int r) { return int(se_grouped_key_pos(j0 + r, G)); });
       __syncthreads();
 
       if (warp_has_rows && j0 <= wi_hi) {
