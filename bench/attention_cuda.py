@@ -298,13 +298,13 @@ def main():
         try:
             from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-            import torch._dynamo
+            from torch import _dynamo
 
             # One compiled kernel per (shape, head count): raise the recompile limit, or dynamo falls back
             # to flex's unfused path (T x T scores) after 8 shapes.
-            torch._dynamo.config.cache_size_limit = 64
-            if hasattr(torch._dynamo.config, "recompile_limit"):
-                torch._dynamo.config.recompile_limit = 64
+            _dynamo.config.cache_size_limit = 64
+            if hasattr(_dynamo.config, "recompile_limit"):
+                _dynamo.config.recompile_limit = 64
             flex = (torch.compile(flex_attention, dynamic=False), create_block_mask)
         except Exception as e:  # noqa: BLE001
             print("flex_attention unavailable:", e)
