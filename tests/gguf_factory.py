@@ -204,7 +204,7 @@ def tokenizer_kvs(kind: str, n_vocab: int, pre: Optional[str] = None) -> list[KV
         types = [1] * (256 + len(merges)) + [3] * len(specials)
         return [
             KV("tokenizer.ggml.model", "gpt2", VT.STRING),
-            KV("tokenizer.ggml.pre", pre or "gpt2", VT.STRING),
+            KV("tokenizer.ggml.pre", pre or "gpt-2", VT.STRING),
             KV("tokenizer.ggml.tokens", tokens, VT.ARRAY, VT.STRING),
             KV("tokenizer.ggml.token_type", types, VT.ARRAY, VT.INT32),
             KV("tokenizer.ggml.merges", [f"{a} {b}" for a, b in merges], VT.ARRAY, VT.STRING),

@@ -52,6 +52,9 @@ FLOAT_TYPES = {int(QT.F32), int(QT.F16), int(QT.BF16)}
 Q8_BLOCK = 32
 
 
+K_QUANT_TYPES = (10, 11, 12, 13, 14)  # Q2_K .. Q6_K
+
+
 def dequantize(t) -> np.ndarray:
     """A TensorInfo's weights as float64, in its row-major shape."""
     flat = gguf.quants.dequantize(t.data, QT(t.qtype))
@@ -114,7 +117,8 @@ class ReferenceModel:
     def _mm(self, x: np.ndarray, name: str, act_quant: Optional[str]) -> np.ndarray:
         # y = x W^T; W is (out, in) as GGUF stores it (ggml's ne0 = in is contiguous).
         if act_quant == "q8" and self.qtype[name] not in FLOAT_TYPES:
-            x = quantize_q8(x)
+            # K-quant weights meet 256-element activation blocks (llama.cpp's Q8_K), the others 32.
+            x = quantize_q8(x, 256 if self.qtype[name] in K_QUANT_TYPES else Q8_BLOCK)
         return x @ self.w[name].T
 
     def _rmsnorm(self, x: np.ndarray, name: str) -> np.ndarray:
