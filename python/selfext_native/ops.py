@@ -15,3 +15,10 @@ def rms_norm(x, weight, eps: float = 1e-6, *, out=None):
         out = empty_like(x, tuple(x.shape))
     _native.rms_norm(x, weight, out, float(eps), cuda_stream_of(x))
     return out
+
+
+# The attention and quantized-weight kernels live in their own modules; one import point for users.
+from .attention import cope_attention, self_extend_attention  # noqa: E402
+from .quant import dequantize, matmul_quant  # noqa: E402
+
+__all__ = ["cope_attention", "dequantize", "matmul_quant", "rms_norm", "self_extend_attention"]
