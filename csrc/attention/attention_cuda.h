@@ -28,6 +28,9 @@ void self_extend_attention_cuda_freqs(AttentionParams p, const double* inv_freq_
 int64_t self_extend_attention_cuda_workspace_bytes(const AttentionParams& p);
 int64_t cope_attention_cuda_workspace_bytes(const AttentionParams& p);
 
+// Throws ArgumentError unless ptr is 16-byte aligned and both strides are multiples of 8 elements.
+void check_rows_aligned_16(const void* ptr, int64_t stride_t, int64_t stride_h, const char* op, const char* name);
+
 // Make `device` current; returns the previous device (restore with the same call).
 int cuda_exchange_device(int device);
 

@@ -352,6 +352,11 @@ void cope_attention_cuda(const AttentionParams& p) {
                 p.n_heads, ") must be a multiple of n_kv_heads (", p.n_kv_heads, ")");
   SELFEXT_CHECK(p.npos_max >= 2, ArgumentError, "npos_max must be >= 2, got ", p.npos_max);
   SELFEXT_CHECK(p.pos_emb != nullptr, ArgumentError, "cope_attention: pos_emb is required");
+  check_rows_aligned_16(p.q, p.q_stride_t, p.q_stride_h, "cope_attention", "q");
+  check_rows_aligned_16(p.k, p.k_stride_t, p.k_stride_h, "cope_attention", "k");
+  check_rows_aligned_16(p.v, p.v_stride_t, p.v_stride_h, "cope_attention", "v");
+  check_rows_aligned_16(p.out, p.out_stride_t, p.out_stride_h, "cope_attention", "out");
+  check_rows_aligned_16(p.pos_emb, p.pe_stride_h, 0, "cope_attention", "pos_emb");
   SELFEXT_CHECK(p.rope_dim == 0, ArgumentError,
                 "cope_attention on CUDA takes k as given (rope_dim must be 0; rotate q and k beforehand)");
   if (p.T_q == 0) return;

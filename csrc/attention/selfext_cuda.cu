@@ -173,7 +173,22 @@ void launch_se(const SeArgs& a, int64_t n_mtiles, int n_kv_heads, int n_splits, 
   SELFEXT_CUDA_CHECK_LAUNCH();
 }
 
+}  // namespace
+
+// The tile loads move 16-byte chunks: every row of q, k, v, out (and pos_emb) must start 16-byte aligned.
+void check_rows_aligned_16(const void* ptr, int64_t stride_t, int64_t stride_h, const char* op, const char* name) {
+  SELFEXT_CHECK(reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && stride_t % 8 == 0 && stride_h % 8 == 0, ArgumentError,
+                op, ": ", name, " rows must start on 16-byte boundaries on CUDA (aligned data pointer, strides ",
+                "multiples of 8 elements)");
+}
+
+namespace {
+
 void check_common(const AttentionParams& p, const char* op) {
+  check_rows_aligned_16(p.q, p.q_stride_t, p.q_stride_h, op, "q");
+  check_rows_aligned_16(p.k, p.k_stride_t, p.k_stride_h, op, "k");
+  check_rows_aligned_16(p.v, p.v_stride_t, p.v_stride_h, op, "v");
+  check_rows_aligned_16(p.out, p.out_stride_t, p.out_stride_h, op, "out");
   SELFEXT_CHECK(p.q_dtype == p.kv_dtype && p.q_dtype == p.out_dtype, ArrayTypeError, op,
                 ": q, k, v and out must share one dtype");
   SELFEXT_CHECK(p.q_dtype == DType::kFloat16 || p.q_dtype == DType::kBFloat16, ArrayTypeError, op,
