@@ -27,6 +27,21 @@ REL_TOL = {np.float32: 1e-5, np.float16: 1e-3}
 LEVELS = ["scalar", "avx2", "avx512"]
 
 
+def cope_tol(q, k, e, dtype=np.float32) -> float:
+    """The float32 bound for CoPE: an output's relative error follows the absolute error of its logits,
+    and a logit s + z of magnitude up to M = scale*max|q||k| + max|q||e| (Cauchy-Schwarz) summed over D
+    float32 products carries about 2^-24 * M * sqrt(D) of rounding (random walk). With saturated gates
+    (|q|, |k| ~ 12) M is ~100 and that reaches 5e-5, past the generic 1e-5; twice that bound is used."""
+    if dtype != np.float32:
+        return REL_TOL[dtype]
+    D = q.shape[-1]
+    qn = np.linalg.norm(q.astype(np.float64), axis=-1).max()
+    kn = np.linalg.norm(k.astype(np.float64), axis=-1).max()
+    en = np.linalg.norm(e.astype(np.float64), axis=-1).max()
+    M = qn * kn / math.sqrt(D) + qn * en
+    return max(REL_TOL[np.float32], 2 * 2.0**-24 * M * math.sqrt(D))
+
+
 def rel_err(out, ref) -> float:
     out = np.asarray(out, dtype=np.float64)
     assert np.all(np.isfinite(out)), "output has non-finite values (an element left unwritten?)"
@@ -284,7 +299,7 @@ def test_cope_pairwise(rng, case):
         style = "norm" if case["rope"] == "none" else case["rope"]
         out = cope_native(q, k, v, e, scale_pos_logits=case["scale_z"], inv_freq=f, style=style)
         ref = cope_ref(q, k, v, e, scale_pos_logits=case["scale_z"], inv_freq=f, style=style)
-        assert rel_err(out, ref) <= REL_TOL[q_dt]
+        assert rel_err(out, ref) <= max(REL_TOL[q_dt], cope_tol(q, k, e, q_dt))
     finally:
         selfext_native.set_simd_level(previous)
 
@@ -301,7 +316,7 @@ def test_cope_large(rng, T_q, T_k, H, H_kv, D, npos, gates):
     q, k, v = _cope_inputs(rng, gates, T_q, T_k, H, H_kv, D)
     e = rng.standard_normal((npos, D)).astype(np.float32)
     out = cope_native(q, k, v, e)
-    assert rel_err(out, cope_ref(q, k, v, e)) <= REL_TOL[np.float32]
+    assert rel_err(out, cope_ref(q, k, v, e)) <= cope_tol(q, k, e)
 
 
 @pytest.mark.parametrize("simd_level", LEVELS, indirect=True)

@@ -1,7 +1,8 @@
 // Typed exceptions thrown by native code. bindings/module.cpp translates each into the Python class of
 // the same name in selfext_native.errors. Never abort() or exit(): a library must give control back.
 #pragma once
-#include <sstream>
+#include <cstdio>
+#include <type_traits>
 #include <stdexcept>
 #include <string>
 
@@ -33,11 +34,32 @@ struct Cancelled : std::runtime_error {
 };
 
 namespace detail {
+// Message building without iostreams: a device build (g++ 13, Python 3.12, torch loaded first) crashed
+// inside ostringstream's number formatting, and error paths must never crash. Integers go through
+// std::to_string, floating point through snprintf, strings as they are.
+inline void append(std::string& s, const std::string& v) { s += v; }
+inline void append(std::string& s, const char* v) { s += v ? v : "(null)"; }
+inline void append(std::string& s, char c) { s += c; }
+inline void append(std::string& s, bool b) { s += b ? "true" : "false"; }
+inline void append(std::string& s, double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.6g", v);
+  s += buf;
+}
+inline void append(std::string& s, float v) { append(s, double(v)); }
+template <typename T, typename std::enable_if<std::is_integral<T>::value, int>::type = 0>
+void append(std::string& s, T v) {
+  s += std::to_string(v);
+}
+template <typename T, typename std::enable_if<std::is_enum<T>::value, int>::type = 0>
+void append(std::string& s, T v) {
+  s += std::to_string(static_cast<long long>(v));
+}
 template <typename... Args>
 std::string concat(const Args&... args) {
-  std::ostringstream os;
-  (os << ... << args);
-  return os.str();
+  std::string s;
+  (append(s, args), ...);
+  return s;
 }
 }  // namespace detail
 
