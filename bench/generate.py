@@ -65,18 +65,24 @@ def child(system: str, path: str, threads: int) -> dict:
         def step(tok):
             return model.forward(np.asarray([tok], dtype=np.int32), False)[0]
     else:
+        import llama_cpp
         from llama_cpp import Llama
 
         llm = Llama(path, n_ctx=1024, n_threads=threads, n_threads_batch=threads, n_batch=512, verbose=False)
+        n_vocab = llm.n_vocab()
+
+        def last_logits():
+            # The context's own logits of the last token (no copy into llama-cpp-python's score table).
+            return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
 
         def prefill():
             llm.reset()
             llm.eval(ids.tolist())
-            return llm.scores[llm.n_tokens - 1]
+            return last_logits()
 
         def step(tok):
             llm.eval([tok])
-            return llm.scores[llm.n_tokens - 1]
+            return last_logits()
 
     prefill()  # warm-up
     runs = []
