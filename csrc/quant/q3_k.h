@@ -59,14 +59,9 @@ SELFEXT_HD void kquant_scales(const block_q3_k& b, int16_t* sc, int16_t* mn, flo
   *dm = *d;
 }
 
-SELFEXT_HD float vec_dot_block(const block_q3_k& b, const block_q8_k& a) {
-  uint8_t codes[kQK_K];
-  for (int i = 0; i < kQK_K; ++i) codes[i] = uint8_t(q3_k_code(b, i));
-  int16_t sc[16], mn[16];
-  float d, dm;
-  kquant_scales(b, sc, mn, &d, &dm);
-  return kquant_dot(codes, sc, mn, d, dm, a);
-}
+SELFEXT_HD int kquant_code(const block_q3_k& b, int i) { return q3_k_code(b, i); }
+
+SELFEXT_HD float vec_dot_block(const block_q3_k& b, const block_q8_k& a) { return kquant_vec_dot(b, a); }
 
 }  // inline namespace SELFEXT_ISA_NAMESPACE
 }  // namespace selfext

@@ -46,18 +46,22 @@ SELFEXT_HD int q4_k_code(const block_q4_k& b, int i) {
   return (b.qs[32 * g + l] >> (4 * h)) & 0xF;
 }
 
-SELFEXT_HD void dequantize_block(const block_q4_k& b, float* y) {
+// Q4_K and Q5_K share the layout of d, dmin and the 6-bit scales/mins (k4_scale_min); they differ only
+// in how a code is stored. Block supplies kquant_code(b, i).
+template <typename Block>
+SELFEXT_HD void k4_dequantize_block(const Block& b, float* y) {
   const float d = fp16_to_float(b.d), dmin = fp16_to_float(b.dmin);
   for (int j = 0; j < 8; ++j) {
     int sc, m;
     k4_scale_min(b.scales, j, &sc, &m);
     const float dl = d * float(sc), ml = dmin * float(m);
-    for (int i = 32 * j; i < 32 * j + 32; ++i) y[i] = dl * float(q4_k_code(b, i)) - ml;
+    for (int i = 32 * j; i < 32 * j + 32; ++i) y[i] = dl * float(kquant_code(b, i)) - ml;
   }
 }
 
 // kquant_dot description: per-16 sc and mn repeat the per-32 scale and min; dm = dmin.
-SELFEXT_HD void kquant_scales(const block_q4_k& b, int16_t* sc, int16_t* mn, float* d, float* dm) {
+template <typename Block>
+SELFEXT_HD void k4_kquant_scales(const Block& b, int16_t* sc, int16_t* mn, float* d, float* dm) {
   for (int j = 0; j < 8; ++j) {
     int s, m;
     k4_scale_min(b.scales, j, &s, &m);
@@ -68,14 +72,13 @@ SELFEXT_HD void kquant_scales(const block_q4_k& b, int16_t* sc, int16_t* mn, flo
   *dm = fp16_to_float(b.dmin);
 }
 
-SELFEXT_HD float vec_dot_block(const block_q4_k& b, const block_q8_k& a) {
-  uint8_t codes[kQK_K];
-  for (int i = 0; i < kQK_K; ++i) codes[i] = uint8_t(q4_k_code(b, i));
-  int16_t sc[16], mn[16];
-  float d, dm;
-  kquant_scales(b, sc, mn, &d, &dm);
-  return kquant_dot(codes, sc, mn, d, dm, a);
+SELFEXT_HD int kquant_code(const block_q4_k& b, int i) { return q4_k_code(b, i); }
+SELFEXT_HD void dequantize_block(const block_q4_k& b, float* y) { k4_dequantize_block(b, y); }
+SELFEXT_HD void kquant_scales(const block_q4_k& b, int16_t* sc, int16_t* mn, float* d, float* dm) {
+  k4_kquant_scales(b, sc, mn, d, dm);
 }
+
+SELFEXT_HD float vec_dot_block(const block_q4_k& b, const block_q8_k& a) { return kquant_vec_dot(b, a); }
 
 }  // inline namespace SELFEXT_ISA_NAMESPACE
 }  // namespace selfext

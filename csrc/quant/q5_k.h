@@ -31,35 +31,14 @@ SELFEXT_HD int q5_k_code(const block_q5_k& b, int i) {
   return lo | (((b.qh[l] >> (i >> 5)) & 1) << 4);
 }
 
-SELFEXT_HD void dequantize_block(const block_q5_k& b, float* y) {
-  const float d = fp16_to_float(b.d), dmin = fp16_to_float(b.dmin);
-  for (int j = 0; j < 8; ++j) {
-    int sc, m;
-    k4_scale_min(b.scales, j, &sc, &m);
-    const float dl = d * float(sc), ml = dmin * float(m);
-    for (int i = 32 * j; i < 32 * j + 32; ++i) y[i] = dl * float(q5_k_code(b, i)) - ml;
-  }
-}
+SELFEXT_HD int kquant_code(const block_q5_k& b, int i) { return q5_k_code(b, i); }
+SELFEXT_HD void dequantize_block(const block_q5_k& b, float* y) { k4_dequantize_block(b, y); }
 
 SELFEXT_HD void kquant_scales(const block_q5_k& b, int16_t* sc, int16_t* mn, float* d, float* dm) {
-  for (int j = 0; j < 8; ++j) {
-    int s, m;
-    k4_scale_min(b.scales, j, &s, &m);
-    sc[2 * j] = sc[2 * j + 1] = int16_t(s);
-    mn[2 * j] = mn[2 * j + 1] = int16_t(m);
-  }
-  *d = fp16_to_float(b.d);
-  *dm = fp16_to_float(b.dmin);
+  k4_kquant_scales(b, sc, mn, d, dm);
 }
 
-SELFEXT_HD float vec_dot_block(const block_q5_k& b, const block_q8_k& a) {
-  uint8_t codes[kQK_K];
-  for (int i = 0; i < kQK_K; ++i) codes[i] = uint8_t(q5_k_code(b, i));
-  int16_t sc[16], mn[16];
-  float d, dm;
-  kquant_scales(b, sc, mn, &d, &dm);
-  return kquant_dot(codes, sc, mn, d, dm, a);
-}
+SELFEXT_HD float vec_dot_block(const block_q5_k& b, const block_q8_k& a) { return kquant_vec_dot(b, a); }
 
 }  // inline namespace SELFEXT_ISA_NAMESPACE
 }  // namespace selfext

@@ -48,5 +48,18 @@ SELFEXT_HD float kquant_dot(const uint8_t* codes, const int16_t* sc, const int16
   return d * a.d * float(sum_q) - dm * a.d * float(sum_m);
 }
 
+// One K-quant block against one Q8_K block. Every K-quant header supplies, for its block type,
+// kquant_code(b, i) (the unsigned code of element i) and kquant_scales(b, sc, mn, &d, &dm) (the
+// description above); found by argument-dependent lookup when this is instantiated.
+template <typename Block>
+SELFEXT_HD float kquant_vec_dot(const Block& b, const block_q8_k& a) {
+  uint8_t codes[kQK_K];
+  for (int i = 0; i < kQK_K; ++i) codes[i] = uint8_t(kquant_code(b, i));
+  int16_t sc[16], mn[16];
+  float d, dm;
+  kquant_scales(b, sc, mn, &d, &dm);
+  return kquant_dot(codes, sc, mn, d, dm, a);
+}
+
 }  // inline namespace SELFEXT_ISA_NAMESPACE
 }  // namespace selfext
