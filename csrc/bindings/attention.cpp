@@ -11,6 +11,7 @@
 
 #include "attention/params.h"
 #include "attention/rope.h"
+#include "bindings/attention_args.h"
 #include "bindings/interop.h"
 #include "bindings/registry.h"
 #include "core/cuda_info.h"
@@ -81,36 +82,10 @@ AttnArrays convert_qkv(py::handle q, py::handle k, py::handle v, py::handle out,
 
 AttentionParams make_params(const AttnArrays& a, float scale) {
   AttentionParams p;
-  const ArrayView &q = a.q.view, &k = a.k.view, &v = a.v.view, &o = a.out.view;
-  p.q = q.data;
-  p.k = k.data;
-  p.v = v.data;
-  p.out = o.data;
-  p.q_dtype = q.dtype;
-  p.kv_dtype = k.dtype;
-  p.out_dtype = o.dtype;
-  p.q_stride_t = q.strides[0];
-  p.q_stride_h = q.strides[1];
-  p.k_stride_t = k.strides[0];
-  p.k_stride_h = k.strides[1];
-  p.v_stride_t = v.strides[0];
-  p.v_stride_h = v.strides[1];
-  p.out_stride_t = o.strides[0];
-  p.out_stride_h = o.strides[1];
-  p.T_q = q.shape[0];
-  p.T_k = k.shape[0];
-  p.n_heads = int(q.shape[1]);
-  p.n_kv_heads = int(k.shape[1]);
-  p.head_dim = int(q.shape[2]);
+  fill_attention_views(p, a.q.view, a.k.view, a.v.view, a.out.view);
   SELFEXT_CHECK(std::isfinite(scale) && scale > 0.f, ArgumentError, "scale must be finite and > 0, got ", scale);
   p.scale = scale;
   return p;
-}
-
-RopeStyle parse_rope_style(const std::string& s) {
-  if (s == "norm") return RopeStyle::kNorm;
-  if (s == "neox") return RopeStyle::kNeox;
-  throw ArgumentError(detail::concat("rope_style must be 'norm' or 'neox', got '", s, "'"));
 }
 
 // inv_freq: float64 (rope_dim/2,) on the host. Fills p's RoPE style and dim; returns the checked view.

@@ -15,18 +15,13 @@
 
 #include "attention/attention_cuda.h"
 #include "attention/params.h"
+#include "bindings/attention_args.h"
 #include "bindings/interop.h"
 #include "bindings/registry.h"
 #include "core/cuda_info.h"
 
 namespace selfext {
 namespace {
-
-RopeStyle parse_rope_style(const std::string& s) {
-  if (s == "norm") return RopeStyle::kNorm;
-  if (s == "neox") return RopeStyle::kNeox;
-  throw ArgumentError(detail::concat("rope_style must be 'norm' or 'neox', got '", s, "'"));
-}
 
 void check_head_dim(int64_t d) {
   SELFEXT_CHECK(d == 64 || d == 80 || d == 96 || d == 128, ArgumentError, "head_dim ", d,
@@ -95,24 +90,7 @@ void fill_qkvo(AttentionParams& p, const ArrayView& q, const ArrayView& k, const
                 q.shape[1], ") must be a multiple of the number of kv heads (", k.shape[1], ")");
   SELFEXT_CHECK(q.shape[0] <= k.shape[0], ArgumentError, op, ": q has ", q.shape[0], " positions but k only ",
                 k.shape[0], " (the queries are the last T_q of the T_k keys)");
-  p.q = q.data;
-  p.k = k.data;
-  p.v = v.data;
-  p.out = out.data;
-  p.q_dtype = p.kv_dtype = p.out_dtype = q.dtype;
-  p.q_stride_t = q.strides[0];
-  p.q_stride_h = q.strides[1];
-  p.k_stride_t = k.strides[0];
-  p.k_stride_h = k.strides[1];
-  p.v_stride_t = v.strides[0];
-  p.v_stride_h = v.strides[1];
-  p.out_stride_t = out.strides[0];
-  p.out_stride_h = out.strides[1];
-  p.T_q = q.shape[0];
-  p.T_k = k.shape[0];
-  p.n_heads = int(q.shape[1]);
-  p.n_kv_heads = int(k.shape[1]);
-  p.head_dim = int(q.shape[2]);
+  fill_attention_views(p, q, k, v, out);
 }
 
 void self_extend_attention_cuda_op(py::object q_obj, py::object k_obj, py::object v_obj, py::object out_obj,
