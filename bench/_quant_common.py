@@ -1,28 +1,13 @@
-"""Helpers of bench/quant_cpu.py: device and commit names, the median timer, the JSON writer, NumPy's
-BLAS (its kernel name and thread count, through the bundled OpenBLAS), random valid GGUF blocks.
-(bench/_common.py did not exist when this was written; fold these into it once it does.)"""
+"""Helpers only bench/quant_cpu.py needs: NumPy's BLAS (its kernel name and thread count, through the
+bundled OpenBLAS), the last-level cache size, random valid GGUF blocks. Device, commit, timer and JSON
+come from bench/_common.py."""
 from __future__ import annotations
 
 import ctypes
 import glob
-import json
 import os
-import platform
-import subprocess
-import time
 
 import numpy as np
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def last_level_cache_bytes() -> int:
@@ -35,35 +20,6 @@ def last_level_cache_bytes() -> int:
         mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1], 1)
         best = max(best, int(size.rstrip("KMG")) * mult)
     return best or 32 << 20
-
-
-def commit() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "csrc/quant", "bench/quant_cpu.py"],
-                               cwd=os.path.dirname(here), capture_output=True, text=True).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def median_time(fn, reps: int) -> float:
-    fn()  # warm-up: page faults, caches, thread wake-up
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
-
-
-def write_json(path: str, payload: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=1)
-        f.write("\n")
 
 
 class Blas:

@@ -11,7 +11,7 @@ Ours and the anchor are timed alternately, median of --reps, so a busy machine s
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are removed from the environment (the script re-executes itself)
 so OpenBLAS picks its kernel as a user's NumPy would; the kernel's name is recorded.
 
-    python bench/quant_cpu.py [--types Q4_0,Q4_K] [--threads 1,2] [--out bench/results/quant_cpu-<cpu>.json]
+    python bench/quant_cpu.py [--types Q4_0,Q4_K] [--threads 1,2] [--out FILE]  (default bench/results/quant_cpu-<cpu>.json)
 """
 from __future__ import annotations
 
@@ -23,13 +23,14 @@ if any(k in os.environ for k in _SCRUB):
     os.execve(sys.executable, [sys.executable] + sys.argv, {k: v for k, v in os.environ.items() if k not in _SCRUB})
 
 import argparse  # noqa: E402
-import re  # noqa: E402
+import json  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402
 import _quant_common as qc  # noqa: E402
 
 import selfext_native  # noqa: E402
@@ -113,7 +114,7 @@ def main():
     args = ap.parse_args()
     types = [t.strip().upper() for t in args.types.split(",") if t.strip()]
     blas = qc.Blas()
-    cpu = qc.cpu_name()
+    cpu = _common.cpu_name()
     llc = qc.last_level_cache_bytes()
     rng = np.random.default_rng(0)
     info = {t: quant.block_info(t) for t in types}
@@ -133,14 +134,17 @@ def main():
                     print(f"{name:5s} {threads}t matmat {k}x{n} {r['gflops']:6.1f} GFLOP/s  numpy {r['numpy_gflops']:6.1f}",
                           flush=True)
     payload = {
-        "bench": "quant_cpu", "device": cpu, "commit": qc.commit(), "simd_level": selfext_native.backends()["cpu"]["simd_level"],
+        "bench": "quant_cpu", "device": cpu, "commit": _common.git_commit(), "simd_level": selfext_native.backends()["cpu"]["simd_level"],
         "numpy_blas": blas.kernel(), "last_level_cache_bytes": llc, "load_average": os.getloadavg(),
         "decode_cols": DECODE_COLS, "targets": {"matvec_of_read_bw": TARGET_GBS, "matmat_of_numpy": TARGET_MM},
         "results": results,
     }
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   "quant_cpu-" + re.sub(r"[^A-Za-z0-9]+", "_", cpu).strip("_").lower() + ".json")
-    qc.write_json(out, payload)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(payload, f, indent=2)
+        out = args.out
+    else:
+        out = _common.write_json("quant_cpu", cpu, payload)
     print()
     print(table(payload))
     print(f"\nwrote {out}")
