@@ -332,6 +332,42 @@ def test_cope_positions_on_integers_and_clamp(rng, simd_level):
         assert rel_err(out, cope_ref(q, k, v, e, scale_pos_logits=scale_z)) <= REL_TOL[np.float32]
 
 
+def _split_chunk(H_kv: int, D: int) -> int:
+    """Keys per chunk of the split-K CoPE decode (cope_cpu.cpp, SelfExtend's decode rule: ~64 Ki floats of
+    K per chunk, a multiple of 16 in [16, 256]); used only to place the cases' clamps and remainders."""
+    return min(256, max(16, 65536 // (H_kv * D) // 16 * 16))
+
+
+# Split-K decode and short chunks (T_q <= 8): (T_q, T_k, H, H_kv, D, npos, gates, per_head, scale_z, dtypes).
+# With gates exactly 1 the last query's positions are i - j + 1, so npos places the clamp: chunks of 256
+# keys at (H_kv=1, D=64) and T_k = 700 give [0, 256), [256, 512), [512, 700).
+SPLIT_CASES = [
+    (1, 700, 4, 1, 64, 16, "near1", False, False, "f32"),  # clamp inside the last chunk
+    (1, 700, 4, 1, 64, 300, "near1", True, True, "f32"),  # clamp one chunk earlier: carried across
+    (3, 700, 4, 1, 64, 189, "near1", False, True, "f32"),  # last chunk's total is exactly npos_max - 1
+    (1, 1000, 16, 8, 128, 64, "random", True, False, "f32"),  # 16 chunks of 64, the last one 40 keys
+    (8, 1000, 16, 8, 128, 200, "random", False, True, "f16"),  # clamp a few chunks back, 8 queries
+    (1, 531, 6, 2, 96, 1024, "near0", True, True, "f32q_f16kv"),  # never clamped, tiny gates
+    (5, 533, 6, 2, 80, 64, "random", True, False, "f32"),
+    (2, 17, 3, 1, 64, 2, "near1", False, False, "f32"),  # less than one chunk, npos_max = 2
+    (1, 4099, 9, 3, 64, 1024, "random", False, False, "f32"),  # 17 chunks, clamp ~2k keys back
+]
+
+
+@pytest.mark.parametrize("simd_level", LEVELS, indirect=True)
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_cope_split_decode(rng, simd_level, case):
+    T_q, T_k, H, H_kv, D, npos, gates, per_head, scale_z, dts = case
+    assert T_k % _split_chunk(H_kv, D) != 0  # a partial last chunk in every case
+    q, k, v = _cope_inputs(rng, gates, T_q, T_k, H, H_kv, D)
+    q_dt, kv_dt = DTYPES[dts]
+    q, k, v = q.astype(q_dt), k.astype(kv_dt), v.astype(kv_dt)
+    e = rng.standard_normal((H, npos, D) if per_head else (npos, D)).astype(q_dt)
+    out = cope_native(q, k, v, e, scale_pos_logits=scale_z)
+    ref = cope_ref(q, k, v, e, scale_pos_logits=scale_z)
+    assert rel_err(out, ref) <= max(REL_TOL[q_dt], cope_tol(q, k, e, q_dt))
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 64])
 def test_cope_chunked_prefill(rng, chunk):
     T_k, H, H_kv, D, npos = 150 if chunk == 1 else 333, 4, 2, 96, 16
