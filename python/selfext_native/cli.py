@@ -3,6 +3,8 @@
     selfext run  -m MODEL -p PROMPT -n 128 -c 16384 --self-extend auto
     selfext chat -m MODEL
     selfext info -m MODEL
+    selfext passkey -m MODEL -c 16384 --self-extend auto --trials 20 --seed 0 --json out.json
+    selfext perplexity -m MODEL -f book.txt -c 16384 --self-extend auto --plot loss.png
 """
 from __future__ import annotations
 
@@ -23,6 +25,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--self-extend", choices=["auto", "off"], default=None,
                    help="auto: choose G and W from the context size and the trained context")
     p.add_argument("--cache-type", choices=["f16", "f32"], default="f16", help="KV cache precision")
+    p.add_argument("--rope-scaling", choices=["none", "linear", "yarn"], default=None,
+                   help="RoPE scaling instead of (or besides) SelfExtend; YaRN against the trained context")
+    p.add_argument("--rope-scale", type=float, default=None,
+                   help="RoPE context scaling factor F: positions divided by F (linear unless --rope-scaling)")
+    p.add_argument("--rope-freq-base", type=float, default=None,
+                   help="RoPE base frequency (NTK-aware scaling: base * F**(d/(d-2)))")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -51,7 +59,8 @@ def _load(args):
     from .llm import LLM
 
     return LLM(args.model, n_ctx=args.ctx_size, device=args.device, n_threads=args.threads,
-               self_extend=_self_extend(args), kv_type=args.cache_type, n_batch=args.batch_size)
+               self_extend=_self_extend(args), kv_type=args.cache_type, n_batch=args.batch_size,
+               rope_scaling=args.rope_scaling, rope_scale=args.rope_scale, rope_freq_base=args.rope_freq_base)
 
 
 class _Progress:
@@ -162,6 +171,49 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_passkey(args) -> int:
+    from .eval.passkey import run_passkey
+
+    llm = _load(args)
+
+    def progress(i, t):
+        sys.stderr.write(f"trial {i + 1}/{args.trials}: depth {t.depth:.2f}, {t.n_prompt_tokens} tokens, key {t.key}, "
+                         f"answer {t.answer.strip()!r} {'ok' if t.correct else 'WRONG'} "
+                         f"({t.n_prompt_tokens / max(t.prefill_seconds, 1e-9):.0f} t/s)\n")
+
+    r = run_passkey(llm, trials=args.trials, seed=args.seed, n_tokens=args.n_tokens, depth_bins=args.depth_bins,
+                    progress=progress)
+    print(r.summary())
+    if args.json:
+        r.write_json(args.json)
+    return 0
+
+
+def cmd_perplexity(args) -> int:
+    import os
+
+    from .eval.perplexity import run_perplexity
+
+    llm = _load(args)
+    with open(args.file, encoding="utf-8") as f:
+        text = f.read()
+
+    def progress(done, total):
+        sys.stderr.write(f"\rwindow {done}/{total}")
+        sys.stderr.flush()
+        if done == total:
+            sys.stderr.write("\n")
+
+    r = run_perplexity(llm, text, max_windows=args.max_windows, bucket=args.bucket, source=os.path.basename(args.file),
+                       progress=progress)
+    print(r.summary())
+    if args.json:
+        r.write_json(args.json)
+    if args.plot:
+        r.plot(args.plot)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="selfext", description="Run GGUF models past their trained context.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -182,6 +234,23 @@ def main(argv=None) -> int:
     p_info.add_argument("--grp-attn-w", type=int, default=None)
     p_info.add_argument("--json", action="store_true")
     p_info.set_defaults(func=cmd_info)
+
+    p_pk = sub.add_parser("passkey", help="passkey retrieval accuracy at a context size")
+    _add_model_args(p_pk)
+    p_pk.add_argument("--trials", type=int, default=10)
+    p_pk.add_argument("-s", "--seed", type=int, default=0, help="seed of keys and depths")
+    p_pk.add_argument("--n-tokens", type=int, default=None, help="prompt length (default: n_ctx minus the answer)")
+    p_pk.add_argument("--depth-bins", type=int, default=5, help="depth bins of the report (trials stratified over them)")
+    p_pk.add_argument("--json", default=None, help="write the result (every trial) to this JSON file")
+    p_pk.set_defaults(func=cmd_passkey)
+    p_pp = sub.add_parser("perplexity", help="perplexity of a text in windows of n_ctx, with the loss by position")
+    _add_model_args(p_pp)
+    p_pp.add_argument("-f", "--file", required=True, help="UTF-8 text file")
+    p_pp.add_argument("--max-windows", type=int, default=None, help="score at most this many windows")
+    p_pp.add_argument("--bucket", type=int, default=None, help="positions per loss-curve bucket (default n_ctx/64)")
+    p_pp.add_argument("--json", default=None, help="write the result and the loss curve to this JSON file")
+    p_pp.add_argument("--plot", default=None, help="write the loss curve as a PNG (needs matplotlib)")
+    p_pp.set_defaults(func=cmd_perplexity)
 
     args = parser.parse_args(argv)
     from .errors import SelfExtError

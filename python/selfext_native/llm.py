@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
@@ -20,6 +20,7 @@ from .chat_template import ChatTemplate
 from .default_model import default_model_path
 from .errors import ArgumentError, ContextOverflowError, GGUFError
 from .gguf_model import ModelDescription, load_model_description
+from .rope import ROPE_SCALING_TYPES, RopeConfig, rope_inv_freq
 from .sampling import Sampler, SamplingParams, StopMatcher
 from .tokenizer import Tokenizer
 
@@ -65,6 +66,42 @@ def _matrix(t) -> tuple:
     return (t.data, int(t.qtype), int(rows), int(cols))
 
 
+def _rope_override(desc: ModelDescription, scaling: Optional[str], scale: Optional[float],
+                   freq_base: Optional[float]) -> RopeConfig:
+    """The model's RopeConfig with llama.cpp-style overrides applied (see LLM's docstring)."""
+    import math
+
+    cfg = desc.rope
+    if scaling is not None and scaling not in ROPE_SCALING_TYPES:
+        raise ArgumentError(f"rope_scaling must be one of {ROPE_SCALING_TYPES}, got {scaling!r}")
+    for name, v, low in (("rope_scale", scale, 0.0), ("rope_freq_base", freq_base, 1.0)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                              or not v > low):
+            raise ArgumentError(f"{name} must be a finite number > {low:g}, got {v!r}")
+    changes: dict = {}
+    if freq_base is not None:
+        changes["freq_base"] = float(freq_base)
+    kind = scaling if scaling is not None else cfg.scaling_type
+    if scale is not None and scaling is None and kind == "none":
+        kind = "linear"  # llama.cpp: --rope-scale alone is linear interpolation (freq_scale = 1/F)
+    if kind == "none":
+        changes.update(scaling_type="none", scaling_factor=1.0)
+    elif scaling is not None or scale is not None:
+        factor = float(scale) if scale is not None else cfg.scaling_factor
+        if kind != "none" and scale is None and cfg.scaling_type == "none":
+            raise ArgumentError(f"rope_scaling={kind!r} needs rope_scale (the file has no scaling factor)")
+        changes.update(scaling_type=kind, scaling_factor=factor,
+                       yarn_orig_ctx=cfg.yarn_orig_ctx or desc.n_ctx_train)
+    if not changes:
+        return cfg
+    out = replace(cfg, **changes)
+    try:
+        rope_inv_freq(out)
+    except ValueError as e:
+        raise ArgumentError(f"RoPE override invalid: {e}") from e
+    return out
+
+
 class LLM:
     """A GGUF language model, ready to generate.
 
@@ -76,11 +113,17 @@ class LLM:
         selfext_native.selfextend), or (group, window).
     vocab_only: load only the tokenizer (llama-cpp-python's convention).
     kv_type: "f16" (default) or "f32" cache; n_batch: tokens per prefill chunk (bounds scratch memory).
+    rope_scaling, rope_scale, rope_freq_base: override the file's RoPE settings, as llama.cpp's
+        --rope-scaling / --rope-scale / --rope-freq-base do (the alternatives to SelfExtend):
+        rope_scaling "none", "linear" or "yarn" (YaRN measured against the trained context);
+        rope_scale F divides positions by F (alone, it keeps the file's scaling type, linear if none);
+        rope_freq_base B replaces the base (NTK-aware scaling: B = base * F**(dim/(dim-2))).
     """
 
     def __init__(self, model_path: Optional[str] = None, *, n_ctx: Optional[int] = None, device: str = "auto",
                  n_threads: Optional[int] = None, self_extend: SelfExtendArg = None, vocab_only: bool = False,
-                 kv_type: str = "f16", n_batch: int = 512):
+                 kv_type: str = "f16", n_batch: int = 512, rope_scaling: Optional[str] = None,
+                 rope_scale: Optional[float] = None, rope_freq_base: Optional[float] = None):
         self.model_path = os.fspath(model_path) if model_path is not None else default_model_path()
         if device not in ("auto", "cpu", "cuda"):
             raise ArgumentError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
@@ -105,6 +148,7 @@ class LLM:
             return
 
         desc = load_model_description(self.model_path)
+        _rope_override(desc, rope_scaling, rope_scale, rope_freq_base)  # bad overrides fail before any work
         self.desc = desc
         self.tokenizer = Tokenizer.from_gguf_fields(desc.fields)
         if self.tokenizer.n_vocab != desc.n_vocab:
@@ -140,7 +184,8 @@ class LLM:
             raise ArgumentError("device='cuda': the CUDA inference loop is not built yet; use device='cpu'")
         self.device = "cpu"
 
-        inv_freq, mscale = desc.rope_inv_freq()
+        self.rope = _rope_override(desc, rope_scaling, rope_scale, rope_freq_base)
+        inv_freq, mscale = rope_inv_freq(self.rope)
         config = dict(
             n_layer=desc.n_layer, n_embd=desc.n_embd, n_head=desc.n_head, n_head_kv=desc.n_head_kv,
             head_dim=desc.head_dim, n_ff=desc.n_ff, n_vocab=desc.n_vocab, rms_eps=float(desc.rms_eps),
