@@ -285,12 +285,15 @@ def model_spec(*, arch: str = "llama", qtype: Union[str, dict[str, str]] = "Q8_0
                n_ctx_train: int = 256, rms_eps: float = 1e-5, rope_freq_base: float = 10000.0,
                rope_dim: Optional[int] = None, rope_scaling: Optional[dict[str, Any]] = None,
                rope_freqs: bool = False, tokenizer: str = "gpt2", tokenizer_pre: Optional[str] = None,
-               qkv_bias: Optional[bool] = None, name: str = "synthetic") -> ModelSpec:
+               qkv_bias: Optional[bool] = None, name: str = "synthetic",
+               cope: Optional[dict[str, Any]] = None) -> ModelSpec:
     """Keys and tensor plans of a small model. Vector tensors are always F32.
 
     rope_scaling: e.g. {"type": "linear", "factor": 4} or {"type": "yarn", "factor": 4,
     "original_context_length": 64, "beta_fast": 32, "beta_slow": 1, "attn_factor": 1.0}.
     qkv_bias: defaults to True for qwen2 (its Q/K/V projections have biases), False for llama.
+    cope: for arch "selfext-cope" (docs/cope_gguf.md), e.g. {"npos_max": 16, "per_head": False,
+    "scale_pos_logits": False, "pos_std": 0.2}; rope_dim=0 there means no RoPE.
     """
     hd = head_dim if head_dim is not None else n_embd // n_head
     a = arch
@@ -324,6 +327,12 @@ def model_spec(*, arch: str = "llama", qtype: Union[str, dict[str, str]] = "Q8_0
                 kvs.append(KV(f"{a}.rope.scaling.yarn_{k}", float(rs.pop(k)), VT.FLOAT32))
         if rs:
             raise ValueError(f"unknown rope_scaling keys {sorted(rs)}")
+    if arch == "selfext-cope":
+        cp = dict(cope or {})
+        npos, per_head = int(cp.get("npos_max", 16)), bool(cp.get("per_head", False))
+        kvs += [KV(f"{a}.cope.npos_max", npos, VT.UINT32),
+                KV(f"{a}.cope.per_head", per_head, VT.BOOL),
+                KV(f"{a}.cope.scale_pos_logits", bool(cp.get("scale_pos_logits", False)), VT.BOOL)]
     kvs += tokenizer_kvs(tokenizer, n_vocab, tokenizer_pre)
 
     def q(name: str) -> int:
@@ -351,6 +360,9 @@ def model_spec(*, arch: str = "llama", qtype: Union[str, dict[str, str]] = "Q8_0
             TensorPlan(p + "ffn_up.weight", (n_ff, n_embd), q(p + "ffn_up.weight"), "matrix"),
             TensorPlan(p + "ffn_down.weight", (n_embd, n_ff), q(p + "ffn_down.weight"), "matrix"),
         ]
+        if arch == "selfext-cope":
+            shape = (n_head, npos, hd) if per_head else (npos, hd)
+            plans.append(TensorPlan(p + "cope_pos.weight", shape, f32, "bias"))
         if bias:
             plans += [TensorPlan(p + "attn_q.bias", (nq,), f32, "bias"),
                       TensorPlan(p + "attn_k.bias", (nkv,), f32, "bias"),

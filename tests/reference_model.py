@@ -112,7 +112,7 @@ class ReferenceModel:
         self.desc = gguf_model.load_model_description(path)
         self.w = {name: dequantize(t) for name, t in self.desc.tensors.items()}
         self.qtype = {name: t.qtype for name, t in self.desc.tensors.items()}
-        self.inv_freq, self.attn_factor = rope_mod.rope_inv_freq(self.desc.rope)
+        self.inv_freq, self.attn_factor = self.desc.rope_inv_freq()
 
     def _mm(self, x: np.ndarray, name: str, act_quant: Optional[str]) -> np.ndarray:
         # y = x W^T; W is (out, in) as GGUF stores it (ggml's ne0 = in is contiguous).
@@ -123,6 +123,22 @@ class ReferenceModel:
 
     def _rmsnorm(self, x: np.ndarray, name: str) -> np.ndarray:
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.desc.rms_eps) * self.w[name]
+
+    def _cope_logits(self, q, k, e, scale, causal):
+        """Contextual position encoding (arXiv 2405.18719, Sec. 3), plainly: gates of the scaled logits,
+        positions as suffix sums of gates clamped to npos_max - 1, position logits interpolated from the
+        integer ones <q_i, e[p]>, added unscaled (paper) or scaled with the content (authors' code)."""
+        cope = self.desc.cope
+        raw = np.einsum("thd,shd->hts", q, k)                              # (H, T_q, T_k) <q_i, k_j>
+        gates = np.where(causal[None], 1.0 / (1.0 + np.exp(-raw * scale)), 0.0)
+        pos = np.flip(np.cumsum(np.flip(gates, -1), -1), -1)              # p_ij = sum_{t=j..i} g_it
+        pos = np.minimum(pos, cope.npos_max - 1)
+        ints = np.einsum("thd,hpd->htp", q, e)                            # (H, T_q, npos) <q_i, e[p]>
+        lo = np.floor(pos)
+        frac = pos - lo
+        hi = np.minimum(lo + (frac > 0), cope.npos_max - 1).astype(np.int64)
+        z = frac * np.take_along_axis(ints, hi, -1) + (1 - frac) * np.take_along_axis(ints, lo.astype(np.int64), -1)
+        return (raw + z) * scale if cope.scale_pos_logits else raw * scale + z
 
     def forward(self, tokens, *, group: int = 1, window: Optional[int] = None,
                 act_quant: Optional[str] = None) -> np.ndarray:
@@ -165,6 +181,20 @@ class ReferenceModel:
             rep = H // Hkv                                                 # GQA: query head h reads kv head h // rep
             kn, kg, vv = (np.repeat(a, rep, axis=1) for a in (kn, kg, v))
             scale = 1.0 / np.sqrt(hd)
+            if d.cope is not None:
+                e = self.w[p + "cope_pos.weight"]
+                e = e if e.ndim == 3 else np.broadcast_to(e, (H,) + e.shape)   # (H, npos, hd)
+                s = np.where(causal[None], self._cope_logits(qn, kn, e, scale, causal), -np.inf)
+                s = s - s.max(axis=-1, keepdims=True)
+                pr = np.exp(s)
+                pr /= pr.sum(axis=-1, keepdims=True)
+                o = np.einsum("hts,shd->thd", pr, vv).reshape(T, H * hd)
+                x = x + self._mm(o, p + "attn_output.weight", act_quant)
+                h = self._rmsnorm(x, p + "ffn_norm.weight")
+                g = self._mm(h, p + "ffn_gate.weight", act_quant)
+                u = self._mm(h, p + "ffn_up.weight", act_quant)
+                x = x + self._mm(g / (1.0 + np.exp(-g)) * u, p + "ffn_down.weight", act_quant)
+                continue
             s_n = np.einsum("thd,shd->hts", qn, kn) * scale               # (H, T_q, T_k)
             s_g = np.einsum("thd,shd->hts", qg, kg) * scale
             s = np.where(neighbor[None], s_n, s_g)

@@ -172,3 +172,37 @@ def test_passkey_default_model(self_extend):
     assert 2000 < n < 3500
     answer = llm.generate(prompt, 8, temperature=0)
     assert "57214" in answer, answer
+
+
+# --- models with contextual position encoding (arch "selfext-cope", docs/cope_gguf.md) -----------------
+
+@pytest.mark.parametrize("qtype, cope, rope_dim", [
+    ("F32", {"npos_max": 16}, 0),
+    ("F32", {"npos_max": 8, "per_head": True, "scale_pos_logits": True}, 0),
+    ("F16", {"npos_max": 64}, 64),
+    ("Q8_0", {"npos_max": 4, "per_head": True}, 32),
+])
+def test_cope_model_matches_reference(model_dir, rng, qtype, cope, rope_dim):
+    name = f"cope-{qtype}-{cope['npos_max']}-{cope.get('per_head')}-{cope.get('scale_pos_logits')}-{rope_dim}"
+    path = _model(model_dir, name, arch="selfext-cope", qtype=qtype, cope=cope, rope_dim=rope_dim, head_dim=64)
+    llm = LLM(path, kv_type="f32", n_threads=2)
+    toks = _tokens(rng, 45)
+    ours = llm.logits(toks).astype(np.float64)
+    ref = reference_logits(path, toks, act_quant=None if qtype in FLOAT_TYPES else "q8")
+    bound = _bound(ref, qtype)
+    assert np.abs(ours - ref).max() <= bound
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    decisive = (top2[:, 1] - top2[:, 0]) > 2 * bound
+    np.testing.assert_array_equal(ours.argmax(1)[decisive], ref.argmax(1)[decisive])
+
+
+def test_cope_model_decode_equals_prefill_and_refuses_selfextend(model_dir, rng):
+    path = _model(model_dir, "cope-F32-16-None-None-0", arch="selfext-cope", qtype="F32",
+                  cope={"npos_max": 16}, rope_dim=0, head_dim=64)
+    toks = _tokens(rng, 60)
+    full = LLM(path, n_ctx=128, n_threads=2).logits(toks)
+    step = LLM(path, n_ctx=128, n_threads=2)
+    rows = [step.eval(toks[:5], all_logits=True)] + [step.eval([t]) for t in toks[5:]]
+    np.testing.assert_allclose(np.concatenate(rows), full, rtol=0, atol=2e-4 * np.abs(full).max())
+    with pytest.raises(ArgumentError, match="contextual position encoding"):
+        LLM(path, n_ctx=200, self_extend=(2, 16))

@@ -50,6 +50,12 @@ class PyModel {
     c.kv_dtype = kv == "f16" ? DType::kFloat16 : DType::kFloat32;
     c.n_batch = get("n_batch").cast<int64_t>();
     c.n_threads = get("n_threads").cast<int>();
+    if (config.contains("cope_npos_max")) {
+      c.cope = true;
+      c.npos_max = get("cope_npos_max").cast<int>();
+      c.cope_per_head = get("cope_per_head").cast<bool>();
+      c.cope_scale_pos_logits = get("cope_scale_pos_logits").cast<bool>();
+    }
 
     ModelWeights w;
     w.token_embd = matrix("token_embd", tensors);
@@ -68,6 +74,9 @@ class PyModel {
       l.w_up = matrix(p + "ffn_up", tensors);
       l.w_down = matrix(p + "ffn_down", tensors);
       const int64_t qd = int64_t(c.n_head) * c.head_dim, kd = int64_t(c.n_head_kv) * c.head_dim;
+      if (c.cope)
+        l.cope_pos = vector(p + "cope_pos", tensors,
+                            int64_t(c.cope_per_head ? c.n_head : 1) * c.npos_max * c.head_dim);
       if (tensors.contains(p + "attn_q.bias")) l.bq = vector(p + "attn_q.bias", tensors, qd);
       if (tensors.contains(p + "attn_k.bias")) l.bk = vector(p + "attn_k.bias", tensors, kd);
       if (tensors.contains(p + "attn_v.bias")) l.bv = vector(p + "attn_v.bias", tensors, kd);

@@ -21,6 +21,7 @@ struct LayerWeights {
   const float* bq = nullptr;         // qwen2 biases, or null: (n_head*head_dim,), (n_kv*head_dim,) x2
   const float* bk = nullptr;
   const float* bv = nullptr;
+  const float* cope_pos = nullptr;   // CoPE models: (npos_max, head_dim), or (n_head, npos_max, head_dim) per head
   const float* ffn_norm = nullptr;   // (n_embd,)
   QMatrix w_gate, w_up, w_down;      // (n_ff, n_embd) x2, (n_embd, n_ff)
 };
@@ -41,6 +42,12 @@ struct ModelConfig {
   double mscale = 1.0;           // RoPE magnitude factor (YaRN)
   int64_t n_ctx = 0;             // KV cache length
   int64_t group = 1, window = 1; // SelfExtend; group 1 = off
+  // Contextual position encoding (selfext-cope files): attention is CoPE instead of SelfExtend, after
+  // RoPE at the normal positions when rope_dim > 0.
+  bool cope = false;
+  int npos_max = 0;
+  bool cope_per_head = false;
+  bool cope_scale_pos_logits = false;
   DType kv_dtype = DType::kFloat16;
   int64_t n_batch = 512;         // tokens per prefill chunk: bounds scratch memory
   int n_threads = 1;

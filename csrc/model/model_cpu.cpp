@@ -68,8 +68,13 @@ void Model::validate() const {
                 ArgumentError, "model dimensions must be positive");
   SELFEXT_CHECK(c.n_head % c.n_head_kv == 0, ArgumentError, "n_head (", c.n_head,
                 ") must be a multiple of n_head_kv (", c.n_head_kv, ")");
-  SELFEXT_CHECK(c.rope_dim > 0 && c.rope_dim % 2 == 0 && c.rope_dim <= c.head_dim, ArgumentError,
-                "rope_dim must be even and in [2, head_dim=", c.head_dim, "], got ", c.rope_dim);
+  // A CoPE model may carry no RoPE at all (rope_dim 0); every other model needs it.
+  SELFEXT_CHECK((c.rope_dim > 0 || c.cope) && c.rope_dim >= 0 && c.rope_dim % 2 == 0 && c.rope_dim <= c.head_dim,
+                ArgumentError, "rope_dim must be even and in [", c.cope ? 0 : 2, ", head_dim=", c.head_dim, "], got ",
+                c.rope_dim);
+  SELFEXT_CHECK(!c.cope || c.npos_max >= 2, ArgumentError, "CoPE needs npos_max >= 2, got ", c.npos_max);
+  SELFEXT_CHECK(!c.cope || c.group == 1, ArgumentError,
+                "SelfExtend does not apply to a CoPE model (its positions are contextual); use group 1");
   SELFEXT_CHECK(int64_t(c.inv_freq.size()) == c.rope_dim / 2, ArgumentError, "inv_freq must have rope_dim/2 = ",
                 c.rope_dim / 2, " entries, got ", c.inv_freq.size());
   SELFEXT_CHECK(c.n_ctx >= 1, ArgumentError, "n_ctx must be >= 1, got ", c.n_ctx);
@@ -88,6 +93,7 @@ void Model::validate() const {
   for (int il = 0; il < c.n_layer; ++il) {
     const LayerWeights& l = w_.layers[il];
     SELFEXT_CHECK(l.attn_norm && l.ffn_norm, ArgumentError, "layer ", il, " lacks a norm weight");
+    SELFEXT_CHECK(!c.cope || l.cope_pos, ArgumentError, "layer ", il, " lacks its CoPE position table (cope_pos)");
     check_matrix(l.wq, qdim(c), c.n_embd, "attn_q", il);
     check_matrix(l.wk, kvdim(c), c.n_embd, "attn_k", il);
     check_matrix(l.wv, kvdim(c), c.n_embd, "attn_v", il);
@@ -237,7 +243,16 @@ void Model::forward_chunk(const int32_t* tokens, int64_t n, float* logits, bool 
     ap.rope_n_pos = c.n_ctx;
     ap.rope_dim = c.rope_dim;
     ap.rope_style = c.rope_style;
-    self_extend_attention_cpu(ap, pool);
+    if (c.cope) {
+      ap.rope_table = c.rope_dim > 0 ? rope_table_.as<float>() : nullptr;
+      ap.pos_emb = l.cope_pos;
+      ap.npos_max = c.npos_max;
+      ap.pe_stride_h = c.cope_per_head ? int64_t(c.npos_max) * c.head_dim : 0;
+      ap.scale_pos_logits = c.cope_scale_pos_logits;
+      cope_attention_cpu(ap, pool);
+    } else {
+      self_extend_attention_cpu(ap, pool);
+    }
 
     // Output projection straight into the residual: x += attn · Wo^T (via a temporary in q).
     matmul_cpu(l.wo, xb, n, QD, q, E, ws, pool);

@@ -70,6 +70,7 @@ class ArchSpec:
     rope_style: str                             # llama.cpp's choice per arch: "norm" or "neox"
     global_tensors: tuple[TensorSpec, ...]
     layer_tensors: tuple[TensorSpec, ...]
+    cope: bool = False                          # contextual position encoding (docs/cope_gguf.md)
 
 
 def _vec(attr: str) -> Callable[["HParams"], tuple]:
@@ -99,12 +100,20 @@ _QKV_BIASES = (
     TensorSpec("blk.{i}.attn_v.bias", _vec("n_kv"), float_only=True),
 )
 
+# Each layer's CoPE position table: shared by the heads, or one per head (selfext-cope.cope.per_head).
+_COPE_POS = TensorSpec("blk.{i}.cope_pos.weight",
+                       lambda h: (h.n_head, h.npos_max, h.head_dim) if h.cope_per_head else (h.npos_max, h.head_dim),
+                       float_only=True)
+
 # Adding an architecture of the same shape family is one entry here.
 ARCHITECTURES: dict[str, ArchSpec] = {
     # llama.cpp's converter permutes llama's Q/K rows for adjacent-pair rotation, hence "norm".
     "llama": ArchSpec("llama", "norm", _COMMON_GLOBAL, _COMMON_LAYER),
     # qwen2 keeps HF's half-split rotation ("neox") and has Q/K/V biases.
     "qwen2": ArchSpec("qwen2", "neox", _COMMON_GLOBAL, _COMMON_LAYER + _QKV_BIASES),
+    # Our own name for models trained with contextual position encoding, so runtimes that do not know
+    # CoPE refuse the file; RoPE (optional, rope.dimension_count = 0 for none) rotates HF-style halves.
+    "selfext-cope": ArchSpec("selfext-cope", "neox", _COMMON_GLOBAL, _COMMON_LAYER + (_COPE_POS,), cope=True),
 }
 
 
@@ -120,6 +129,8 @@ class HParams:
     n_ff: int
     n_vocab: int
     rope_dim: int
+    npos_max: int = 0
+    cope_per_head: bool = False
 
     @property
     def n_q(self) -> int:
@@ -132,6 +143,14 @@ class HParams:
     @property
     def rope_half(self) -> int:
         return self.rope_dim // 2
+
+
+@dataclass(frozen=True)
+class CopeConfig:
+    """Contextual position encoding settings of a selfext-cope file (docs/cope_gguf.md)."""
+    npos_max: int               # positions 0 .. npos_max - 1; p is clamped to npos_max - 1
+    scale_pos_logits: bool      # False: the paper's listing (z unscaled); True: the authors' code
+    per_head: bool              # position tables (n_head, npos_max, hd) instead of (npos_max, hd)
 
 
 @dataclass
@@ -173,6 +192,7 @@ class ModelDescription:
     fields: dict[str, Any]      # plain Python values of every tokenizer.* and general.* key
     alignment: int
     data_offset: int            # absolute offset of the tensor data section
+    cope: Optional[CopeConfig] = None  # set for contextual-position-encoding models
 
     def layer_tensor(self, layer: int, short: str) -> TensorInfo:
         """`layer_tensor(3, "attn_q.weight")` -> tensors["blk.3.attn_q.weight"]."""
@@ -183,6 +203,8 @@ class ModelDescription:
         return self.tensors["token_embd.weight" if self.tied_output else "output.weight"]
 
     def rope_inv_freq(self) -> tuple[np.ndarray, float]:
+        if self.rope.dim == 0:  # a CoPE model without RoPE
+            return np.zeros(0), 1.0
         return rope_inv_freq(self.rope)
 
 
@@ -270,6 +292,14 @@ class _Keys:
         if not math.isfinite(v):
             raise GGUFError(f"{self.path}: key {key!r} = {v} is not finite")
         return v
+
+    def get_bool(self, key: str, default: Optional[bool] = None) -> Optional[bool]:
+        f = self._field(key, default is None)
+        if f is None:
+            return default
+        if f.types != [GGUFValueType.BOOL]:
+            raise GGUFError(f"{self.path}: key {key!r} must be a bool, got {[t.name for t in f.types]}")
+        return bool(f.contents())
 
     def get_str(self, key: str, default: Optional[str] = None) -> Optional[str]:
         f = self._field(key, default is None)
@@ -464,8 +494,20 @@ def load_model_description(path: str | os.PathLike) -> ModelDescription:
     n_vocab_embd = tensors["token_embd.weight"].shape[0]
     n_vocab = keys.get_int(f"{arch}.vocab_size", n_vocab_embd, minimum=1)
 
-    rope_dim = keys.get_int(f"{arch}.rope.dimension_count", head_dim, minimum=1)
-    hp = HParams(n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab, rope_dim)
+    cope = None
+    if spec.cope:
+        if head_dim not in (64, 80, 96, 128):
+            raise GGUFError(f"{path}: {arch}.attention.key_length = {head_dim}; the CoPE kernels support "
+                            f"head dims 64, 80, 96 and 128")
+        cope = CopeConfig(npos_max=keys.get_int(f"{arch}.cope.npos_max", minimum=2),
+                          scale_pos_logits=keys.get_bool(f"{arch}.cope.scale_pos_logits", False),
+                          per_head=keys.get_bool(f"{arch}.cope.per_head", False))
+        if cope.npos_max > 1 << 20:
+            raise GGUFError(f"{path}: {arch}.cope.npos_max = {cope.npos_max} is absurd (> 2^20)")
+    rope_dim = keys.get_int(f"{arch}.rope.dimension_count", 0 if spec.cope else head_dim,
+                            minimum=0 if spec.cope else 1)
+    hp = HParams(n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab, rope_dim,
+                 npos_max=cope.npos_max if cope else 0, cope_per_head=cope.per_head if cope else False)
 
     # --- tensors against the architecture
     expected: dict[str, TensorSpec] = {}
@@ -491,7 +533,10 @@ def load_model_description(path: str | os.PathLike) -> ModelDescription:
         raise GGUFError(f"{path}: unexpected tensor {unknown[0]!r} for architecture {arch}"
                         + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
 
-    rope = _rope_config(keys, arch, spec, head_dim, n_ctx_train, tensors, path)
+    if spec.cope and rope_dim == 0:
+        rope = RopeConfig(freq_base=keys.get_float(f"{arch}.rope.freq_base", 10000.0), dim=0, style=spec.rope_style)
+    else:
+        rope = _rope_config(keys, arch, spec, head_dim, n_ctx_train, tensors, path)
 
     fields = {k: keys.value(k) for k in reader.fields if k.startswith(("tokenizer.", "general."))}
     _check_tokenizer(fields, n_vocab, path)
@@ -500,7 +545,7 @@ def load_model_description(path: str | os.PathLike) -> ModelDescription:
         path=path, file_size=file_size, arch=arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
         n_head_kv=n_head_kv, head_dim=head_dim, n_ff=n_ff, n_vocab=n_vocab, rms_eps=rms_eps,
         n_ctx_train=n_ctx_train, rope=rope, tensors=tensors, tied_output="output.weight" not in tensors,
-        has_qkv_bias="blk.0.attn_q.bias" in tensors, fields=fields, alignment=int(reader.alignment),
+        has_qkv_bias="blk.0.attn_q.bias" in tensors, fields=fields, alignment=int(reader.alignment), cope=cope,
         data_offset=int(reader.data_offset))
 
 

@@ -193,10 +193,16 @@ class LLM:
             mscale=float(mscale), n_ctx=self.n_ctx, group=self.group,
             window=self.window if self.group > 1 else self.n_ctx, kv_type=kv_type,
             n_batch=min(n_batch, self.n_ctx), n_threads=n_threads or _native.default_thread_count())
+        if desc.cope is not None:
+            # Contextual position encoding: positions come from the content; SelfExtend does not apply.
+            if self.group > 1:
+                raise ArgumentError("self_extend does not apply to a model with contextual position encoding")
+            config.update(cope_npos_max=desc.cope.npos_max, cope_per_head=desc.cope.per_head,
+                          cope_scale_pos_logits=desc.cope.scale_pos_logits)
         tensors: dict[str, object] = {}
         for name, t in desc.tensors.items():
             key = name[:-len(".weight")] if name.endswith(".weight") else name
-            if len(t.shape) == 2:
+            if len(t.shape) == 2 and not name.endswith("cope_pos.weight"):
                 tensors[key] = _matrix(t)
             else:
                 tensors[key] = _float_vector(t)
