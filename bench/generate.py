@@ -34,8 +34,7 @@ def model_path(name: str) -> str:
     preset, q = name.rsplit("-", 1)
     qtype = {"q4_0": "Q4_0", "q8_0": "Q8_0",
              # Q4_K_M: Q4_K everywhere, Q6_K for attn_v, ffn_down and the output head (llama.cpp's mix)
-             "q4_k_m": {"default": "Q4_K", "attn_v.weight": "Q6_K", "ffn_down.weight": "Q6_K",
-                        "token_embd.weight": "Q6_K"}}[q.replace("-", "_")]
+             "q4_k_m": {"default": "Q4_K", "attn_v": "Q6_K", "ffn_down": "Q6_K", "token_embd": "Q6_K"}}[q.replace("-", "_")]
     out = HERE / ".models" / f"{name}.gguf"
     if not out.exists():
         out.parent.mkdir(exist_ok=True)
