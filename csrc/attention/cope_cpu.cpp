@@ -8,6 +8,8 @@
 //   softmax, P·V. Gates are >= 0, so once a query's sum reaches npos_max - 1 every earlier key has the
 //   same z = <q, e[npos_max - 1]>: from then on the tile is plain attention plus a per-row constant.
 // Nothing of size T_q x T_k is stored; scratch is O(T_k * D) per kv head plus one tile set per thread.
+// Decode and short chunks (T_q <= kCopeSplitMaxQ) take the split-K path below instead: a per-query walk
+// would leave one sequential task per (kv head, query head) for a couple of microseconds of work per key.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
