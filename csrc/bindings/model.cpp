@@ -19,44 +19,49 @@ struct TensorArg {
   QMatrix matrix;
 };
 
+// The model's settings from Python's config dict (llm.py builds it); every key is required.
+ModelConfig config_from_dict(const py::dict& config) {
+  ModelConfig c;
+  auto get = [&](const char* key) -> py::object {
+    SELFEXT_CHECK(config.contains(key), ArgumentError, "model config lacks '", key, "'");
+    return config[key];
+  };
+  c.n_layer = get("n_layer").cast<int>();
+  c.n_embd = get("n_embd").cast<int>();
+  c.n_head = get("n_head").cast<int>();
+  c.n_head_kv = get("n_head_kv").cast<int>();
+  c.head_dim = get("head_dim").cast<int>();
+  c.n_ff = get("n_ff").cast<int>();
+  c.n_vocab = get("n_vocab").cast<int>();
+  c.rms_eps = get("rms_eps").cast<float>();
+  const std::string style = get("rope_style").cast<std::string>();
+  SELFEXT_CHECK(style == "norm" || style == "neox", ArgumentError, "rope_style must be 'norm' or 'neox', got '",
+                style, "'");
+  c.rope_style = style == "norm" ? RopeStyle::kNorm : RopeStyle::kNeox;
+  c.rope_dim = get("rope_dim").cast<int>();
+  c.inv_freq = get("inv_freq").cast<std::vector<double>>();
+  c.mscale = get("mscale").cast<double>();
+  c.n_ctx = get("n_ctx").cast<int64_t>();
+  c.group = get("group").cast<int64_t>();
+  c.window = get("window").cast<int64_t>();
+  const std::string kv = get("kv_type").cast<std::string>();
+  SELFEXT_CHECK(kv == "f16" || kv == "f32", ArgumentError, "kv_type must be 'f16' or 'f32', got '", kv, "'");
+  c.kv_dtype = kv == "f16" ? DType::kFloat16 : DType::kFloat32;
+  c.n_batch = get("n_batch").cast<int64_t>();
+  c.n_threads = get("n_threads").cast<int>();
+  if (config.contains("cope_npos_max")) {
+    c.cope = true;
+    c.npos_max = get("cope_npos_max").cast<int>();
+    c.cope_per_head = get("cope_per_head").cast<bool>();
+    c.cope_scale_pos_logits = get("cope_scale_pos_logits").cast<bool>();
+  }
+  return c;
+}
+
 class PyModel {
  public:
   PyModel(const py::dict& config, const py::dict& tensors) {
-    ModelConfig c;
-    auto get = [&](const char* key) -> py::object {
-      SELFEXT_CHECK(config.contains(key), ArgumentError, "model config lacks '", key, "'");
-      return config[key];
-    };
-    c.n_layer = get("n_layer").cast<int>();
-    c.n_embd = get("n_embd").cast<int>();
-    c.n_head = get("n_head").cast<int>();
-    c.n_head_kv = get("n_head_kv").cast<int>();
-    c.head_dim = get("head_dim").cast<int>();
-    c.n_ff = get("n_ff").cast<int>();
-    c.n_vocab = get("n_vocab").cast<int>();
-    c.rms_eps = get("rms_eps").cast<float>();
-    const std::string style = get("rope_style").cast<std::string>();
-    SELFEXT_CHECK(style == "norm" || style == "neox", ArgumentError, "rope_style must be 'norm' or 'neox', got '",
-                  style, "'");
-    c.rope_style = style == "norm" ? RopeStyle::kNorm : RopeStyle::kNeox;
-    c.rope_dim = get("rope_dim").cast<int>();
-    c.inv_freq = get("inv_freq").cast<std::vector<double>>();
-    c.mscale = get("mscale").cast<double>();
-    c.n_ctx = get("n_ctx").cast<int64_t>();
-    c.group = get("group").cast<int64_t>();
-    c.window = get("window").cast<int64_t>();
-    const std::string kv = get("kv_type").cast<std::string>();
-    SELFEXT_CHECK(kv == "f16" || kv == "f32", ArgumentError, "kv_type must be 'f16' or 'f32', got '", kv, "'");
-    c.kv_dtype = kv == "f16" ? DType::kFloat16 : DType::kFloat32;
-    c.n_batch = get("n_batch").cast<int64_t>();
-    c.n_threads = get("n_threads").cast<int>();
-    if (config.contains("cope_npos_max")) {
-      c.cope = true;
-      c.npos_max = get("cope_npos_max").cast<int>();
-      c.cope_per_head = get("cope_per_head").cast<bool>();
-      c.cope_scale_pos_logits = get("cope_scale_pos_logits").cast<bool>();
-    }
-
+    ModelConfig c = config_from_dict(config);
     ModelWeights w;
     w.token_embd = matrix("token_embd", tensors);
     w.output_norm = vector("output_norm", tensors, c.n_embd);
@@ -167,7 +172,9 @@ void register_model(py::module_& m) {
       .def("truncate", [](PyModel& s, int64_t n) { s.model().truncate(n); }, py::arg("n"))
       .def("set_self_extend", [](PyModel& s, int64_t g, int64_t w) { s.model().set_self_extend(g, w); },
            py::arg("group"), py::arg("window"))
-      .def_property_readonly("allocated_bytes", [](PyModel& s) { return s.model().allocated_bytes(); });
+      .def_property_readonly("allocated_bytes", [](PyModel& s) { return s.model().allocated_bytes(); })
+      .def_static("plan_bytes", [](const py::dict& config) { return Model::plan_bytes(config_from_dict(config)); },
+                  py::arg("config"), "Bytes a Model with this config allocates (KV cache, scratch, RoPE table).");
 }
 
 BindingRegistrar registrar("model", &register_model);

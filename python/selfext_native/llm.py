@@ -18,7 +18,8 @@ from . import _native
 from . import selfextend as _se
 from .chat_template import ChatTemplate
 from .default_model import default_model_path
-from .errors import ArgumentError, ContextOverflowError, GGUFError
+from .errors import ArgumentError, ContextOverflowError, GGUFError, OutOfMemoryError
+from .memory import available_bytes
 from .gguf_model import ModelDescription, load_model_description
 from .rope import ROPE_SCALING_TYPES, RopeConfig, rope_inv_freq
 from .sampling import Sampler, SamplingParams, StopMatcher
@@ -206,9 +207,22 @@ class LLM:
                 tensors[key] = _matrix(t)
             else:
                 tensors[key] = _float_vector(t)
+        self._check_memory(config, desc)
         self._model = _native.Model(config, tensors)
         self.n_threads = config["n_threads"]
         self._n_batch = config["n_batch"]
+
+    @staticmethod
+    def _check_memory(config: dict, desc: ModelDescription) -> None:
+        """Refuse a plan that cannot fit, before allocating: the KV cache and scratch are allocated;
+        the weights stay in the memory-mapped file (the page cache can evict them, at a speed cost)."""
+        need = int(_native.Model.plan_bytes(config))
+        avail, where = available_bytes()
+        if avail is not None and need > avail:
+            raise OutOfMemoryError(
+                f"n_ctx={config['n_ctx']} needs {need / 2**20:.0f} MiB for the KV cache and scratch "
+                f"({config['kv_type']} cache) but only {avail / 2**20:.0f} MiB are available ({where}); "
+                f"the weights map another {desc.file_size / 2**20:.0f} MiB. Lower n_ctx or n_batch.")
 
     def _check_n_ctx(self, n_ctx) -> None:
         if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx < 1:
@@ -249,9 +263,7 @@ class LLM:
         with self._busy():
             self._model.truncate(0)
             self._cache_tokens = []
-            out = self._model.forward(ids, True)
-            self._cache_tokens = list(map(int, ids))
-        return out
+            return self._run(ids, True)
 
     def eval(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Append `tokens` to the cache (after what it holds) and return their logits (last or all)."""
@@ -260,9 +272,54 @@ class LLM:
         if self.n_past + len(ids) > self.n_ctx:
             raise ContextOverflowError(f"the cache holds {self.n_past} tokens; {len(ids)} more exceed n_ctx={self.n_ctx}")
         with self._busy():
-            out = self._model.forward(ids, all_logits)
-            self._cache_tokens.extend(map(int, ids))
+            return self._run(ids, all_logits)
+
+    # Calls of at least this many tokens run in a worker thread so that Ctrl-C can reach them: Python
+    # runs signal handlers only in the main thread between bytecodes, never while native code holds it.
+    _INTERRUPTIBLE_TOKENS = 32
+
+    def _run(self, ids: np.ndarray, all_logits: bool) -> np.ndarray:
+        """One native forward over `ids` (int32) appended to the cache; keeps `_cache_tokens` equal to
+        what the cache holds, also when the call fails or is interrupted (the cache then keeps every
+        complete chunk; the native side never publishes a partial one)."""
+        start = self._model.n_past
+        try:
+            if len(ids) >= self._INTERRUPTIBLE_TOKENS and threading.current_thread() is threading.main_thread():
+                out = self._run_interruptible(ids, all_logits)
+            else:
+                out = self._model.forward(ids, all_logits)
+        except BaseException:
+            done = self._model.n_past - start
+            self._cache_tokens = self._cache_tokens[:start] + [int(t) for t in ids[:done]]
+            raise
+        self._cache_tokens.extend(int(t) for t in ids)
         return out
+
+    def _run_interruptible(self, ids: np.ndarray, all_logits: bool) -> np.ndarray:
+        result: dict = {}
+        done = threading.Event()  # not Thread.join: an interrupted join can report a live thread as ended
+
+        def work():
+            try:
+                result["out"] = self._model.forward(ids, all_logits)
+            except BaseException as e:  # handed to the main thread below
+                result["error"] = e
+            finally:
+                done.set()
+
+        threading.Thread(target=work, name="selfext-forward", daemon=True).start()
+        try:
+            while not done.wait(0.05):
+                pass
+        except KeyboardInterrupt:
+            # Ask native code to stop between layers, wait until it has, then let the interrupt go on.
+            self._model.cancel()
+            while not done.wait(0.05):
+                pass
+            raise
+        if "error" in result:
+            raise result["error"]
+        return result["out"]
 
     def _ids(self, tokens: Sequence[int]) -> np.ndarray:
         ids = np.asarray(tokens)
@@ -304,8 +361,7 @@ class LLM:
         out = None
         for start in range(common, len(ids), step):
             chunk = ids[start:start + step]
-            out = self._model.forward(np.asarray(chunk, dtype=np.int32), False)
-            self._cache_tokens.extend(chunk)
+            out = self._run(np.asarray(chunk, dtype=np.int32), False)
             if progress is not None:
                 progress(start + len(chunk) - common, len(ids) - common)
         return out[0]
@@ -358,8 +414,7 @@ class LLM:
                 if self.n_past >= self.n_ctx:
                     reason = "context"
                     break
-                logits = self._model.forward(np.asarray([tok], dtype=np.int32), False)[0]
-                self._cache_tokens.append(tok)
+                logits = self._run(np.asarray([tok], dtype=np.int32), False)[0]
             if not stops.stopped:
                 tail = stops.push(decoder.flush()) + stops.flush()
                 if tail:
