@@ -234,6 +234,21 @@ class _CheckedReader(gguf.GGUFReader):
             raise GGUFError(f"kv_count = {int(count)} cannot fit in a file of {self.data.size} bytes")
         return super()._build_fields(offs, count)
 
+    def _get_field_parts(self, orig_offs, raw_type):
+        # An array's count must fit in the bytes left, as the counts above: gguf loops over the count
+        # one element at a time, so 2^48 elements would otherwise spin through the whole file.
+        if int(raw_type) == GGUFValueType.ARRAY:
+            itype = int(self._get(orig_offs, np.uint32)[0])
+            count = int(self._get(orig_offs + 4, np.uint64)[0])
+            min_size = {GGUFValueType.STRING: 8, GGUFValueType.ARRAY: 12}.get(itype)
+            if min_size is None:
+                nptype = self.gguf_scalar_to_np.get(GGUFValueType(itype))
+                min_size = np.dtype(nptype).itemsize if nptype is not None else 1
+            if count * min_size > self.data.size - orig_offs - 12:
+                raise GGUFError(f"an array at byte {orig_offs} claims {count} elements, which cannot fit in "
+                                f"a file of {self.data.size} bytes")
+        return super()._get_field_parts(orig_offs, raw_type)
+
     def _build_tensor_info(self, offs, count):
         if int(count) * 33 > self.data.size - offs:
             raise GGUFError(f"tensor_count = {int(count)} cannot fit in a file of {self.data.size} bytes")

@@ -425,11 +425,8 @@ class Tokenizer:
     @classmethod
     def from_gguf(cls, path: str) -> "Tokenizer":
         """Build from the metadata of the GGUF file at `path`."""
-        import gguf
-        try:
-            reader = gguf.GGUFReader(path)
-        except (OSError, ValueError) as e:
-            raise GGUFError(f"{path}: cannot read GGUF file: {e}") from e
+        from .gguf_model import _open  # the reader that checks every count and length against the file
+        reader = _open(path)
         return cls.from_gguf_fields(read_gguf_fields(reader, ("tokenizer.",)))
 
     # --- properties ---
