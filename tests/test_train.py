@@ -251,3 +251,24 @@ def test_committed_models_solve_flipflop_in_distribution(path):
     assert name == "flipflop"
     r = evaluate(model, get_task("flipflop"), "test", n_seqs=200)
     assert r["token_error"] < 0.05, r
+
+
+TWINS = sorted(DATA.glob("rope_*f32.gguf"))
+
+
+@pytest.mark.parametrize("path", TWINS, ids=[p.name for p in TWINS])
+def test_rope_twin_runs_in_our_llama_runtime(path):
+    """The llama twin (Q/K permuted by the exporter) through our runtime gives the torch model's
+    logits: float32 tolerance, prefill and token-by-token decode."""
+    from selfext_native import LLM
+    torch.set_num_threads(1)
+    model, _ = load_gguf(path)
+    ids = get_task("flipflop").sample(np.random.default_rng(7), 1, "test").ids[0, :-1]  # the trained length
+    with torch.no_grad():
+        ref = model(torch.from_numpy(ids)[None])[0].numpy()
+    llm = LLM(str(path), device="cpu", n_threads=1, kv_type="f32")
+    tol = 1e-4 * np.abs(ref).max()
+    assert np.abs(llm.logits(ids.tolist()) - ref).max() <= tol
+    llm.reset()
+    decoded = np.stack([llm.eval([int(t)]) for t in ids])
+    assert np.abs(decoded.reshape(ref.shape) - ref).max() <= tol
