@@ -131,6 +131,31 @@ def test_cope_attention_matches_the_formula():
             assert abs(float(z[i, j]) - want) < 1e-9
 
 
+@pytest.mark.parametrize("per_head,scaled,rope_dim", [(False, False, 0), (True, True, 32)])
+def test_torch_cope_attention_matches_the_fused_kernel(per_head, scaled, rope_dim):
+    """The trainer's attention layer (paper formulation) and our fused kernel agree: the models
+    trained here mean the same thing the runtime computes (GQA, per-head tables, both z scalings,
+    neox RoPE before the gates)."""
+    from selfext_native.ops import cope_attention
+    from selfext_native.train.model import Attention
+    cfg = ModelConfig(n_vocab=8, n_embd=256, n_head=4, n_head_kv=2, pos="cope", npos_max=8,
+                      cope_per_head=per_head, scale_pos_logits=scaled, rope_dim=rope_dim)
+    torch.manual_seed(1)
+    attn = Attention(cfg)
+    with torch.no_grad():
+        attn.cope_pos.normal_()
+        attn.wo.weight.copy_(torch.eye(256))   # the output is the heads' concatenated attention
+        x = torch.randn(1, 37, 256)
+        want = attn(x)[0]
+        q = attn.wq(x)[0].view(37, 4, 64)
+        k = attn.wk(x)[0].view(37, 2, 64)
+        v = attn.wv(x)[0].view(37, 2, 64)
+    kw = dict(rope_base=cfg.rope_base, rope_style="neox", rope_dim=rope_dim) if rope_dim else {}
+    got = cope_attention(q.numpy(), k.numpy(), v.numpy(), attn.cope_pos.detach().numpy(),
+                         scale_pos_logits=scaled, **kw)
+    assert np.abs(got.reshape(37, 256) - want.numpy()).max() < 1e-4
+
+
 def test_qk_permutation_round_trips():
     w = np.arange(4 * 64 * 3, dtype=np.float32).reshape(4 * 64, 3)
     p = permute_qk(w, 4)
