@@ -963,8 +963,13 @@ class Campaign:
                     self._reap(wk, True)
                     if wk.todo:
                         pending.appendleft(wk.todo)
-            if self.verbose and now - last > 30:
+            if now - last > 30:
                 last = now
+                self.elapsed = now - t0
+                if self.out is not None:  # partial figures of a long run
+                    self.out.mkdir(parents=True, exist_ok=True)
+                    (self.out / "progress.json").write_text(json.dumps(self.summary(), indent=1))
+            if self.verbose and now == last:
                 print(f"[{now - t0:7.0f}s] {self.done} cases, {self.done / (now - t0):.1f}/s, "
                       f"{dict(self.counts.most_common(8))}", file=sys.stderr, flush=True)
         self.elapsed = time.time() - t0
