@@ -726,7 +726,7 @@ SEED_MODELS = {
                                                              "ffn_down": "Q5_1", "attn_q": "Q4_1"},
                                         n_layer=2, tokenizer="gpt2",
                                         rope_scaling={"type": "yarn", "factor": 4, "original_context_length": 64}),
-    "seed-cope-f32": dict(arch="selfext-cope", qtype="Q8_0", n_layer=1, tokenizer="gpt2",
+    "seed-cope-f32": dict(arch="selfext-cope", qtype="Q8_0", n_layer=1, tokenizer="gpt2", rope_dim=64,
                           cope={"npos_max": 16, "per_head": True}),
 }
 
