@@ -203,8 +203,6 @@ class ModelDescription:
         return self.tensors["token_embd.weight" if self.tied_output else "output.weight"]
 
     def rope_inv_freq(self) -> tuple[np.ndarray, float]:
-        if self.rope.dim == 0:  # a CoPE model without RoPE
-            return np.zeros(0), 1.0
         return rope_inv_freq(self.rope)
 
 
@@ -245,8 +243,8 @@ class _CheckedReader(gguf.GGUFReader):
                 nptype = self.gguf_scalar_to_np.get(GGUFValueType(itype))
                 min_size = np.dtype(nptype).itemsize if nptype is not None else 1
             if count * min_size > self.data.size - orig_offs - 12:
-                raise GGUFError(f"an array at byte {orig_offs} claims {count} elements, which cannot fit in "
-                                f"a file of {self.data.size} bytes")
+                raise GGUFError(f"an array at byte {orig_offs} claims {count} elements, which would run past the end "
+                                f"of the file ({self.data.size} bytes)")
         return super()._get_field_parts(orig_offs, raw_type)
 
     def _build_tensor_info(self, offs, count):

@@ -73,6 +73,11 @@ def _rope_override(desc: ModelDescription, scaling: Optional[str], scale: Option
     import math
 
     cfg = desc.rope
+    if scaling is None and scale is None and freq_base is None:
+        return cfg  # nothing to override (also for a CoPE model without RoPE, whose dim is 0)
+    if cfg.dim == 0:
+        raise ArgumentError("this model has no RoPE (contextual position encoding only): "
+                            "rope_scaling, rope_scale and rope_freq_base do not apply")
     if scaling is not None and scaling not in ROPE_SCALING_TYPES:
         raise ArgumentError(f"rope_scaling must be one of {ROPE_SCALING_TYPES}, got {scaling!r}")
     for name, v, low in (("rope_scale", scale, 0.0), ("rope_freq_base", freq_base, 1.0)):

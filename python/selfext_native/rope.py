@@ -58,8 +58,10 @@ def rope_inv_freq(cfg: RopeConfig) -> tuple[np.ndarray, float]:
 
     Angle of pair i at position p: p * inv_freq[i]; the rotated vector is multiplied by attn_factor.
     """
-    if cfg.dim <= 0 or cfg.dim % 2:
-        raise ValueError(f"rope dim must be a positive even number, got {cfg.dim}")
+    if cfg.dim == 0:
+        return np.zeros(0), 1.0  # no RoPE (a model with contextual position encoding only)
+    if cfg.dim < 0 or cfg.dim % 2:
+        raise ValueError(f"rope dim must be an even number >= 0, got {cfg.dim}")
     if not (math.isfinite(cfg.freq_base) and cfg.freq_base > 1.0):
         raise ValueError(f"rope freq_base must be finite and > 1, got {cfg.freq_base}")
     if cfg.scaling_type not in ROPE_SCALING_TYPES:
