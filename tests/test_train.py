@@ -43,7 +43,8 @@ def test_flipflop_splits():
             _flipflop_check(task, b.ids[i], b.target[i])
     assert abs(ignores["train"] - 0.8) < 0.02 and abs(ignores["test"] - 0.8) < 0.02
     assert abs(ignores["sparse"] - 0.98) < 0.01
-    assert task.ood_splits == ("sparse",)
+    assert task.ood_splits == ("sparse", "long")
+    assert task.sample(rng, 2, "long").ids.shape == (2, 129)
 
 
 def test_counting_and_copy_splits():

@@ -85,7 +85,8 @@ class Task:
 # Instruction/bit pairs: "w b" writes bit b, "i b" is noise, "r b" must repeat the last written bit.
 # The first instruction is a write and the last a read; p_ignore is the probability of "i", the rest
 # split evenly between "w" and "r". The paper trains at p_ignore = 0.8 and tests in distribution and
-# at 0.98 ("sparse": reads look much further back, past many more ignores, than in training).
+# at 0.98 ("sparse": reads look much further back, past many more ignores, than in training). We add
+# "long": twice the trained length at 0.8 (positions never seen in training).
 
 def _flipflop(rng: np.random.Generator, *, n_pairs: int, p_ignore: float) -> list:
     p_wr = (1.0 - p_ignore) / 2.0
@@ -105,9 +106,10 @@ def _flipflop(rng: np.random.Generator, *, n_pairs: int, p_ignore: float) -> lis
 FLIPFLOP = Task(
     name="flipflop", symbols="wri01",
     splits={"train": dict(n_pairs=32, p_ignore=0.8), "test": dict(n_pairs=32, p_ignore=0.8),
-            "sparse": dict(n_pairs=32, p_ignore=0.98)},
-    make=_flipflop, ood_splits=("sparse",),
-    description="32 instruction/bit pairs (64 tokens); train and test at p_ignore 0.8, OOD 'sparse' at 0.98")
+            "sparse": dict(n_pairs=32, p_ignore=0.98), "long": dict(n_pairs=64, p_ignore=0.8)},
+    make=_flipflop, ood_splits=("sparse", "long"),
+    description="32 instruction/bit pairs (64 tokens); train and test at p_ignore 0.8, OOD 'sparse' at 0.98, "
+                "OOD 'long': 64 pairs at 0.8 (twice the trained length)")
 
 
 # --- Counting ------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def evaluate(model, task: Task, split: str, n_seqs: int = 1000, batch: int = 100
 
     token_error: wrong scored tokens / scored tokens; seq_error: sequences with any wrong scored token."""
     torch = _torch()
-    rng = np.random.default_rng([EVAL_SEED, sorted(task.splits).index(split)])
+    rng = np.random.default_rng([EVAL_SEED, *split.encode()])  # a fixed set per split name
     wrong = total = bad_seqs = 0
     model.eval()
     with torch.no_grad():
@@ -61,6 +61,11 @@ def evaluate(model, task: Task, split: str, n_seqs: int = 1000, batch: int = 100
     model.train()
     return {"token_error": wrong / max(total, 1), "seq_error": bad_seqs / n_seqs,
             "scored_tokens": total, "sequences": n_seqs}
+
+
+def evaluate_splits(model, task: Task, n_seqs: int = 1000) -> dict:
+    """`evaluate` on every split but "train"."""
+    return {split: evaluate(model, task, split, n_seqs) for split in task.splits if split != "train"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,7 +142,7 @@ def train(args: argparse.Namespace, log=print) -> dict:
             log(f"step {step + 1:5d}  loss {running:.4f}  {(time.perf_counter() - t0) / (step + 1) * 1e3:.0f} ms/step")
     train_s = time.perf_counter() - t0
 
-    results = {split: evaluate(model, task, split, args.eval_seqs) for split in task.splits if split != "train"}
+    results = evaluate_splits(model, task, args.eval_seqs)
     for split, r in results.items():
         tag = "OOD" if split in task.ood_splits else "in-dist"
         log(f"{split:7s} ({tag}): token error {100 * r['token_error']:.2f} %, "
