@@ -298,3 +298,11 @@ def test_rope_twin_runs_in_our_llama_runtime(path):
     llm.reset()
     decoded = np.stack([llm.eval([int(t)]) for t in ids])
     assert np.abs(decoded.reshape(ref.shape) - ref).max() <= tol
+
+
+def test_without_torch_the_error_says_so(monkeypatch):
+    import sys
+    import selfext_native.train as train
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    with pytest.raises(ImportError, match="needs PyTorch, an optional dependency"):
+        train.require_torch()
