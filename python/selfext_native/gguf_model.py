@@ -364,7 +364,7 @@ def _tensor_infos(reader: _CheckedReader, path: str, file_size: int) -> dict[str
         rel = int(rel_off[0])
         if rel % align:
             raise GGUFError(f"{path}: tensor {name!r} data offset {rel} is not aligned to {align} bytes")
-        start = reader.data_offset + rel
+        start = int(reader.data_offset) + rel  # Python ints: huge fuzzed dims must not overflow numpy
         if start + n_bytes > file_size:
             raise GGUFError(f"{path}: tensor {name!r} occupies bytes {start}..{start + n_bytes}, "
                             f"past the end of the file ({file_size} bytes); truncated file?")

@@ -462,6 +462,11 @@ class Tokenizer:
         """
         if not isinstance(text, str):
             raise ArgumentError(f"text must be a str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # lone surrogates (fuzz: a chat template can produce them)
+            raise ArgumentError(f"text holds {text[e.start:e.end]!r} at position {e.start}, which is not "
+                                f"valid Unicode (a lone surrogate); it cannot be tokenized") from None
         add_bos = self.add_bos if add_bos is None else add_bos
         add_eos = self.add_eos if add_eos is None else add_eos
         out: list[int] = []
