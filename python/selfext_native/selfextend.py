@@ -8,7 +8,10 @@ G * (L - W + floor(W/G)) tokens (positions.h). The rule for `self_extend="auto"`
   small leaves room for the grouped range), and G = the smallest group whose extended context covers
   n_ctx. ../shared/ANCHORS.md's sweep on SmolLM2 (exact SE, W = 1024) found that a G just above the
   covering minimum beats a large G (G = 4: 10/10 at 24k; G = 8: 7/10), so we take the minimum, not the
-  paper's "larger is safer" rule of thumb. The passkey issue measures this further.
+  paper's "larger is safer" rule of thumb. First CPU check (3 trials per cell, docs/long_context.md):
+  at 12k, auto (G=2) found 2/3 keys where plain RoPE found 0/3. docs/long_context.md has the rule's
+  table for an 8k model and the measurements; `selfext passkey` / bench/passkey.py re-measure it.
+* an explicit (G, W) that cannot cover n_ctx is refused, naming the smallest G that would (`validate`).
 """
 from __future__ import annotations
 
