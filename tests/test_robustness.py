@@ -52,16 +52,19 @@ def test_ctrl_c_stops_a_long_run_and_leaves_the_llm_usable(slow_model):
 
 def test_cli_exits_130_without_traceback_on_ctrl_c(slow_model, tmp_path):
     prompt = tmp_path / "p.txt"
-    prompt.write_text("the quick brown fox jumps over the lazy dog " * 110)  # ~3.5k tokens here
-    proc = subprocess.Popen([sys.executable, "-m", "selfext_native.cli", "run", "-m", str(slow_model), "-f",
-                             str(prompt), "-c", "4096", "-b", "256", "-n", "500", "--temp", "0", "-t", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)  # past the imports and the load, into the prefill or the generation
-    assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    prompt.write_text("the quick brown fox jumps over the lazy dog " * 10)
+    # --ignore-eos and a long -n keep it generating for seconds; the interrupt is sent as soon as the
+    # first generated text appears, so it lands mid-run however fast the machine is.
+    with subprocess.Popen([sys.executable, "-m", "selfext_native.cli", "run", "-m", str(slow_model), "-f",
+                           str(prompt), "-c", "4096", "-n", "3500", "--temp", "0", "--ignore-eos", "-t", "2"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        first = proc.stdout.read(1)
+        assert first and proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
+    assert "interrupted" in err
 
 
 def test_memory_plan_is_refused_before_allocating(small_model, monkeypatch):

@@ -43,6 +43,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat-last-n", type=int, default=64)
     p.add_argument("-s", "--seed", type=int, default=None)
     p.add_argument("-r", "--reverse-prompt", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-generation tokens")
 
 
 def _self_extend(args):
@@ -86,7 +87,7 @@ class _Progress:
 def _sampling(args) -> dict:
     return dict(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                 repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n, seed=args.seed,
-                stop=args.reverse_prompt)
+                stop=args.reverse_prompt, ignore_eos=getattr(args, "ignore_eos", False))
 
 
 def _print_timings(llm) -> None:

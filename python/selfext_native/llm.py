@@ -376,7 +376,7 @@ class LLM:
     def stream(self, prompt: Union[str, Sequence[int]], max_tokens: int = 256, *, temperature: float = 0.8,
                top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
                repeat_last_n: int = 64, seed: Optional[int] = None, stop: Sequence[str] = (),
-               add_bos: Optional[bool] = None, progress=None) -> Iterator[str]:
+               add_bos: Optional[bool] = None, progress=None, ignore_eos: bool = False) -> Iterator[str]:
         """Yield the generated text piece by piece (complete UTF-8 characters only)."""
         import time
 
@@ -405,7 +405,7 @@ class LLM:
             reason = "length"
             for _ in range(max_tokens):
                 tok = int(sampler.sample(logits, history))
-                if self.tokenizer.is_eog(tok):
+                if self.tokenizer.is_eog(tok) and not ignore_eos:
                     reason = "stop"
                     break
                 history.append(tok)
