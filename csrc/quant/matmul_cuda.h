@@ -1,0 +1,30 @@
+// Products with quantized weight matrices on CUDA, straight from their GGUF blocks (the block layouts of
+// csrc/quant/<fmt>.h, shared with the CPU). Plain C++ (no CUDA types) so the model and the bindings can
+// include it in a build without CUDA; the definitions live in matmul_cuda*.cu and exist only when
+// SELFEXT_WITH_CUDA is set.
+//
+// Every pointer is a device pointer; `stream` is a cudaStream_t. Nothing here allocates, synchronizes or
+// copies to the host, so every call can be captured into a CUDA graph.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "quant/matmul.h"
+
+namespace selfext {
+
+// Scratch bytes matmul_cuda needs for n activation rows of length cols (0 when it needs none).
+size_t matmul_cuda_workspace_bytes(QType type, int64_t cols, int64_t n);
+
+// y[t, r] = (accumulate ? y[t, r] : 0) + sum_c x[t, c] * W[r, c] for t < n, r < w.rows.
+// w.data: device copy of the blocks (row r at w.data + r * w.row_bytes, 16-byte aligned base);
+// x: (n, w.cols) float32, row stride ldx; y: (n, w.rows) float32, row stride ldy; workspace:
+// matmul_cuda_workspace_bytes(w.type, w.cols, n) bytes (256-byte aligned), or null when that is 0.
+void matmul_cuda(const QMatrix& w, const float* x, int64_t n, int64_t ldx, float* y, int64_t ldy, bool accumulate,
+                 void* workspace, void* stream);
+
+// Embedding lookup: out[t, :] = dequantized row ids[t] of w, for t < n (ids: device int32, each in
+// [0, w.rows) -- the caller checks them on the host); out (n, w.cols) float32, row stride ldo.
+void embed_rows_cuda(const QMatrix& w, const int32_t* ids, int64_t n, float* out, int64_t ldo, void* stream);
+
+}  // namespace selfext
