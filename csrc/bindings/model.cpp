@@ -9,6 +9,7 @@
 #include "bindings/interop.h"
 #include "bindings/registry.h"
 #include "model/model.h"
+#include "model/model_cuda.h"
 
 namespace selfext {
 namespace {
@@ -45,8 +46,9 @@ ModelConfig config_from_dict(const py::dict& config) {
   c.group = get("group").cast<int64_t>();
   c.window = get("window").cast<int64_t>();
   const std::string kv = get("kv_type").cast<std::string>();
-  SELFEXT_CHECK(kv == "f16" || kv == "f32", ArgumentError, "kv_type must be 'f16' or 'f32', got '", kv, "'");
-  c.kv_dtype = kv == "f16" ? DType::kFloat16 : DType::kFloat32;
+  SELFEXT_CHECK(kv == "f16" || kv == "f32" || kv == "bf16", ArgumentError,
+                "kv_type must be 'f16', 'bf16' or 'f32', got '", kv, "'");
+  c.kv_dtype = kv == "f16" ? DType::kFloat16 : (kv == "bf16" ? DType::kBFloat16 : DType::kFloat32);
   c.n_batch = get("n_batch").cast<int64_t>();
   c.n_threads = get("n_threads").cast<int>();
   if (config.contains("cope_npos_max")) {
@@ -87,7 +89,20 @@ class PyModel {
       if (tensors.contains(p + "attn_v.bias")) l.bv = vector(p + "attn_v.bias", tensors, kd);
       w.layers.push_back(l);
     }
-    model_ = std::make_unique<Model>(std::move(c), std::move(w));
+    const std::string device = config.contains("device") ? config["device"].cast<std::string>() : "cpu";
+    device_ = device;
+    if (device == "cuda") {
+#if defined(SELFEXT_WITH_CUDA)
+      const int index = config.contains("cuda_device") ? config["cuda_device"].cast<int>() : 0;
+      py::gil_scoped_release release;  // the upload takes a while for a large model
+      model_ = make_model_cuda(std::move(c), std::move(w), index);
+#else
+      throw BackendError("this build has no CUDA backend (built without SELFEXT_CUDA)");
+#endif
+    } else {
+      SELFEXT_CHECK(device == "cpu", ArgumentError, "device must be 'cpu' or 'cuda', got '", device, "'");
+      model_ = std::make_unique<ModelCpu>(std::move(c), std::move(w));
+    }
   }
 
   py::array_t<float> forward(py::object tokens_obj, bool all_logits) {
@@ -113,6 +128,7 @@ class PyModel {
   }
 
   Model& model() { return *model_; }
+  std::string device() const { return device_; }
   void cancel() { cancel_.store(true); }
 
  private:
@@ -154,6 +170,7 @@ class PyModel {
 
   std::vector<ArrayArg> keep_;  // the buffers the weights point into
   std::unique_ptr<Model> model_;
+  std::string device_ = "cpu";
   std::atomic<bool> cancel_{false};
   std::mutex busy_;
 };
@@ -172,8 +189,9 @@ void register_model(py::module_& m) {
       .def("truncate", [](PyModel& s, int64_t n) { s.model().truncate(n); }, py::arg("n"))
       .def("set_self_extend", [](PyModel& s, int64_t g, int64_t w) { s.model().set_self_extend(g, w); },
            py::arg("group"), py::arg("window"))
+      .def_property_readonly("device", [](PyModel& s) { return s.device(); })
       .def_property_readonly("allocated_bytes", [](PyModel& s) { return s.model().allocated_bytes(); })
-      .def_static("plan_bytes", [](const py::dict& config) { return Model::plan_bytes(config_from_dict(config)); },
+      .def_static("plan_bytes", [](const py::dict& config) { return ModelCpu::plan_bytes(config_from_dict(config)); },
                   py::arg("config"), "Bytes a Model with this config allocates (KV cache, scratch, RoPE table).");
 }
 

@@ -51,11 +51,16 @@ struct ModelConfig {
   DType kv_dtype = DType::kFloat16;
   int64_t n_batch = 512;         // tokens per prefill chunk: bounds scratch memory
   int n_threads = 1;
+
+  int64_t q_dim() const { return int64_t(n_head) * head_dim; }     // width of Q (and of the attention output)
+  int64_t kv_dim() const { return int64_t(n_head_kv) * head_dim; }  // width of K and of V
 };
 
+// What both backends share: the validated config and weights, the cache length, and the chunk loop.
+// The CPU implementation is ModelCpu below; the CUDA one (model_cuda.h) uploads the weights once.
 class Model {
  public:
-  Model(ModelConfig config, ModelWeights weights);
+  virtual ~Model() = default;
 
   const ModelConfig& config() const { return cfg_; }
   int64_t n_past() const { return n_past_; }
@@ -66,25 +71,40 @@ class Model {
   void set_self_extend(int64_t group, int64_t window);
 
   // Runs tokens[0..n) at positions n_past..n_past+n-1, in chunks of n_batch, and appends them to the
-  // cache. logits: (n, n_vocab) if all_logits, else (1, n_vocab) for the last token; may be null.
-  // cancel, when set by another thread, stops between layers/chunks: the cache keeps the last complete
-  // chunk and Cancelled is thrown.
+  // cache. logits (host memory): (n, n_vocab) if all_logits, else (1, n_vocab) for the last token; may
+  // be null. cancel, when set by another thread, stops between layers/chunks: the cache keeps the last
+  // complete chunk and Cancelled is thrown.
   void forward(const int32_t* tokens, int64_t n, float* logits, bool all_logits,
                const std::atomic<bool>* cancel = nullptr);
 
-  // Bytes this object allocated (KV cache + scratch + RoPE table).
-  int64_t allocated_bytes() const;
+  // Bytes this object allocated (KV cache + scratch + tables; on CUDA also the weights), on its device.
+  virtual int64_t allocated_bytes() const = 0;
+
+ protected:
+  Model(ModelConfig config, ModelWeights weights);
+  // One chunk of n <= n_batch tokens at positions n_past_..; sets n_past_ only when it completes.
+  virtual void forward_chunk(const int32_t* tokens, int64_t n, float* logits, bool all_logits,
+                             const std::atomic<bool>* cancel) = 0;
+
+  ModelConfig cfg_;
+  ModelWeights w_;
+  int64_t n_past_ = 0;
+
+ private:
+  void validate() const;
+};
+
+class ModelCpu final : public Model {
+ public:
+  ModelCpu(ModelConfig config, ModelWeights weights);
+  int64_t allocated_bytes() const override;
   static int64_t plan_bytes(const ModelConfig& cfg);
 
  private:
   void forward_chunk(const int32_t* tokens, int64_t n, float* logits, bool all_logits,
-                     const std::atomic<bool>* cancel);
-  void validate() const;
+                     const std::atomic<bool>* cancel) override;
 
-  ModelConfig cfg_;
-  ModelWeights w_;
   std::unique_ptr<ThreadPool> pool_;
-  int64_t n_past_ = 0;
   AlignedBuffer rope_table_;         // (n_ctx, rope_dim/2, 2) float
   AlignedBuffer k_cache_, v_cache_;  // (n_layer, n_kv, n_ctx, head_dim) of kv_dtype; K before RoPE
   // Scratch for one chunk of n_batch tokens (float32).

@@ -113,12 +113,13 @@ class LLM:
 
     model_path: a .gguf file (llama or qwen2 architecture); None = the default model (SmolLM2-135M).
     n_ctx: the KV-cache length in tokens; None = the model's trained context (or SelfExtend's reach).
-    device: "cpu", "cuda" or "auto" (CUDA when usable).
+    device: "cpu", "cuda", "cuda:N" or "auto" (CUDA when usable and the CUDA kernels take the model's
+        head size, 64/80/96/128; the CPU otherwise). ``llm.device`` says which was chosen.
     n_threads: CPU threads (default: the CPUs this process may use).
     self_extend: None (off), "auto" (G and W chosen from n_ctx and the trained context, see
         selfext_native.selfextend), or (group, window).
     vocab_only: load only the tokenizer (llama-cpp-python's convention).
-    kv_type: "f16" (default) or "f32" cache; n_batch: tokens per prefill chunk (bounds scratch memory).
+    kv_type: "f16" (default), "f32" (CPU only) or "bf16" (CUDA only) cache; n_batch: tokens per prefill chunk (bounds scratch memory).
     rope_scaling, rope_scale, rope_freq_base: override the file's RoPE settings, as llama.cpp's
         --rope-scaling / --rope-scale / --rope-freq-base do (the alternatives to SelfExtend):
         rope_scaling "none", "linear" or "yarn" (YaRN measured against the trained context);
@@ -131,14 +132,17 @@ class LLM:
                  kv_type: str = "f16", n_batch: int = 512, rope_scaling: Optional[str] = None,
                  rope_scale: Optional[float] = None, rope_freq_base: Optional[float] = None):
         self.model_path = os.fspath(model_path) if model_path is not None else default_model_path()
+        cuda_index = 0
+        if isinstance(device, str) and device.startswith("cuda:") and device[5:].isdigit():
+            device, cuda_index = "cuda", int(device[5:])
         if device not in ("auto", "cpu", "cuda"):
-            raise ArgumentError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+            raise ArgumentError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
         if n_threads is not None and (not isinstance(n_threads, int) or isinstance(n_threads, bool) or n_threads < 1):
             raise ArgumentError(f"n_threads must be a positive integer, got {n_threads!r}")
         if not isinstance(n_batch, int) or isinstance(n_batch, bool) or n_batch < 1:
             raise ArgumentError(f"n_batch must be a positive integer, got {n_batch!r}")
-        if kv_type not in ("f16", "f32"):
-            raise ArgumentError(f"kv_type must be 'f16' or 'f32', got {kv_type!r}")
+        if kv_type not in ("f16", "f32", "bf16"):
+            raise ArgumentError(f"kv_type must be 'f16', 'f32' (CPU) or 'bf16' (CUDA), got {kv_type!r}")
         self._lock = threading.Lock()
         self._cache_tokens: list[int] = []
         self.last_timings = Timings()
@@ -185,10 +189,17 @@ class LLM:
         cuda = _native.cuda_report()
         if device == "cuda" and not cuda["available"]:
             raise ArgumentError(f"device='cuda' but CUDA is not available: {cuda['reason']}")
-        # The CUDA forward pass is not in this build yet: "auto" means the CPU until it is.
-        if device == "cuda":
-            raise ArgumentError("device='cuda': the CUDA inference loop is not built yet; use device='cpu'")
-        self.device = "cpu"
+        cuda_head_dims = (64, 80, 96, 128)  # what the CUDA attention kernels are instantiated for
+        if device == "cuda" and desc.head_dim not in cuda_head_dims:
+            raise ArgumentError(f"device='cuda': head size {desc.head_dim} is not supported by the CUDA attention "
+                                f"kernels ({', '.join(map(str, cuda_head_dims))}); use device='cpu'")
+        if device == "auto":
+            device = "cuda" if cuda["available"] and desc.head_dim in cuda_head_dims and kv_type != "f32" else "cpu"
+        if device == "cuda" and kv_type == "f32":
+            raise ArgumentError("kv_type='f32' is CPU only; on CUDA use 'f16' or 'bf16'")
+        if device == "cpu" and kv_type == "bf16":
+            raise ArgumentError("kv_type='bf16' is CUDA only; on the CPU use 'f16' or 'f32'")
+        self.device = device if device == "cpu" else f"cuda:{cuda_index}"
 
         self.rope = _rope_override(desc, rope_scaling, rope_scale, rope_freq_base)
         inv_freq, mscale = rope_inv_freq(self.rope)
@@ -198,7 +209,8 @@ class LLM:
             rope_style=desc.rope.style, rope_dim=int(desc.rope.dim), inv_freq=[float(x) for x in inv_freq],
             mscale=float(mscale), n_ctx=self.n_ctx, group=self.group,
             window=self.window if self.group > 1 else self.n_ctx, kv_type=kv_type,
-            n_batch=min(n_batch, self.n_ctx), n_threads=n_threads or _native.default_thread_count())
+            n_batch=min(n_batch, self.n_ctx), n_threads=n_threads or _native.default_thread_count(),
+            device=device, cuda_device=cuda_index)
         if desc.cope is not None:
             # Contextual position encoding: positions come from the content; SelfExtend does not apply.
             if self.group > 1:
@@ -212,7 +224,8 @@ class LLM:
                 tensors[key] = _matrix(t)
             else:
                 tensors[key] = _float_vector(t)
-        self._check_memory(config, desc)
+        if device == "cpu":
+            self._check_memory(config, desc)  # on CUDA the native constructor checks the device's free memory
         self._model = _native.Model(config, tensors)
         self.n_threads = config["n_threads"]
         self._n_batch = config["n_batch"]

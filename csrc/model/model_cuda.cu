@@ -1,0 +1,556 @@
+// The forward pass on CUDA. Per layer, on the model's own stream:
+//   RMSNorm -> Q,K,V (one quantized product when the three share a type: their rows are uploaded
+//   back to back) -> qkv_post (biases; K, V into the cache, K un-rotated for SelfExtend; Q to the cache
+//   dtype) -> SelfExtend or CoPE attention (attention/*_cuda.cu) -> output projection added into the
+//   residual (the product's accumulate epilogue) -> RMSNorm -> gate and up (one product when they share
+//   a type) -> SwiGLU -> down projection added into the residual.
+// A CoPE model with RoPE rotates q and k at their normal positions in qkv_post and caches K rotated:
+// CoPE has no second position per key, so nothing needs the un-rotated K.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <vector>
+
+#include "attention/attention_cuda.h"
+#include "attention/params.h"
+#include "attention/rope.h"
+#include "core/cuda_check.cuh"
+#include "core/cuda_info.h"
+#include "core/half.h"
+#include "model/model_cuda.h"
+#include "model/rms_norm.h"
+#include "quant/formats.h"
+#include "quant/matmul_cuda.h"
+
+namespace selfext {
+namespace {
+
+constexpr int64_t kAlign = 256;
+constexpr int64_t kLogitRows = 16;  // logits computed and copied back this many rows at a time
+
+int64_t align_up(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+int64_t matrix_bytes(const QMatrix& m) { return m.rows * m.row_bytes; }
+
+// A device allocation, freed on destruction.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  ~DeviceBuffer() {
+    if (ptr_) cudaFree(ptr_);
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  void reset(int64_t bytes, const char* what) {
+    if (ptr_) SELFEXT_CUDA_CHECK(cudaFree(ptr_));
+    ptr_ = nullptr;
+    bytes_ = 0;
+    if (bytes <= 0) return;
+    const cudaError_t err = cudaMalloc(&ptr_, size_t(bytes));
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      ptr_ = nullptr;
+      throw OutOfMemoryError(detail::concat("CUDA could not allocate ", bytes >> 20, " MiB for ", what, " (",
+                                            cudaGetErrorString(err), ")"));
+    }
+    bytes_ = bytes;
+  }
+  template <typename U>
+  U* as(int64_t byte_offset = 0) const { return reinterpret_cast<U*>(static_cast<char*>(ptr_) + byte_offset); }
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  int64_t bytes_ = 0;
+};
+
+// Page-locked host memory (the logits and token transfers), freed on destruction.
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  ~PinnedBuffer() {
+    if (ptr_) cudaFreeHost(ptr_);
+  }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  void reset(int64_t bytes) {
+    if (ptr_) SELFEXT_CUDA_CHECK(cudaFreeHost(ptr_));
+    ptr_ = nullptr;
+    if (bytes > 0) SELFEXT_CUDA_CHECK(cudaMallocHost(&ptr_, size_t(bytes)));
+  }
+  template <typename U>
+  U* as() const { return static_cast<U*>(ptr_); }
+
+ private:
+  void* ptr_ = nullptr;
+};
+
+// Makes the model's device current for the lifetime of the guard.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) : prev_(cuda_exchange_device(device)), device_(device) {}
+  ~DeviceGuard() {
+    if (prev_ != device_) cudaSetDevice(prev_);
+  }
+
+ private:
+  int prev_, device_;
+};
+
+// --- elementwise kernels ---------------------------------------------------------------------------
+
+struct QkvPostArgs {
+  const float* qkv;  // (n, ld): [q (QD) | k (KD) | v (KD)] per token, float32, before biases
+  int64_t ld;
+  const float *bq, *bk, *bv;  // (QD,), (KD,), (KD,) or null
+  void* q_out;                // (n, QD) cache dtype
+  void *k_cache, *v_cache;    // this layer's (n_kv, n_ctx, head_dim)
+  int64_t n_ctx, pos0;
+  int n_head, n_kv, head_dim;
+  const float* rope_table;  // rotate q and k at their normal positions (CoPE with RoPE), else null
+  int rope_dim;
+  RopeStyle rope_style;
+};
+
+template <typename T>
+__global__ void qkv_post_kernel(const QkvPostArgs a) {
+  const int64_t t = blockIdx.x;
+  const int hd = a.head_dim;
+  const int QD = a.n_head * hd, KD = a.n_kv * hd;
+  const float* row = a.qkv + t * a.ld;
+  const int64_t pos = a.pos0 + t;
+  for (int e = threadIdx.x; e < QD + 2 * KD; e += blockDim.x) {
+    const int seg = e < QD ? 0 : (e < QD + KD ? 1 : 2);
+    const int local = e - (seg == 0 ? 0 : (seg == 1 ? QD : QD + KD));
+    const float* bias = seg == 0 ? a.bq : (seg == 1 ? a.bk : a.bv);
+    const int d = local % hd;
+    float val = row[e] + (bias ? bias[local] : 0.f);
+    if (a.rope_table && seg < 2 && d < a.rope_dim) {
+      int p, ia, ib;
+      bool first;
+      rope_pair_of(d, a.rope_dim, a.rope_style, p, first);
+      rope_pair(p, a.rope_dim, a.rope_style, ia, ib);
+      const int head0 = e - d, lhead0 = local - d;
+      float xa = row[head0 + ia] + (bias ? bias[lhead0 + ia] : 0.f);
+      float xb = row[head0 + ib] + (bias ? bias[lhead0 + ib] : 0.f);
+      const float* cs = a.rope_table + (pos * (a.rope_dim / 2) + p) * 2;
+      rope_rotate(xa, xb, cs[0], cs[1]);
+      val = first ? xa : xb;
+    }
+    if (seg == 0) {
+      static_cast<T*>(a.q_out)[t * QD + local] = from_float<T>(val);
+    } else {
+      const int h = local / hd;
+      T* cache = static_cast<T*>(seg == 1 ? a.k_cache : a.v_cache);
+      cache[(int64_t(h) * a.n_ctx + pos) * hd + d] = from_float<T>(val);
+    }
+  }
+}
+
+template <typename T>
+__global__ void to_float_kernel(const T* __restrict__ in, float* __restrict__ out, int64_t n) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = to_float(in[i]);
+}
+
+// out[t, i] = SiLU(ff[t, i]) * ff[t, F + i]: ff holds gate and up side by side, (n, 2F).
+__global__ void swiglu_kernel(const float* __restrict__ ff, float* __restrict__ out, int64_t n, int64_t F) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n * F) return;
+  const int64_t t = i / F, c = i % F;
+  const float g = ff[t * 2 * F + c];
+  out[i] = g / (1.f + expf(-g)) * ff[t * 2 * F + F + c];
+}
+
+unsigned blocks_for(int64_t n, int threads) { return unsigned((n + threads - 1) / threads); }
+
+// --- the model -------------------------------------------------------------------------------------
+
+struct DeviceLayer {
+  const float *attn_norm = nullptr, *ffn_norm = nullptr;
+  const float *bq = nullptr, *bk = nullptr, *bv = nullptr;
+  const void* cope_pos = nullptr;  // cache dtype, (npos_max, head_dim) or (n_head, npos_max, head_dim)
+  QMatrix wq, wk, wv, wqkv;        // wqkv.data: Q, K, V rows back to back (shared type), else null
+  QMatrix wo, w_gate, w_up, w_gate_up, w_down;
+};
+
+// Scratch of one chunk, by part: float32 unless noted. B = n_batch.
+struct ScratchLayout {
+  int64_t ids, x, xb, qkv, q16, att16, ff, ffa, logits, matmul_ws, attn_ws, total;
+};
+
+ScratchLayout scratch_layout(const ModelConfig& c, const ModelWeights& w) {
+  const int64_t B = c.n_batch, E = c.n_embd, QD = c.q_dim(), KD = c.kv_dim(), F = c.n_ff;
+  const int esz = dtype_size(c.kv_dtype);
+  ScratchLayout s{};
+  int64_t off = 0;
+  auto take = [&](int64_t bytes) {
+    const int64_t at = off;
+    off += align_up(std::max<int64_t>(bytes, 1));
+    return at;
+  };
+  s.ids = take(B * 4);
+  s.x = take(B * E * 4);
+  s.xb = take(B * std::max(E, QD) * 4);
+  s.qkv = take(B * (QD + 2 * KD) * 4);
+  s.q16 = take(B * QD * esz);
+  s.att16 = take(B * QD * esz);
+  s.ff = take(B * 2 * F * 4);
+  s.ffa = take(B * F * 4);
+  s.logits = take(std::min(B, kLogitRows) * int64_t(c.n_vocab) * 4);
+  size_t ws = 0;
+  auto need = [&](const QMatrix& m) { ws = std::max(ws, matmul_cuda_workspace_bytes(m.type, m.cols, B)); };
+  need(w.output);
+  for (const LayerWeights& l : w.layers)
+    for (const QMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) need(*m);
+  s.matmul_ws = take(int64_t(ws));
+  // The attention kernels take their split-K partial states from the stream-ordered pool; the plan
+  // counts the largest call (a full chunk at the end of the cache, or one token over all of it).
+  AttentionParams p;
+  p.n_heads = c.n_head;
+  p.n_kv_heads = c.n_head_kv;
+  p.head_dim = c.head_dim;
+  p.rope_dim = 0;  // the model passes its own RoPE table: none is built per call
+  p.npos_max = c.npos_max;
+  int64_t attn = 0;
+  for (int64_t tq : {int64_t(1), B}) {
+    p.T_q = tq;
+    p.T_k = c.n_ctx;
+    attn = std::max(attn, c.cope ? cope_attention_cuda_workspace_bytes(p) : self_extend_attention_cuda_workspace_bytes(p));
+  }
+  s.attn_ws = attn;
+  s.total = off;
+  return s;
+}
+
+class ModelCuda final : public Model {
+ public:
+  ModelCuda(ModelConfig config, ModelWeights weights, int device);
+  ~ModelCuda() override {
+    if (stream_) {
+      cudaStreamSynchronize(stream_);
+      cudaStreamDestroy(stream_);
+    }
+  }
+  int64_t allocated_bytes() const override {
+    return weights_.bytes() + k_cache_.bytes() + v_cache_.bytes() + scratch_.bytes() + rope_table_.bytes();
+  }
+
+ private:
+  void forward_chunk(const int32_t* tokens, int64_t n, float* logits, bool all_logits,
+                     const std::atomic<bool>* cancel) override;
+  void upload(const CudaModelPlan& plan);
+  template <typename T>
+  void layer(int il, int64_t n, int64_t pos0);
+  void sync() { SELFEXT_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+  int device_;
+  cudaStream_t stream_ = nullptr;
+  ScratchLayout sl_;
+  DeviceBuffer weights_, k_cache_, v_cache_, scratch_, rope_table_;
+  PinnedBuffer host_ids_, host_logits_;
+  QMatrix token_embd_, output_;
+  const float* output_norm_ = nullptr;
+  std::vector<DeviceLayer> layers_;
+};
+
+// The weight bytes as uploaded: every matrix and vector once (a tied output head is the embedding),
+// each 256-byte aligned except K and V, which follow Q directly when the three share a type (and up
+// follows gate likewise), so that one product covers them. CoPE tables are stored in the cache dtype.
+struct WeightLayout {
+  std::map<const void*, int64_t> offset;  // host pointer -> offset in the device arena
+  int64_t total = 0;
+};
+
+bool same_type(const QMatrix& a, const QMatrix& b) { return a.type == b.type && a.cols == b.cols; }
+
+WeightLayout weight_layout(const ModelConfig& c, const ModelWeights& w) {
+  WeightLayout L;
+  auto place = [&](const void* host, int64_t bytes, bool aligned) {
+    if (!host || L.offset.count(host)) return;
+    if (aligned) L.total = align_up(L.total);
+    L.offset[host] = L.total;
+    L.total += bytes;
+  };
+  const int esz = dtype_size(c.kv_dtype);
+  place(w.token_embd.data, matrix_bytes(w.token_embd), true);
+  place(w.output.data, matrix_bytes(w.output), true);
+  place(w.output_norm, c.n_embd * 4, true);
+  for (const LayerWeights& l : w.layers) {
+    const bool qkv = same_type(l.wq, l.wk) && same_type(l.wq, l.wv);
+    place(l.wq.data, matrix_bytes(l.wq), true);
+    place(l.wk.data, matrix_bytes(l.wk), !qkv);
+    place(l.wv.data, matrix_bytes(l.wv), !qkv);
+    place(l.wo.data, matrix_bytes(l.wo), true);
+    const bool gu = same_type(l.w_gate, l.w_up);
+    place(l.w_gate.data, matrix_bytes(l.w_gate), true);
+    place(l.w_up.data, matrix_bytes(l.w_up), !gu);
+    place(l.w_down.data, matrix_bytes(l.w_down), true);
+    place(l.attn_norm, c.n_embd * 4, true);
+    place(l.ffn_norm, c.n_embd * 4, true);
+    place(l.bq, c.q_dim() * 4, true);
+    place(l.bk, c.kv_dim() * 4, true);
+    place(l.bv, c.kv_dim() * 4, true);
+    if (c.cope) place(l.cope_pos, int64_t(c.cope_per_head ? c.n_head : 1) * c.npos_max * c.head_dim * esz, true);
+  }
+  L.total = align_up(L.total);
+  return L;
+}
+
+}  // namespace
+
+CudaModelPlan cuda_model_plan(const ModelConfig& c, const ModelWeights& w) {
+  CudaModelPlan p;
+  p.weights = weight_layout(c, w).total;
+  p.kv_cache = 2 * int64_t(c.n_layer) * c.kv_dim() * c.n_ctx * dtype_size(c.kv_dtype);
+  const ScratchLayout s = scratch_layout(c, w);
+  p.scratch = s.total + s.attn_ws + align_up(c.n_ctx * (c.rope_dim / 2) * 2 * 4);
+  return p;
+}
+
+namespace {
+
+ModelCuda::ModelCuda(ModelConfig config, ModelWeights weights, int device)
+    : Model(std::move(config), std::move(weights)), device_(device) {
+  const ModelConfig& c = cfg_;
+  SELFEXT_CHECK(c.kv_dtype == DType::kFloat16 || c.kv_dtype == DType::kBFloat16, ArgumentError,
+                "the KV cache type on CUDA must be f16 or bf16, got ", dtype_name(c.kv_dtype));
+  SELFEXT_CHECK(c.head_dim == 64 || c.head_dim == 80 || c.head_dim == 96 || c.head_dim == 128, ArgumentError,
+                "head_dim ", c.head_dim, " is not supported by the CUDA attention kernels (64, 80, 96, 128); use "
+                "device='cpu'");
+  SELFEXT_CHECK(c.rope_dim / 2 <= kMaxRopePairs, ArgumentError, "rope_dim ", c.rope_dim, " exceeds ",
+                2 * kMaxRopePairs);
+  require_cuda();
+  int n_devices = 0;
+  SELFEXT_CUDA_CHECK(cudaGetDeviceCount(&n_devices));
+  SELFEXT_CHECK(device >= 0 && device < n_devices, ArgumentError, "CUDA device ", device, " does not exist (",
+                n_devices, " found)");
+  DeviceGuard guard(device_);
+
+  // The memory plan, checked against the free device memory before anything is allocated.
+  const CudaModelPlan plan = cuda_model_plan(c, w_);
+  size_t free_b = 0, total_b = 0;
+  SELFEXT_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  const int64_t reserve = 64 << 20;  // the CUDA context's own growth, the attention pool's rounding
+  if (plan.total() + reserve > int64_t(free_b)) {
+    throw OutOfMemoryError(detail::concat(
+        "the model needs ", (plan.total() + reserve) >> 20, " MiB on cuda:", device_, " (weights ", plan.weights >> 20,
+        " MiB, KV cache ", plan.kv_cache >> 20, " MiB for n_ctx=", c.n_ctx, ", scratch ", plan.scratch >> 20,
+        " MiB for n_batch=", c.n_batch, ") but only ", int64_t(free_b) >> 20, " of ", int64_t(total_b) >> 20,
+        " MiB are free; lower n_ctx or n_batch, or use a smaller quantization"));
+  }
+  SELFEXT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  upload(plan);
+
+  const size_t cache_bytes = size_t(c.n_layer) * c.kv_dim() * c.n_ctx * dtype_size(c.kv_dtype);
+  k_cache_.reset(int64_t(cache_bytes), "the K cache");
+  v_cache_.reset(int64_t(cache_bytes), "the V cache");
+  sl_ = scratch_layout(c, w_);
+  scratch_.reset(sl_.total, "activations");
+  if (c.rope_dim > 0) {
+    rope_table_.reset(c.n_ctx * (c.rope_dim / 2) * 2 * 4, "the RoPE table");
+    build_rope_table_cuda(c.inv_freq.data(), c.rope_dim / 2, c.mscale, c.n_ctx, rope_table_.as<float>(), stream_);
+  }
+  host_ids_.reset(c.n_batch * 4);
+  host_logits_.reset(std::min<int64_t>(c.n_batch, kLogitRows) * c.n_vocab * 4);
+  sync();
+}
+
+void ModelCuda::upload(const CudaModelPlan& plan) {
+  const ModelConfig& c = cfg_;
+  const WeightLayout L = weight_layout(c, w_);
+  weights_.reset(plan.weights, "the weights");
+  char* base = weights_.as<char>();
+  auto copy = [&](const void* host, int64_t bytes) {
+    SELFEXT_CUDA_CHECK(cudaMemcpyAsync(base + L.offset.at(host), host, size_t(bytes), cudaMemcpyHostToDevice, stream_));
+    return static_cast<const void*>(base + L.offset.at(host));
+  };
+  std::map<const void*, const void*> done;  // host -> device, so a tied head is copied once
+  auto matrix = [&](const QMatrix& m) {
+    QMatrix d = m;
+    auto it = done.find(m.data);
+    d.data = it != done.end() ? it->second : (done[m.data] = copy(m.data, matrix_bytes(m)));
+    return d;
+  };
+  auto vec = [&](const float* host, int64_t n) -> const float* {
+    return host ? static_cast<const float*>(copy(host, n * 4)) : nullptr;
+  };
+  token_embd_ = matrix(w_.token_embd);
+  output_ = matrix(w_.output);
+  output_norm_ = vec(w_.output_norm, c.n_embd);
+  std::vector<std::vector<uint16_t>> keep;  // CoPE tables in the cache dtype, kept until the copies end
+  for (const LayerWeights& l : w_.layers) {
+    DeviceLayer d;
+    d.attn_norm = vec(l.attn_norm, c.n_embd);
+    d.ffn_norm = vec(l.ffn_norm, c.n_embd);
+    d.bq = vec(l.bq, c.q_dim());
+    d.bk = vec(l.bk, c.kv_dim());
+    d.bv = vec(l.bv, c.kv_dim());
+    d.wq = matrix(l.wq);
+    d.wk = matrix(l.wk);
+    d.wv = matrix(l.wv);
+    d.wo = matrix(l.wo);
+    d.w_gate = matrix(l.w_gate);
+    d.w_up = matrix(l.w_up);
+    d.w_down = matrix(l.w_down);
+    auto follows = [](const QMatrix& a, const QMatrix& b) {
+      return static_cast<const char*>(a.data) + matrix_bytes(a) == static_cast<const char*>(b.data);
+    };
+    if (same_type(l.wq, l.wk) && same_type(l.wq, l.wv) && follows(d.wq, d.wk) && follows(d.wk, d.wv)) {
+      d.wqkv = d.wq;
+      d.wqkv.rows = l.wq.rows + l.wk.rows + l.wv.rows;
+    }
+    if (same_type(l.w_gate, l.w_up) && follows(d.w_gate, d.w_up)) {
+      d.w_gate_up = d.w_gate;
+      d.w_gate_up.rows = l.w_gate.rows + l.w_up.rows;
+    }
+    if (c.cope) {
+      const int64_t n = int64_t(c.cope_per_head ? c.n_head : 1) * c.npos_max * c.head_dim;
+      keep.emplace_back(size_t(n));
+      std::vector<uint16_t>& h = keep.back();
+      for (int64_t i = 0; i < n; ++i)
+        h[size_t(i)] = c.kv_dtype == DType::kFloat16 ? float_to_fp16(l.cope_pos[i]) : float_to_bf16(l.cope_pos[i]);
+      SELFEXT_CUDA_CHECK(cudaMemcpyAsync(base + L.offset.at(l.cope_pos), h.data(), size_t(n) * 2,
+                                         cudaMemcpyHostToDevice, stream_));
+      d.cope_pos = base + L.offset.at(l.cope_pos);
+    }
+    layers_.push_back(d);
+  }
+  sync();  // the host sources (file map, converted tables) must outlive the copies
+}
+
+template <typename T>
+void ModelCuda::layer(int il, int64_t n, int64_t pos0) {
+  const ModelConfig& c = cfg_;
+  const DeviceLayer& l = layers_[size_t(il)];
+  const int64_t E = c.n_embd, QD = c.q_dim(), KD = c.kv_dim(), F = c.n_ff, QKVD = QD + 2 * KD;
+  float* x = scratch_.as<float>(sl_.x);
+  float* xb = scratch_.as<float>(sl_.xb);
+  float* qkv = scratch_.as<float>(sl_.qkv);
+  float* ff = scratch_.as<float>(sl_.ff);
+  float* ffa = scratch_.as<float>(sl_.ffa);
+  T* q16 = scratch_.as<T>(sl_.q16);
+  T* att16 = scratch_.as<T>(sl_.att16);
+  void* ws = scratch_.as<void>(sl_.matmul_ws);
+  const size_t layer_elems = size_t(KD) * c.n_ctx;
+  T* kc = k_cache_.as<T>() + size_t(il) * layer_elems;
+  T* vc = v_cache_.as<T>() + size_t(il) * layer_elems;
+
+  // --- attention ---
+  rms_norm_cuda<float>(RmsNormParams{x, l.attn_norm, xb, n, E, E, E, c.rms_eps, stream_});
+  if (l.wqkv.data) {
+    matmul_cuda(l.wqkv, xb, n, E, qkv, QKVD, false, ws, stream_);
+  } else {
+    matmul_cuda(l.wq, xb, n, E, qkv, QKVD, false, ws, stream_);
+    matmul_cuda(l.wk, xb, n, E, qkv + QD, QKVD, false, ws, stream_);
+    matmul_cuda(l.wv, xb, n, E, qkv + QD + KD, QKVD, false, ws, stream_);
+  }
+  QkvPostArgs qa{qkv, QKVD, l.bq, l.bk, l.bv, q16, kc, vc, c.n_ctx, pos0, c.n_head, c.n_head_kv, c.head_dim,
+                 (c.cope && c.rope_dim > 0) ? rope_table_.as<float>() : nullptr, c.rope_dim, c.rope_style};
+  qkv_post_kernel<T><<<unsigned(n), 256, 0, stream_>>>(qa);
+  SELFEXT_CUDA_CHECK_LAUNCH();
+
+  AttentionParams ap;
+  ap.q = q16;
+  ap.k = kc;
+  ap.v = vc;
+  ap.out = att16;
+  ap.q_dtype = ap.kv_dtype = ap.out_dtype = c.kv_dtype;
+  ap.q_stride_t = QD;
+  ap.q_stride_h = c.head_dim;
+  ap.k_stride_t = ap.v_stride_t = c.head_dim;
+  ap.k_stride_h = ap.v_stride_h = c.n_ctx * c.head_dim;
+  ap.out_stride_t = QD;
+  ap.out_stride_h = c.head_dim;
+  ap.T_q = n;
+  ap.T_k = pos0 + n;
+  ap.n_heads = c.n_head;
+  ap.n_kv_heads = c.n_head_kv;
+  ap.head_dim = c.head_dim;
+  ap.scale = float(1.0 / std::sqrt(double(c.head_dim)));
+  ap.stream = stream_;
+  if (c.cope) {
+    ap.rope_dim = 0;  // q and k were rotated in qkv_post
+    ap.pos_emb = l.cope_pos;
+    ap.npos_max = c.npos_max;
+    ap.pe_stride_h = c.cope_per_head ? int64_t(c.npos_max) * c.head_dim : 0;
+    ap.scale_pos_logits = c.cope_scale_pos_logits;
+    cope_attention_cuda(ap);
+  } else {
+    ap.group = c.group;
+    ap.window = c.window;
+    ap.rope_table = rope_table_.as<float>();
+    ap.rope_n_pos = c.n_ctx;
+    ap.rope_dim = c.rope_dim;
+    ap.rope_style = c.rope_style;
+    self_extend_attention_cuda(ap);
+  }
+  to_float_kernel<T><<<blocks_for(n * QD, 256), 256, 0, stream_>>>(att16, xb, n * QD);
+  SELFEXT_CUDA_CHECK_LAUNCH();
+  matmul_cuda(l.wo, xb, n, QD, x, E, true, ws, stream_);  // x += attn · Wo^T
+
+  // --- feed-forward (SwiGLU) ---
+  rms_norm_cuda<float>(RmsNormParams{x, l.ffn_norm, xb, n, E, E, E, c.rms_eps, stream_});
+  if (l.w_gate_up.data) {
+    matmul_cuda(l.w_gate_up, xb, n, E, ff, 2 * F, false, ws, stream_);
+  } else {
+    matmul_cuda(l.w_gate, xb, n, E, ff, 2 * F, false, ws, stream_);
+    matmul_cuda(l.w_up, xb, n, E, ff + F, 2 * F, false, ws, stream_);
+  }
+  swiglu_kernel<<<blocks_for(n * F, 256), 256, 0, stream_>>>(ff, ffa, n, F);
+  SELFEXT_CUDA_CHECK_LAUNCH();
+  matmul_cuda(l.w_down, ffa, n, F, x, E, true, ws, stream_);  // x += down(SwiGLU)
+}
+
+void ModelCuda::forward_chunk(const int32_t* tokens, int64_t n, float* logits, bool all_logits,
+                              const std::atomic<bool>* cancel) {
+  const ModelConfig& c = cfg_;
+  DeviceGuard guard(device_);
+  const int64_t E = c.n_embd, pos0 = n_past_;
+  float* x = scratch_.as<float>(sl_.x);
+  float* xb = scratch_.as<float>(sl_.xb);
+  int32_t* ids = scratch_.as<int32_t>(sl_.ids);
+  void* ws = scratch_.as<void>(sl_.matmul_ws);
+
+  // The pinned staging buffers are reused by the next call only after this one synchronized.
+  std::memcpy(host_ids_.as<int32_t>(), tokens, size_t(n) * 4);
+  SELFEXT_CUDA_CHECK(cudaMemcpyAsync(ids, host_ids_.as<int32_t>(), size_t(n) * 4, cudaMemcpyHostToDevice, stream_));
+  embed_rows_cuda(token_embd_, ids, n, x, E, stream_);
+  for (int il = 0; il < c.n_layer; ++il) {
+    if (cancel && cancel->load(std::memory_order_relaxed)) {
+      sync();  // nothing of this chunk may still be running when the cache is reused
+      throw Cancelled("interrupted");
+    }
+    if (c.kv_dtype == DType::kFloat16)
+      layer<f16>(il, n, pos0);
+    else
+      layer<bf16>(il, n, pos0);
+  }
+
+  if (logits) {
+    const int64_t first = all_logits ? 0 : n - 1;
+    const int64_t V = c.n_vocab;
+    float* dlog = scratch_.as<float>(sl_.logits);
+    for (int64_t r0 = first; r0 < n; r0 += kLogitRows) {
+      const int64_t rows = std::min(kLogitRows, n - r0);
+      rms_norm_cuda<float>(RmsNormParams{x + r0 * E, output_norm_, xb, rows, E, E, E, c.rms_eps, stream_});
+      matmul_cuda(output_, xb, rows, E, dlog, V, false, ws, stream_);
+      SELFEXT_CUDA_CHECK(cudaMemcpyAsync(host_logits_.as<float>(), dlog, size_t(rows * V) * 4, cudaMemcpyDeviceToHost,
+                                         stream_));
+      sync();
+      std::memcpy(logits + (r0 - first) * V, host_logits_.as<float>(), size_t(rows * V) * 4);
+    }
+  }
+  sync();  // errors of this chunk surface here, and the cache grows only when it is complete
+  n_past_ = pos0 + n;
+}
+
+}  // namespace
+
+std::unique_ptr<Model> make_model_cuda(ModelConfig cfg, ModelWeights weights, int device) {
+  return std::make_unique<ModelCuda>(std::move(cfg), std::move(weights), device);
+}
+
+}  // namespace selfext
