@@ -1,0 +1,240 @@
+"""The CUDA inference loop: logits against the float64 reference forward pass and against the CPU
+backend under teacher forcing (the same tokens fed to both), decode == chunks == prefill on the GPU,
+SelfExtend and CoPE models, greedy agreement with the CPU on the default model, the device memory plan
+and bad arguments. Every test needs a usable CUDA GPU (marker `cuda`); CI skips them."""
+import os
+
+import numpy as np
+import pytest
+
+from selfext_native import LLM, _native
+from selfext_native.errors import ArgumentError, OutOfMemoryError
+
+import gguf_factory
+from reference_model import reference_logits
+
+pytestmark = pytest.mark.cuda
+
+# head_dim 64 (the CUDA attention's smallest), GQA 2:1, rows a multiple of 256 so every K-quant fits.
+SMALL = dict(n_layer=2, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_vocab=300, n_ctx_train=128)
+FLOAT_TYPES = {"F32", "F16", "BF16"}
+K_QUANTS = {"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"}
+ALL_TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+
+# The GPU's error against the exact float64 forward pass (float activations, act_quant=None). Per layer it
+# rounds q, K, V and the attention output to float16 (relative 2^-11 each) and, on the prefill path (more
+# than a few tokens), the products' activations and weights to float16 for the tensor cores (2^-11 each,
+# summed over a row of random signs: ~2^-11 relative to the row's norm). Through two layers and the head
+# of these random models that is a few 1e-3 of the logit scale; we bound |dlogit| by 1e-2 of the largest
+# reference logit (bf16 cache: 2^-8 per rounding, 4e-2).
+GPU_TOL = {"f16": 1e-2, "bf16": 4e-2}
+
+
+def _cpu_bound(qtype):
+    # The CPU backend's own bound against the same reference (tests/test_llm.py): 8-bit activations.
+    return 1e-4 if qtype in FLOAT_TYPES else 4e-2 if qtype in K_QUANTS else 2e-2
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("models_cuda")
+
+
+def _model(model_dir, name, seed=0, **kw):
+    path = os.path.join(model_dir, name + ".gguf")
+    if not os.path.exists(path):
+        gguf_factory.write_model(path, seed=seed, **{**SMALL, **kw})
+    return path
+
+
+def _tokens(rng, n, n_vocab=300):
+    return rng.integers(0, n_vocab, size=n).tolist()
+
+
+def _decode_rows(llm, toks):
+    """Teacher forcing one token at a time: the logits row after each token."""
+    llm.reset()
+    return np.stack([llm.eval([t])[0] for t in toks])
+
+
+@pytest.mark.parametrize("qtype", ALL_TYPES)
+def test_logits_match_reference_and_cpu(model_dir, rng, qtype):
+    arch = "qwen2" if qtype in ("BF16", "Q5_1", "Q3_K") else "llama"  # qwen2: biases, neox RoPE
+    tied = qtype not in ("Q4_0", "F16", "Q4_K")
+    path = _model(model_dir, f"{arch}-{qtype}-{tied}", arch=arch, qtype=qtype, tied=tied)
+    gpu = LLM(path, device="cuda")
+    assert gpu.device == "cuda:0"
+    toks = _tokens(rng, 45)
+    ref = reference_logits(path, toks, act_quant=None).astype(np.float64)
+    scale = np.abs(ref).max()
+    prefill = gpu.logits(toks).astype(np.float64)   # one chunk: the matrix-matrix path
+    decode = _decode_rows(gpu, toks).astype(np.float64)  # one token at a time: the matrix-vector path
+    for name, ours in (("prefill", prefill), ("decode", decode)):
+        err = np.abs(ours - ref).max()
+        assert np.isfinite(ours).all(), name
+        assert err <= GPU_TOL["f16"] * scale, f"{name}: max |dlogit| {err:.3g} > {GPU_TOL['f16'] * scale:.3g}"
+    cpu = LLM(path, device="cpu", n_threads=2).logits(toks).astype(np.float64)
+    bound = (GPU_TOL["f16"] + _cpu_bound(qtype)) * scale
+    assert np.abs(prefill - cpu).max() <= bound
+    # Where the reference is decisive, the GPU picks its token.
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    decisive = (top2[:, 1] - top2[:, 0]) > 2 * GPU_TOL["f16"] * scale
+    assert decisive.any()
+    np.testing.assert_array_equal(prefill.argmax(1)[decisive], ref.argmax(1)[decisive])
+
+
+@pytest.mark.parametrize("kv_type", ["f16", "bf16"])
+def test_selfextend_chunks_decode_prefill_and_reference(model_dir, rng, kv_type):
+    path = _model(model_dir, "llama-F32-se", qtype="F32")
+    toks = _tokens(rng, 200)
+    se = dict(n_ctx=256, self_extend=(4, 16), kv_type=kv_type, device="cuda")
+    full = LLM(path, **se).logits(toks).astype(np.float64)
+    ref = reference_logits(path, toks, group=4, window=16, act_quant=None)
+    scale = np.abs(ref).max()
+    tol = GPU_TOL[kv_type] * scale
+    assert np.abs(full - ref).max() <= tol
+    plain = reference_logits(path, toks, act_quant=None)
+    assert np.abs(ref[40:] - plain[40:]).max() > 10 * tol  # the grouped branch is really exercised
+    step = LLM(path, **se)
+    assert np.abs(_decode_rows(step, toks) - ref).max() <= tol
+    for chunk in (1, 7, 64):
+        c = LLM(path, **se, n_batch=chunk)
+        got = c.logits(toks)
+        assert np.abs(got - ref).max() <= tol, f"n_batch={chunk}"
+
+
+def test_selfextend_gpu_equals_cpu_on_quantized_weights(model_dir, rng):
+    path = _model(model_dir, "llama-Q4_K-se", qtype="Q4_K")
+    toks = _tokens(rng, 150)
+    kw = dict(n_ctx=192, self_extend=(3, 12))
+    gpu = LLM(path, device="cuda", **kw).logits(toks).astype(np.float64)
+    cpu = LLM(path, device="cpu", n_threads=2, **kw).logits(toks).astype(np.float64)
+    ref = reference_logits(path, toks, group=3, window=12, act_quant=None)
+    scale = np.abs(ref).max()
+    assert np.abs(gpu - ref).max() <= GPU_TOL["f16"] * scale
+    assert np.abs(gpu - cpu).max() <= (GPU_TOL["f16"] + _cpu_bound("Q4_K")) * scale
+
+
+@pytest.mark.parametrize("cope, rope_dim", [
+    ({"npos_max": 16}, 0),
+    ({"npos_max": 8, "per_head": True, "scale_pos_logits": True}, 0),
+    ({"npos_max": 64}, 64),           # RoPE applied before the gates, neox pairs
+    ({"npos_max": 4, "per_head": True}, 32),  # partial rotary
+])
+def test_cope_model_matches_reference_and_cpu(model_dir, rng, cope, rope_dim):
+    name = f"cope-{cope['npos_max']}-{cope.get('per_head')}-{cope.get('scale_pos_logits')}-{rope_dim}"
+    path = _model(model_dir, name, arch="selfext-cope", qtype="F32", cope=cope, rope_dim=rope_dim, head_dim=64)
+    toks = _tokens(rng, 60)
+    gpu = LLM(path, device="cuda", n_ctx=128)
+    ours = gpu.logits(toks).astype(np.float64)
+    ref = reference_logits(path, toks, act_quant=None)
+    scale = np.abs(ref).max()
+    assert np.abs(ours - ref).max() <= GPU_TOL["f16"] * scale
+    assert np.abs(_decode_rows(gpu, toks) - ref).max() <= GPU_TOL["f16"] * scale
+    cpu = LLM(path, device="cpu", n_ctx=128, n_threads=2).logits(toks)
+    assert np.abs(ours - cpu).max() <= (GPU_TOL["f16"] + 1e-4) * scale
+
+
+def test_committed_cope_models_run_on_cuda(rng):
+    data = os.path.join(os.path.dirname(__file__), "data")
+    for name in ("cope_flipflop_f32.gguf", "rope_flipflop_q8_0.gguf"):
+        path = os.path.join(data, name)
+        probe = LLM(path, device="cpu", n_threads=2, n_ctx=64)
+        if probe.desc.head_dim not in (64, 80, 96, 128):
+            pytest.skip(f"{name}: head size {probe.desc.head_dim} has no CUDA attention kernel")
+        toks = rng.integers(0, probe.desc.n_vocab, size=40).tolist()
+        cpu = probe.logits(toks).astype(np.float64)
+        gpu = LLM(path, device="cuda", n_ctx=64).logits(toks).astype(np.float64)
+        assert np.abs(gpu - cpu).max() <= 5e-2 * np.abs(cpu).max(), name
+
+
+def test_chat_cache_reuse_and_generation_on_cuda(model_dir):
+    path = _model(model_dir, "llama-Q8_0-chat", qtype="Q8_0", tokenizer="smollm2", n_vocab=49152)
+    llm = LLM(path, n_ctx=256, device="cuda")
+    msgs = [{"role": "user", "content": "hi there"}]
+    r1 = llm.chat(msgs, 8, temperature=0)
+    msgs += [{"role": "assistant", "content": r1}, {"role": "user", "content": "and again"}]
+    r2 = llm.chat(msgs, 8, temperature=0)
+    assert llm.last_timings.cached_tokens > 5
+    assert r2 == LLM(path, n_ctx=256, device="cuda").chat(msgs, 8, temperature=0)
+    assert "".join(llm.stream("hello", 12, temperature=0)) == llm.generate("hello", 12, temperature=0)
+
+
+def test_memory_plan_refuses_before_allocating(model_dir):
+    path = _model(model_dir, "llama-Q8_0-big-kv", qtype="Q8_0", n_layer=8, n_head=16, n_head_kv=16, n_embd=1024,
+                  n_ctx_train=1 << 16)
+    free, total = _native.cuda_report()["devices"][0]["free_memory"], _native.cuda_report()["devices"][0]["total_memory"]
+    # K and V: 2 x 8 layers x 1024 x n_ctx x 2 bytes = 32 KiB per position: 4M positions = 128 GiB.
+    n_ctx = 1 << 22
+    if 2 * 8 * 1024 * n_ctx * 2 < free:
+        pytest.skip(f"this GPU has {free >> 30} GiB free: the cache would fit")
+    with pytest.raises(OutOfMemoryError, match=r"needs \d+ MiB .* KV cache .* free"):
+        LLM(path, n_ctx=n_ctx, self_extend=(64, 1024), device="cuda")
+    # The process and the device stay usable.
+    assert LLM(path, n_ctx=128, device="cuda").logits([1, 2, 3]).shape == (3, 300)
+    assert total > 0
+
+
+def test_bad_arguments(model_dir):
+    path = _model(model_dir, "llama-Q8_0-args", qtype="Q8_0")
+    with pytest.raises(ArgumentError, match="kv_type='f32' is CPU only"):
+        LLM(path, device="cuda", kv_type="f32")
+    with pytest.raises(ArgumentError, match="bf16' is CUDA only"):
+        LLM(path, device="cpu", kv_type="bf16")
+    with pytest.raises(ArgumentError, match="device must be"):
+        LLM(path, device="gpu")
+    small_head = _model(model_dir, "llama-Q8_0-hd32", qtype="Q8_0", n_head=8, n_head_kv=4)
+    with pytest.raises(ArgumentError, match="head size 32 is not supported"):
+        LLM(small_head, device="cuda")
+    assert LLM(small_head).device == "cpu"  # auto picks the CPU for a head size CUDA lacks
+    assert LLM(path).device == "cuda:0"     # and the GPU where it can
+
+
+# --- the default model ---------------------------------------------------------------------------------
+
+PROMPTS = ["The capital of France is", "Once upon a time, in a small village,",
+           "def fibonacci(n):", "The three primary colours are"]
+
+
+@pytest.mark.model
+def test_smollm2_teacher_forcing_and_greedy_agree_with_cpu():
+    cpu = LLM(device="cpu", n_threads=2, n_ctx=512)
+    gpu = LLM(device="cuda", n_ctx=512)
+    # Teacher forcing on a real text: the CPU's own greedy continuation, fed to both.
+    report = []
+    for prompt in PROMPTS:
+        ids = cpu.tokenize(prompt)
+        cpu_out = cpu.tokenize(cpu.generate(prompt, 64, temperature=0), add_bos=False)
+        gpu_out = gpu.tokenize(gpu.generate(prompt, 64, temperature=0), add_bos=False)
+        seq = ids + cpu_out
+        lc = cpu.logits(seq).astype(np.float64)
+        lg = gpu.logits(seq).astype(np.float64)
+        scale = np.abs(lc).max(axis=1)
+        rel = np.abs(lg - lc).max(axis=1) / scale
+        # Both backends' errors against exact arithmetic: the CPU's 8-bit activations (~2% of the
+        # logit scale on these weights, tests/test_llm.py) and the GPU's float16 rounding (1e-2).
+        assert rel.max() <= 3e-2 + GPU_TOL["f16"], f"{prompt!r}: worst relative |dlogit| {rel.max():.3g}"
+        n = min(len(cpu_out), len(gpu_out))
+        part = next((i for i in range(n) if cpu_out[i] != gpu_out[i]), None)
+        if part is not None:
+            row = lc[len(ids) + part - 1]
+            top2 = np.sort(row)[-2:]
+            margin = (top2[1] - top2[0]) / scale[len(ids) + part - 1]
+            report.append((prompt, part, margin))
+            # They may part only where the CPU's own top-2 margin is within both backends' error.
+            assert margin <= 2 * (3e-2 + GPU_TOL["f16"]), f"{prompt!r} parts at {part} with margin {margin:.3g}"
+    print("greedy partings (prompt, token index, relative top-2 margin):", report or "none in 64 tokens")
+
+
+@pytest.mark.model
+def test_smollm2_long_context_with_selfextend_on_cuda():
+    llm = LLM(device="cuda", n_ctx=32768, self_extend="auto")
+    assert (llm.group, llm.window) == (5, 1024) or llm.group >= 4
+    ids = np.random.default_rng(0).integers(100, 40000, size=20000).tolist()
+    out = llm.logits(ids[-600:])  # fresh cache: a short run first
+    assert np.isfinite(out).all()
+    llm.reset()
+    last = llm.eval(ids)[0]
+    assert np.isfinite(last).all() and llm.n_past == len(ids)
+    # The memory used: weights + 32k cache + scratch, stated by the model itself.
+    assert llm._model.allocated_bytes < 2 << 30
