@@ -2,6 +2,13 @@
 with llama-cpp-python on the same GGUF files, both timed the same way from Python.
 
     python bench/generate.py [--threads 2] [--models smollm2,llama-3.2-1b-q4_0,llama-3.2-1b-q4_k_m]
+    python bench/generate.py --device cuda [--models smollm2,llama-3-8b-q4_k_m,llama-3-8b-q4_0]
+
+With --device cuda: prefill of 512 and 4096 tokens, and decode of 128 tokens reported twice: the native
+step (Model.forward of one token, logits copied back) and end to end (plus greedy sampling in NumPy and
+the Python loop). The decode step's weight bytes over its time give the bandwidth it reaches, against a
+device-to-device copy measured in the same run (torch). llama.cpp is not on the device machine: its
+H100 figures are in ../shared/ANCHORS.md (tg128 934-953 t/s, pp4096 46-53k t/s on SmolLM2 Q4_1).
 
 Each (system, model) runs in its own subprocess so peak RSS is its own. llama-cpp-python is optional
 (`pip install llama-cpp-python==0.3.36`); without it only our rows are printed. Random-weight models
@@ -99,15 +106,140 @@ def child(system: str, path: str, threads: int) -> dict:
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def decode_weight_bytes(path: str) -> int:
+    """Bytes of weights one decode step reads: every matrix but the embedding (only its row is gathered),
+    which is read in full when it is also the (tied) output head."""
+    from selfext_native.gguf_model import load_model_description
+
+    desc = load_model_description(path)
+    total = sum(t.n_bytes for n, t in desc.tensors.items() if n != "token_embd.weight")
+    if "output.weight" not in desc.tensors:
+        total += desc.tensors["token_embd.weight"].n_bytes
+    return total
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy of 2 GiB (read + write bytes / time), median of 10, CUDA events."""
+    import torch
+
+    a = torch.empty(1 << 31, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    times = []
+    for _ in range(11):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        b.copy_(a)
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) / 1e3)
+    del a, b
+    return 2 * (1 << 31) / sorted(times[1:])[5]
+
+
+def child_cuda(path: str) -> dict:
+    import time
+
+    import numpy as np
+    from selfext_native import LLM
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(100, 10000, size=4096).astype(np.int32)
+    t = time.perf_counter()
+    llm = LLM(path, n_ctx=8192, device="cuda", n_batch=4096)
+    load_s = time.perf_counter() - t
+    model = llm._model
+    out = {"load_s": load_s, "allocated_mib": model.allocated_bytes / 2**20}
+    for n in (512, 4096):
+        model.truncate(0)
+        model.forward(ids[:n], False)  # warm-up
+        runs = []
+        for _ in range(3):
+            model.truncate(0)
+            t = time.perf_counter()
+            model.forward(ids[:n], False)
+            runs.append(time.perf_counter() - t)
+        out[f"prefill{n}_tps"] = n / sorted(runs)[1]
+    model.truncate(0)
+    logits = model.forward(ids[:512], False)[0]
+    tok = int(np.argmax(logits))
+    one = np.empty(1, dtype=np.int32)
+    native = 0.0
+    t0 = time.perf_counter()
+    for _ in range(N_DECODE):
+        one[0] = tok
+        t = time.perf_counter()
+        row = model.forward(one, False)[0]
+        native += time.perf_counter() - t
+        tok = int(np.argmax(row))
+    e2e = time.perf_counter() - t0
+    out["decode_native_tps"] = N_DECODE / native
+    out["decode_e2e_tps"] = N_DECODE / e2e
+    out["decode_step_ms"] = native / N_DECODE * 1e3
+    return out
+
+
+def main_cuda(args) -> None:
+    import torch
+
+    bw = copy_bandwidth()
+    gpu = torch.cuda.get_device_name()
+    rows = []
+    for name in args.models.split(","):
+        path = model_path(name)
+        out = subprocess.run([sys.executable, __file__, "--device", "cuda", "--child", "selfext", path],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            print(out.stderr[-3000:], file=sys.stderr)
+            rows.append({"model": name, "error": out.stderr.strip().splitlines()[-1][:300]})
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        wbytes = decode_weight_bytes(path)
+        step = r["decode_step_ms"] / 1e3
+        rows.append({"model": name, "prefill 512 t/s": round(r["prefill512_tps"]),
+                     "prefill 4096 t/s": round(r["prefill4096_tps"]),
+                     "decode native t/s": round(r["decode_native_tps"], 1),
+                     "decode e2e t/s": round(r["decode_e2e_tps"], 1),
+                     "step ms": round(r["decode_step_ms"], 3),
+                     "weights MiB": round(wbytes / 2**20),
+                     "GB/s": round(wbytes / step / 1e9),
+                     "of copy bw": round(wbytes / step / bw, 3),
+                     "device MiB": round(r["allocated_mib"]), "load s": round(r["load_s"], 1)})
+        print(rows[-1], flush=True)
+    print(f"\nGPU: {gpu}; device-to-device copy {bw / 1e9:.0f} GB/s (read + write) in this run; prefill "
+          f"512 / 4096, decode {N_DECODE} tokens, n_ctx 8192, f16 cache\n")
+    cols = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    print(_common.markdown_table(rows, cols))
+    import selfext_native
+
+    path = _common.write_json("generate-cuda", gpu, {
+        "device": gpu, "commit": _common.git_commit(), "versions": {**_common.versions(),
+                                                                   "selfext_native": selfext_native.__version__},
+        "copy_bandwidth_bytes_per_s": bw, "n_decode": N_DECODE, "rows": rows,
+        "anchor": "llama.cpp CUDA on H100, SmolLM2 Q4_1 (ANCHORS.md): tg128 934-953 t/s, pp512 44.8-48.3k, "
+                  "pp4096 46.2-52.7k t/s"})
+    print(f"\nwrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--models", default="smollm2,llama-3.2-1b-q4_0,llama-3.2-1b-q4_k_m")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--models", default=None)
     ap.add_argument("--child", nargs=2, metavar=("SYSTEM", "PATH"))
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], args.child[1], args.threads)))
+        if args.device == "cuda":
+            print(json.dumps(child_cuda(args.child[1])))
+        else:
+            print(json.dumps(child(args.child[0], args.child[1], args.threads)))
         return
+    if args.device == "cuda":
+        args.models = args.models or "smollm2,llama-3-8b-q4_k_m,llama-3-8b-q4_0"
+        main_cuda(args)
+        return
+    args.models = args.models or "smollm2,llama-3.2-1b-q4_0,llama-3.2-1b-q4_k_m"
     try:
         import llama_cpp
 

