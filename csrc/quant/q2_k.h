@@ -11,6 +11,7 @@
 
 #include "core/half.h"
 #include "quant/q8_k.h"
+#include "quant/runs.h"
 
 namespace selfext {
 
@@ -29,13 +30,24 @@ SELFEXT_HD int q2_k_code(const block_q2_k& b, int i) {
   return (b.qs[32 * g + l] >> (2 * s)) & 3;
 }
 
+// Run j (0..31), elements 8 j ..: half g = j >> 4, bit pair s = (j >> 2) & 3, bytes l = 8 (j & 3) ..
+// of that half (qs at byte 16 of an 84-byte block: 4-byte aligned).
+SELFEXT_HD void run_codes(const block_q2_k& b, int j, float (&q)[kRun]) {
+  const uint8_t* p = b.qs + 32 * (j >> 4) + 8 * (j & 3);
+  const uint32_t w0 = load_u32_a4(p), w1 = load_u32_a4(p + 4);
+  const int sh = 2 * ((j >> 2) & 3);
+  codes8_to_float((w0 >> sh) & 0x03030303u, (w1 >> sh) & 0x03030303u, 0.0f, q);
+}
+// Sub-block j >> 1 (16 elements): dl = d * scale, ml = dmin * min.
+SELFEXT_HD void run_scale(const block_q2_k& b, int j, float* dl, float* ml) {
+  const int s = b.scales[j >> 1];
+  *dl = fp16_to_float(b.d) * float(s & 0xF);
+  *ml = fp16_to_float(b.dmin) * float(s >> 4);
+}
+
+// gguf: (d * sc) * float(q) - (dmin * m), float32.
 SELFEXT_HD void dequantize_block(const block_q2_k& b, float* y) {
-  const float d = fp16_to_float(b.d), dmin = fp16_to_float(b.dmin);
-  for (int i = 0; i < kQK_K; ++i) {
-    const int j = i >> 4;
-    const float dl = d * float(b.scales[j] & 0xF), ml = dmin * float(b.scales[j] >> 4);
-    y[i] = dl * float(q2_k_code(b, i)) - ml;
-  }
+  for (int j = 0; j < kQK_K / kRun; ++j) dequantize_run(b, j, y + kRun * j);
 }
 
 // The kquant_dot description (q8_k.h): sc = low nibbles, mn = high nibbles, dm = dmin.

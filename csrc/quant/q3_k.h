@@ -13,6 +13,7 @@
 
 #include "core/half.h"
 #include "quant/q8_k.h"
+#include "quant/runs.h"
 
 namespace selfext {
 
@@ -41,12 +42,25 @@ SELFEXT_HD int q3_k_scale(const block_q3_k& b, int j) {
   return (lo | (hi << 4)) - 32;
 }
 
+// Run j (0..31), elements 8 j ..: low bits as Q2_K (half j >> 4, pair (j >> 2) & 3, bytes 8 (j & 3) ..),
+// high bit (j >> 2) of hmask[8 (j & 3) ..]. 110-byte block: 2-byte aligned. Values code - 4.
+SELFEXT_HD void run_codes(const block_q3_k& b, int j, float (&q)[kRun]) {
+  uint32_t l0, l1, h0, h1;
+  load_u32x2_a2(b.qs + 32 * (j >> 4) + 8 * (j & 3), &l0, &l1);
+  load_u32x2_a2(b.hmask + 8 * (j & 3), &h0, &h1);
+  const int sh = 2 * ((j >> 2) & 3), hs = j >> 2;
+  const uint32_t c0 = ((l0 >> sh) & 0x03030303u) | (((h0 >> hs) & 0x01010101u) << 2);
+  const uint32_t c1 = ((l1 >> sh) & 0x03030303u) | (((h1 >> hs) & 0x01010101u) << 2);
+  codes8_to_float(c0, c1, 4.0f, q);
+}
+SELFEXT_HD void run_scale(const block_q3_k& b, int j, float* dl, float* ml) {
+  *dl = fp16_to_float(b.d) * float(q3_k_scale(b, j >> 1));
+  *ml = 0.0f;
+}
+
+// gguf: (d * sc) * float(q - 4), float32.
 SELFEXT_HD void dequantize_block(const block_q3_k& b, float* y) {
-  const float d = fp16_to_float(b.d);
-  for (int i = 0; i < kQK_K; ++i) {
-    const float dl = d * float(q3_k_scale(b, i >> 4));
-    y[i] = dl * float(q3_k_code(b, i) - 4);
-  }
+  for (int j = 0; j < kQK_K / kRun; ++j) dequantize_run(b, j, y + kRun * j);
 }
 
 // kquant_dot description: sc = signed scale, mn = 4 * sc (the code offset), dm = d.

@@ -7,6 +7,7 @@
 
 #include "core/half.h"
 #include "quant/q8_act.h"
+#include "quant/runs.h"
 
 namespace selfext {
 
@@ -25,10 +26,22 @@ SELFEXT_HD int q4_0_code(const block_q4_0& b, int i) {
   return i < 16 ? (b.qs[i] & 0xF) : (b.qs[i - 16] >> 4);
 }
 
+// Run j (0..3), elements 8 j .. 8 j + 7: nibble j >> 1 of qs[8 (j & 1) ..]; values q - 8.
+// qs sits at byte 2 of an 18-byte block: 2-byte aligned.
+SELFEXT_HD void run_codes(const block_q4_0& b, int j, float (&q)[kRun]) {
+  uint32_t w0, w1;
+  load_u32x2_a2(b.qs + 8 * (j & 1), &w0, &w1);
+  const int sh = 4 * (j >> 1);
+  codes8_to_float((w0 >> sh) & 0x0F0F0F0Fu, (w1 >> sh) & 0x0F0F0F0Fu, 8.0f, q);
+}
+SELFEXT_HD void run_scale(const block_q4_0& b, int, float* dl, float* ml) {
+  *dl = fp16_to_float(b.d);
+  *ml = 0.0f;
+}
+
 // gguf: d * float(q - 8), float32.
 SELFEXT_HD void dequantize_block(const block_q4_0& b, float* y) {
-  const float d = fp16_to_float(b.d);
-  for (int i = 0; i < kQK4_0; ++i) y[i] = d * float(q4_0_code(b, i) - 8);
+  for (int j = 0; j < kQK4_0 / kRun; ++j) dequantize_run(b, j, y + kRun * j);
 }
 
 // sum_i w_i * a_i with the activation codes: d_w * d_a * (sum q a - 8 sum a).

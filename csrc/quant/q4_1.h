@@ -8,6 +8,7 @@
 
 #include "core/half.h"
 #include "quant/q8_act.h"
+#include "quant/runs.h"
 
 namespace selfext {
 
@@ -26,10 +27,21 @@ SELFEXT_HD int q4_1_code(const block_q4_1& b, int i) {
   return i < 16 ? (b.qs[i] & 0xF) : (b.qs[i - 16] >> 4);
 }
 
+// Run j (0..3): nibble j >> 1 of qs[8 (j & 1) ..]. qs sits at byte 4 of a 20-byte block: 4-byte aligned.
+SELFEXT_HD void run_codes(const block_q4_1& b, int j, float (&q)[kRun]) {
+  const uint8_t* p = b.qs + 8 * (j & 1);
+  const uint32_t w0 = load_u32_a4(p), w1 = load_u32_a4(p + 4);
+  const int sh = 4 * (j >> 1);
+  codes8_to_float((w0 >> sh) & 0x0F0F0F0Fu, (w1 >> sh) & 0x0F0F0F0Fu, 0.0f, q);
+}
+SELFEXT_HD void run_scale(const block_q4_1& b, int, float* dl, float* ml) {
+  *dl = fp16_to_float(b.d);
+  *ml = -fp16_to_float(b.m);
+}
+
 // gguf: (d * float(q)) + m, float32.
 SELFEXT_HD void dequantize_block(const block_q4_1& b, float* y) {
-  const float d = fp16_to_float(b.d), m = fp16_to_float(b.m);
-  for (int i = 0; i < kQK4_1; ++i) y[i] = d * float(q4_1_code(b, i)) + m;
+  for (int j = 0; j < kQK4_1 / kRun; ++j) dequantize_run(b, j, y + kRun * j);
 }
 
 // d_w d_a sum q a + m_w d_a sum a.

@@ -17,6 +17,7 @@
 
 #include "core/half.h"
 #include "quant/q8_k.h"
+#include "quant/runs.h"
 
 namespace selfext {
 
@@ -47,16 +48,29 @@ SELFEXT_HD int q4_k_code(const block_q4_k& b, int i) {
 }
 
 // Q4_K and Q5_K share the layout of d, dmin and the 6-bit scales/mins (k4_scale_min); they differ only
-// in how a code is stored. Block supplies kquant_code(b, i).
+// in how a code is stored. Run j (8 elements) lies in sub-block j >> 2: dl = d * sc, ml = dmin * m.
+template <typename Block>
+SELFEXT_HD void k4_run_scale(const Block& b, int j, float* dl, float* ml) {
+  int sc, m;
+  k4_scale_min(b.scales, j >> 2, &sc, &m);
+  *dl = fp16_to_float(b.d) * float(sc);
+  *ml = fp16_to_float(b.dmin) * float(m);
+}
+
+// gguf: (d * sc) * float(q) - (dmin * m), float32. Block supplies run_codes / run_scale.
 template <typename Block>
 SELFEXT_HD void k4_dequantize_block(const Block& b, float* y) {
-  const float d = fp16_to_float(b.d), dmin = fp16_to_float(b.dmin);
-  for (int j = 0; j < 8; ++j) {
-    int sc, m;
-    k4_scale_min(b.scales, j, &sc, &m);
-    const float dl = d * float(sc), ml = dmin * float(m);
-    for (int i = 32 * j; i < 32 * j + 32; ++i) y[i] = dl * float(kquant_code(b, i)) - ml;
-  }
+  for (int j = 0; j < kQK_K / kRun; ++j) dequantize_run(b, j, y + kRun * j);
+}
+
+// The low nibbles of run j: group g = j >> 3, nibble (j >> 2) & 1, bytes 8 (j & 3) .. of the group
+// (qs at byte 16 of a 144-byte Q4_K block, byte 48 of a 176-byte Q5_K block: 8-byte aligned both).
+SELFEXT_HD void k4_run_low_words(const uint8_t* qs, int j, uint32_t* c0, uint32_t* c1) {
+  uint32_t w0, w1;
+  load_u32x2_a8(qs + 32 * (j >> 3) + 8 * (j & 3), &w0, &w1);
+  const int sh = 4 * ((j >> 2) & 1);
+  *c0 = (w0 >> sh) & 0x0F0F0F0Fu;
+  *c1 = (w1 >> sh) & 0x0F0F0F0Fu;
 }
 
 // kquant_dot description: per-16 sc and mn repeat the per-32 scale and min; dm = dmin.
@@ -73,6 +87,12 @@ SELFEXT_HD void k4_kquant_scales(const Block& b, int16_t* sc, int16_t* mn, float
 }
 
 SELFEXT_HD int kquant_code(const block_q4_k& b, int i) { return q4_k_code(b, i); }
+SELFEXT_HD void run_codes(const block_q4_k& b, int j, float (&q)[kRun]) {
+  uint32_t c0, c1;
+  k4_run_low_words(b.qs, j, &c0, &c1);
+  codes8_to_float(c0, c1, 0.0f, q);
+}
+SELFEXT_HD void run_scale(const block_q4_k& b, int j, float* dl, float* ml) { k4_run_scale(b, j, dl, ml); }
 SELFEXT_HD void dequantize_block(const block_q4_k& b, float* y) { k4_dequantize_block(b, y); }
 SELFEXT_HD void kquant_scales(const block_q4_k& b, int16_t* sc, int16_t* mn, float* d, float* dm) {
   k4_kquant_scales(b, sc, mn, d, dm);

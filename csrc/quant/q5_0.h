@@ -8,6 +8,7 @@
 
 #include "core/half.h"
 #include "quant/q8_act.h"
+#include "quant/runs.h"
 
 namespace selfext {
 
@@ -32,11 +33,30 @@ SELFEXT_HD int q5_code(const uint8_t* qs, uint32_t qh, int i) {
   return lo | int(((qh >> i) & 1u) << 4);
 }
 
+// The 8 codes of run j (0..3) of a Q5_0/Q5_1 block: low nibbles as Q4_0, bit 8 j + k of qh on top.
+SELFEXT_HD void q5_run_words(const uint8_t* qs, uint32_t qh, int j, uint32_t* c0, uint32_t* c1) {
+  uint32_t w0, w1;
+  load_u32x2_a2(qs + 8 * (j & 1), &w0, &w1);
+  const int sh = 4 * (j >> 1);
+  const uint32_t hb = qh >> (8 * j);
+  *c0 = ((w0 >> sh) & 0x0F0F0F0Fu) | spread_bits4(hb & 0xFu, 4);
+  *c1 = ((w1 >> sh) & 0x0F0F0F0Fu) | spread_bits4((hb >> 4) & 0xFu, 4);
+}
+
+// qh at byte 2, qs at byte 6 of a 22-byte block: 2-byte aligned. Values q - 16.
+SELFEXT_HD void run_codes(const block_q5_0& b, int j, float (&q)[kRun]) {
+  uint32_t c0, c1;
+  q5_run_words(b.qs, load_u32_a2(b.qh), j, &c0, &c1);
+  codes8_to_float(c0, c1, 16.0f, q);
+}
+SELFEXT_HD void run_scale(const block_q5_0& b, int, float* dl, float* ml) {
+  *dl = fp16_to_float(b.d);
+  *ml = 0.0f;
+}
+
 // gguf: d * float(q - 16), float32.
 SELFEXT_HD void dequantize_block(const block_q5_0& b, float* y) {
-  const float d = fp16_to_float(b.d);
-  const uint32_t qh = load_u32_le(b.qh);
-  for (int i = 0; i < kQK5_0; ++i) y[i] = d * float(q5_code(b.qs, qh, i) - 16);
+  for (int j = 0; j < kQK5_0 / kRun; ++j) dequantize_run(b, j, y + kRun * j);
 }
 
 SELFEXT_HD float vec_dot_block(const block_q5_0& b, const block_q8_act& a) {

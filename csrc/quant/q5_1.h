@@ -10,6 +10,7 @@
 #include "core/half.h"
 #include "quant/q5_0.h"  // load_u32_le, q5_code
 #include "quant/q8_act.h"
+#include "quant/runs.h"
 
 namespace selfext {
 
@@ -25,11 +26,20 @@ static_assert(sizeof(block_q5_1) == 4 + 4 + kQK5_1 / 2, "wrong q5_1 block size/p
 
 inline namespace SELFEXT_ISA_NAMESPACE {
 
+// qh at byte 4 of a 24-byte block: 4-byte aligned.
+SELFEXT_HD void run_codes(const block_q5_1& b, int j, float (&q)[kRun]) {
+  uint32_t c0, c1;
+  q5_run_words(b.qs, load_u32_a4(b.qh), j, &c0, &c1);
+  codes8_to_float(c0, c1, 0.0f, q);
+}
+SELFEXT_HD void run_scale(const block_q5_1& b, int, float* dl, float* ml) {
+  *dl = fp16_to_float(b.d);
+  *ml = -fp16_to_float(b.m);
+}
+
 // gguf: (d * float(q)) + m, float32.
 SELFEXT_HD void dequantize_block(const block_q5_1& b, float* y) {
-  const float d = fp16_to_float(b.d), m = fp16_to_float(b.m);
-  const uint32_t qh = load_u32_le(b.qh);
-  for (int i = 0; i < kQK5_1; ++i) y[i] = d * float(q5_code(b.qs, qh, i)) + m;
+  for (int j = 0; j < kQK5_1 / kRun; ++j) dequantize_run(b, j, y + kRun * j);
 }
 
 SELFEXT_HD float vec_dot_block(const block_q5_1& b, const block_q8_act& a) {

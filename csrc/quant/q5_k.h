@@ -32,6 +32,15 @@ SELFEXT_HD int q5_k_code(const block_q5_k& b, int i) {
 }
 
 SELFEXT_HD int kquant_code(const block_q5_k& b, int i) { return q5_k_code(b, i); }
+// Run j: low nibbles as Q4_K; fifth bit (j >> 2) of qh[8 (j & 3) ..] (byte 16: 8-byte aligned).
+SELFEXT_HD void run_codes(const block_q5_k& b, int j, float (&q)[kRun]) {
+  uint32_t c0, c1, h0, h1;
+  k4_run_low_words(b.qs, j, &c0, &c1);
+  load_u32x2_a8(b.qh + 8 * (j & 3), &h0, &h1);
+  const int hs = j >> 2;
+  codes8_to_float(c0 | (((h0 >> hs) & 0x01010101u) << 4), c1 | (((h1 >> hs) & 0x01010101u) << 4), 0.0f, q);
+}
+SELFEXT_HD void run_scale(const block_q5_k& b, int j, float* dl, float* ml) { k4_run_scale(b, j, dl, ml); }
 SELFEXT_HD void dequantize_block(const block_q5_k& b, float* y) { k4_dequantize_block(b, y); }
 
 SELFEXT_HD void kquant_scales(const block_q5_k& b, int16_t* sc, int16_t* mn, float* d, float* dm) {

@@ -12,6 +12,7 @@
 
 #include "core/half.h"
 #include "quant/q8_k.h"
+#include "quant/runs.h"
 
 namespace selfext {
 
@@ -33,12 +34,26 @@ SELFEXT_HD int q6_k_code(const block_q6_k& b, int i) {
   return lo | (hi << 4);
 }
 
+// Run j (0..31), elements 8 j ..: half g = j >> 4; low nibble (j >> 3) & 1 of ql[64 g + 8 (j & 7) ..],
+// high pair (j >> 2) & 3 of qh[32 g + 8 (j & 3) ..]. 210-byte block: 2-byte aligned. Values code - 32.
+SELFEXT_HD void run_codes(const block_q6_k& b, int j, float (&q)[kRun]) {
+  const int g = j >> 4;
+  uint32_t l0, l1, h0, h1;
+  load_u32x2_a2(b.ql + 64 * g + 8 * (j & 7), &l0, &l1);
+  load_u32x2_a2(b.qh + 32 * g + 8 * (j & 3), &h0, &h1);
+  const int ls = 4 * ((j >> 3) & 1), hs = 2 * ((j >> 2) & 3);
+  const uint32_t c0 = ((l0 >> ls) & 0x0F0F0F0Fu) | (((h0 >> hs) & 0x03030303u) << 4);
+  const uint32_t c1 = ((l1 >> ls) & 0x0F0F0F0Fu) | (((h1 >> hs) & 0x03030303u) << 4);
+  codes8_to_float(c0, c1, 32.0f, q);
+}
+SELFEXT_HD void run_scale(const block_q6_k& b, int j, float* dl, float* ml) {
+  *dl = fp16_to_float(b.d) * float(b.scales[j >> 1]);
+  *ml = 0.0f;
+}
+
+// gguf: (d * sc) * float(q - 32), float32.
 SELFEXT_HD void dequantize_block(const block_q6_k& b, float* y) {
-  const float d = fp16_to_float(b.d);
-  for (int i = 0; i < kQK_K; ++i) {
-    const float dl = d * float(b.scales[i >> 4]);
-    y[i] = dl * float(q6_k_code(b, i) - 32);
-  }
+  for (int j = 0; j < kQK_K / kRun; ++j) dequantize_run(b, j, y + kRun * j);
 }
 
 // kquant_dot description: sc = int8 scale, mn = 32 * sc (the code offset), dm = d.

@@ -1,0 +1,524 @@
+// Quantized weight products on CUDA, straight from the GGUF blocks (layouts and run accessors of
+// csrc/quant/<fmt>.h and runs.h, shared with the CPU). Three kernels, each a template over the format:
+//
+//   matvec  (n <= kMatvecMaxN activation rows: decode). Memory-bound: every weight byte is read once.
+//           A block of kMvWarps warps owns NR weight rows; its 4 * 32 lanes take consecutive runs of 8
+//           elements of those rows (a warp covers 32 consecutive runs: one K-quant super-block, 8 legacy
+//           blocks), so the warp's loads of a row are contiguous. Each lane loads the 8 activations of
+//           its run once (two 16-byte loads per activation row) and uses them for all NR rows, then
+//           the 8 codes of each row, widened to float exactly (runs.h), dotted in float32 and scaled
+//           once per run: acc += dl * sum(q x) - ml * sum(x). Warp-shuffle, then shared-memory
+//           reduction over the 4 warps.
+//   mma     (n > kMatvecMaxN: prefill). Tensor cores through nvcuda::wmma 16x16x16, fp16 inputs, fp32
+//           accumulation. A block of 4 warps computes a kBM x kBN = 64 weight rows x 128 activation rows
+//           tile, stepping K by kBK = 32: the weights are dequantized to float32 (dl * q - ml), rounded
+//           to fp16 into shared memory, the activations converted to fp16 beside them; each warp owns
+//           32 x 64 of the tile (2 x 4 accumulator fragments). The next K step's global loads are
+//           issued before the current step's MMAs. The epilogue goes through shared memory so edges
+//           (rows, n, not multiples of the tile) and `accumulate` are plain guarded stores.
+//           Precision: the weights and the activations are each rounded to fp16 (relative 2^-11,
+//           absolute 2^-25 below fp16's normal range 2^-14), products are exact in fp32 and summed in
+//           fp32. Activations beyond fp16's range (|x| > 65504, the largest finite fp16) are clamped
+//           to +-65504 rather than becoming inf (inf would turn the whole output row into inf/NaN):
+//           fp16 keeps 3 more mantissa bits than bf16, which matters for every value, while
+//           activations that large do not occur in the llama models this package runs (the inputs of
+//           the products are RMS-normalized, or SwiGLU products of those); a product fed such values
+//           is wrong either way, and the clamp keeps it finite. Infinities and NaN pass unchanged.
+//   embed   gathers rows by id and writes dequantize_run (the CPU's formula, its product rounded on
+//           its own with __fmul_rn) to float32: bit for bit the CPU's dequantization.
+//
+// Nothing here allocates, synchronizes or copies to the host: every call can be captured in a graph.
+#include <cuda_fp16.h>
+#include <mma.h>
+
+#include <cstdint>
+
+#include "core/cuda_check.cuh"
+#include "core/errors.h"
+#include "quant/formats.h"
+#include "quant/matmul_cuda.h"
+
+namespace selfext {
+namespace {
+
+// --- the formats as the kernels see them ------------------------------------------------------------
+// Every format is read in runs of kRun = 8 consecutive elements of a row. run(row, j, cols, q, dl, ml)
+// gives run j's values q (codes minus offset, or the float weights) and its scale / min: w = dl q - ml.
+// dequant(row, j, cols, y) writes the run's float32 weights by the CPU's formula. kHasMin: ml != 0.
+
+constexpr bool format_has_min(QType t) {
+  return t == QType::Q4_1 || t == QType::Q5_1 || t == QType::Q2_K || t == QType::Q4_K || t == QType::Q5_K;
+}
+
+template <typename Block, QType kType>
+struct QuantFmt {
+  static constexpr int kBlockElems = kQTypeTable[int(kType)].block_size;
+  static constexpr int kRunsPerBlock = kBlockElems / kRun;
+  static constexpr bool kHasMin = format_has_min(kType);
+  static_assert(kBlockElems % 32 == 0, "the mma kernel's K step (32) must not straddle blocks");
+  static_assert(sizeof(Block) == size_t(kQTypeTable[int(kType)].block_bytes), "block struct / table mismatch");
+
+  __device__ static int runs(int64_t cols) { return int(cols / kRun); }
+  __device__ static const Block& block(const uint8_t* row, int j) {
+    return reinterpret_cast<const Block*>(row)[j / kRunsPerBlock];
+  }
+  __device__ static void run(const uint8_t* row, int j, int64_t, float (&q)[kRun], float& dl, float& ml) {
+    const Block& b = block(row, j);
+    run_codes(b, j % kRunsPerBlock, q);
+    run_scale(b, j % kRunsPerBlock, &dl, &ml);
+  }
+  __device__ static void dequant(const uint8_t* row, int j, int64_t, float (&y)[kRun]) {
+    dequantize_run(block(row, j), j % kRunsPerBlock, y);
+  }
+};
+
+// F32 / F16 / BF16: any cols; the last run of a row may be partial (its missing elements read as 0).
+// The widening is exact, so the hardware conversion gives the header's value.
+template <typename T>
+struct FloatFmt {
+  static constexpr bool kHasMin = false;
+  __device__ static int runs(int64_t cols) { return int((cols + kRun - 1) / kRun); }
+  __device__ static float widen(T v);
+  __device__ static void load(const uint8_t* row, int j, int64_t cols, float (&y)[kRun]) {
+    const T* p = reinterpret_cast<const T*>(row) + int64_t(kRun) * j;
+    if ((cols & (kRun - 1)) == 0) {
+      // Every row starts at a multiple of 8 elements: 16-byte (halves) / 32-byte (float) aligned.
+      if constexpr (sizeof(T) == 4) {
+        const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+        y[0] = a.x; y[1] = a.y; y[2] = a.z; y[3] = a.w;
+        y[4] = b.x; y[5] = b.y; y[6] = b.z; y[7] = b.w;
+      } else {
+        const uint4 v = *reinterpret_cast<const uint4*>(p);
+        const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          y[2 * k] = widen(T{uint16_t(w[k] & 0xFFFFu)});
+          y[2 * k + 1] = widen(T{uint16_t(w[k] >> 16)});
+        }
+      }
+    } else {
+      const int64_t c0 = int64_t(kRun) * j;
+#pragma unroll
+      for (int k = 0; k < kRun; ++k) y[k] = c0 + k < cols ? widen(p[k]) : 0.0f;
+    }
+  }
+  __device__ static void run(const uint8_t* row, int j, int64_t cols, float (&q)[kRun], float& dl, float& ml) {
+    load(row, j, cols, q);
+    dl = 1.0f;
+    ml = 0.0f;
+  }
+  __device__ static void dequant(const uint8_t* row, int j, int64_t cols, float (&y)[kRun]) { load(row, j, cols, y); }
+};
+template <> __device__ float FloatFmt<float>::widen(float v) { return v; }
+template <> __device__ float FloatFmt<f16>::widen(f16 v) { return __half2float(__ushort_as_half(v.bits)); }
+template <> __device__ float FloatFmt<bf16>::widen(bf16 v) { return __uint_as_float(uint32_t(v.bits) << 16); }
+
+// SELFEXT_CUDA_FORMAT_SWITCH(type, Fmt, expr): runs expr with Fmt = the kernels' view of `type`.
+#define SELFEXT_CUDA_FORMAT_SWITCH(type, FMT, ...)                                           \
+  switch (type) {                                                                            \
+    case QType::F32: { using FMT = FloatFmt<float>; __VA_ARGS__; break; }                    \
+    case QType::F16: { using FMT = FloatFmt<f16>; __VA_ARGS__; break; }                      \
+    case QType::BF16: { using FMT = FloatFmt<bf16>; __VA_ARGS__; break; }                    \
+    case QType::Q4_0: { using FMT = QuantFmt<block_q4_0, QType::Q4_0>; __VA_ARGS__; break; } \
+    case QType::Q4_1: { using FMT = QuantFmt<block_q4_1, QType::Q4_1>; __VA_ARGS__; break; } \
+    case QType::Q5_0: { using FMT = QuantFmt<block_q5_0, QType::Q5_0>; __VA_ARGS__; break; } \
+    case QType::Q5_1: { using FMT = QuantFmt<block_q5_1, QType::Q5_1>; __VA_ARGS__; break; } \
+    case QType::Q8_0: { using FMT = QuantFmt<block_q8_0, QType::Q8_0>; __VA_ARGS__; break; } \
+    case QType::Q2_K: { using FMT = QuantFmt<block_q2_k, QType::Q2_K>; __VA_ARGS__; break; } \
+    case QType::Q3_K: { using FMT = QuantFmt<block_q3_k, QType::Q3_K>; __VA_ARGS__; break; } \
+    case QType::Q4_K: { using FMT = QuantFmt<block_q4_k, QType::Q4_K>; __VA_ARGS__; break; } \
+    case QType::Q5_K: { using FMT = QuantFmt<block_q5_k, QType::Q5_K>; __VA_ARGS__; break; } \
+    case QType::Q6_K: { using FMT = QuantFmt<block_q6_k, QType::Q6_K>; __VA_ARGS__; break; } \
+    default: check_qtype_supported(int(type));                                               \
+  }
+
+// --- the arguments every kernel takes -------------------------------------------------------------
+
+struct ProductArgs {
+  const uint8_t* w;  // (rows, row_bytes) blocks
+  int64_t row_bytes, rows, cols;
+  const float* x;    // (n, cols), row stride ldx
+  int64_t ldx, n;
+  float* y;          // (n, rows), row stride ldy
+  int64_t ldy;
+  bool accumulate;
+  bool vec_x;        // x rows and ldx allow 16-byte loads of 4 consecutive values (and cols % 8 == 0)
+};
+
+// 8 activations of run j of activation row xr (zeros past cols).
+__device__ __forceinline__ void load_x_run(const float* __restrict__ xr, int j, int64_t cols, bool vec,
+                                           float (&v)[kRun]) {
+  const int64_t c0 = int64_t(kRun) * j;
+  if (vec) {
+    const float4 a = *reinterpret_cast<const float4*>(xr + c0), b = *reinterpret_cast<const float4*>(xr + c0 + 4);
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+    v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+  } else {
+#pragma unroll
+    for (int k = 0; k < kRun; ++k) v[k] = c0 + k < cols ? xr[c0 + k] : 0.0f;
+  }
+}
+
+// --- matrix-vector: decode ------------------------------------------------------------------------
+
+// Products with at most this many activation rows take the matrix-vector kernel. Below it, the
+// product is bound by reading the weights once; the matvec reads them at close to the memory's rate,
+// while the tensor-core kernel pays for a 128-row activation tile it mostly pads. Above it, the
+// matvec re-reads each activation run from L1 once per NR weight rows, and its float32 FMAs (n per
+// weight) start to cost more than the weight bytes; the tensor-core kernel does the multiply for free.
+constexpr int64_t kMatvecMaxN = 8;
+constexpr int kMvWarps = 4;
+
+template <typename F, int NR, int NT>
+__global__ void __launch_bounds__(kMvWarps * 32) matvec_kernel(ProductArgs a) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t r0 = int64_t(blockIdx.x) * NR;
+  const int64_t t0 = int64_t(blockIdx.y) * NT;
+  const int nt = int(a.n - t0 < NT ? a.n - t0 : NT);  // activation rows of this block
+  const int nr = int(a.rows - r0 < NR ? a.rows - r0 : NR);
+  const float* __restrict__ x = a.x + t0 * a.ldx;
+  const uint8_t* __restrict__ w = a.w + r0 * a.row_bytes;
+
+  float acc[NR][NT];
+#pragma unroll
+  for (int r = 0; r < NR; ++r)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[r][t] = 0.0f;
+
+  const int n_runs = F::runs(a.cols);
+#pragma unroll 2
+  for (int j = warp * 32 + lane; j < n_runs; j += kMvWarps * 32) {
+    float xv[NT][kRun], sx[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      if (t < nt) {
+        load_x_run(x + t * a.ldx, j, a.cols, a.vec_x, xv[t]);
+      } else {
+#pragma unroll
+        for (int k = 0; k < kRun; ++k) xv[t][k] = 0.0f;
+      }
+      sx[t] = 0.0f;
+      if constexpr (F::kHasMin) {
+#pragma unroll
+        for (int k = 0; k < kRun; ++k) sx[t] += xv[t][k];
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+      if (r < nr) {
+        float q[kRun], dl, ml;
+        F::run(w + r * a.row_bytes, j, a.cols, q, dl, ml);
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+          float d = 0.0f;
+#pragma unroll
+          for (int k = 0; k < kRun; ++k) d = fmaf(q[k], xv[t][k], d);
+          acc[r][t] = fmaf(dl, d, acc[r][t]);
+          if constexpr (F::kHasMin) acc[r][t] = fmaf(-ml, sx[t], acc[r][t]);
+        }
+      }
+    }
+  }
+
+  __shared__ float red[kMvWarps][NR * NT];
+#pragma unroll
+  for (int r = 0; r < NR; ++r)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      float v = acc[r][t];
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+      if (lane == 0) red[warp][r * NT + t] = v;
+    }
+  __syncthreads();
+  for (int i = threadIdx.x; i < NR * NT; i += blockDim.x) {
+    const int r = i / NT, t = i % NT;
+    if (r < nr && t < nt) {
+      float s = 0.0f;
+#pragma unroll
+      for (int k = 0; k < kMvWarps; ++k) s += red[k][i];
+      float* dst = a.y + (t0 + t) * a.ldy + r0 + r;
+      *dst = a.accumulate ? *dst + s : s;
+    }
+  }
+}
+
+// NR (weight rows per block) for NT activation rows: one run's activations serve NR rows, so L1
+// traffic per weight byte falls with NR, while registers (NR * NT accumulators, NT * 8 activations)
+// and the number of blocks (rows / NR, to fill 132 SMs with 4096-row matrices) limit it.
+template <typename F, int NT>
+void launch_matvec_nt(const ProductArgs& a, cudaStream_t s) {
+  constexpr int NR = NT == 1 ? 4 : (NT <= 4 ? 2 : 1);
+  const dim3 grid(unsigned((a.rows + NR - 1) / NR), unsigned((a.n + NT - 1) / NT));
+  matvec_kernel<F, NR, NT><<<grid, kMvWarps * 32, 0, s>>>(a);
+  SELFEXT_CUDA_CHECK_LAUNCH();
+}
+
+template <typename F>
+void launch_matvec(const ProductArgs& a, cudaStream_t s) {
+  if (a.n == 1) launch_matvec_nt<F, 1>(a, s);
+  else if (a.n == 2) launch_matvec_nt<F, 2>(a, s);
+  else if (a.n <= 4) launch_matvec_nt<F, 4>(a, s);
+  else launch_matvec_nt<F, 8>(a, s);
+}
+
+// --- matrix-matrix with tensor cores: prefill -----------------------------------------------------
+
+constexpr int kBM = 64;    // weight rows per block
+constexpr int kBN = 128;   // activation rows per block (the weight tile is dequantized once per kBN)
+constexpr int kBK = 32;    // K step: one legacy block, one Q4_K sub-block
+constexpr int kMmaThreads = 128;
+constexpr int kPad = 8;    // halves of padding per shared row: rows 80 bytes apart, fewer bank conflicts
+constexpr int kLdS = kBK + kPad;
+constexpr int kLdC = kBM + 4;  // floats per epilogue row (one activation row of the tile)
+constexpr int kWRuns = kBM * kBK / kRun / kMmaThreads;         // weight runs per thread per K step (2)
+constexpr int kXQuads = kBN * kBK / 4 / kMmaThreads;           // 4-float activation loads per thread (8)
+static_assert(kWRuns * kMmaThreads * kRun == kBM * kBK, "weight tile split");
+static_assert(kXQuads * kMmaThreads * 4 == kBN * kBK, "activation tile split");
+
+struct MmaTiles {
+  __half w[kBM][kLdS];  // dequantized weights (row, k)
+  __half x[kBN][kLdS];  // activations (activation row, k): the col-major B operand
+};
+union MmaShared {
+  MmaTiles t;
+  float c[kBN][kLdC];   // epilogue: c[t][r]
+};
+
+__device__ __forceinline__ float clamp_fp16_range(float v) {
+  return fabsf(v) > 65504.0f && fabsf(v) < INFINITY ? copysignf(65504.0f, v) : v;
+}
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(clamp_fp16_range(lo), clamp_fp16_range(hi));
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+// One K step's data in registers, loaded before the previous step's MMAs run.
+struct MmaStage {
+  float wq[kWRuns][kRun];
+  float wdl[kWRuns], wml[kWRuns];
+  float4 xq[kXQuads];
+};
+
+template <typename F>
+__device__ __forceinline__ void mma_load(const ProductArgs& a, int64_t r0, int64_t t0, int k0, MmaStage& st) {
+  const int n_runs = F::runs(a.cols);
+#pragma unroll
+  for (int i = 0; i < kWRuns; ++i) {
+    const int u = threadIdx.x + i * kMmaThreads;
+    const int row = u / (kBK / kRun), jr = u % (kBK / kRun);
+    const int j = k0 / kRun + jr;
+    if (r0 + row < a.rows && j < n_runs) {
+      F::run(a.w + (r0 + row) * a.row_bytes, j, a.cols, st.wq[i], st.wdl[i], st.wml[i]);
+    } else {
+#pragma unroll
+      for (int k = 0; k < kRun; ++k) st.wq[i][k] = 0.0f;
+      st.wdl[i] = 0.0f;
+      st.wml[i] = 0.0f;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kXQuads; ++i) {
+    const int u = threadIdx.x + i * kMmaThreads;
+    const int t = u / (kBK / 4), c = k0 + 4 * (u % (kBK / 4));
+    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (t0 + t < a.n) {
+      const float* xr = a.x + (t0 + t) * a.ldx;
+      if (a.vec_x) {
+        if (c < a.cols) v = *reinterpret_cast<const float4*>(xr + c);
+      } else {
+        v.x = c < a.cols ? xr[c] : 0.0f;
+        v.y = c + 1 < a.cols ? xr[c + 1] : 0.0f;
+        v.z = c + 2 < a.cols ? xr[c + 2] : 0.0f;
+        v.w = c + 3 < a.cols ? xr[c + 3] : 0.0f;
+      }
+    }
+    st.xq[i] = v;
+  }
+}
+
+__device__ __forceinline__ void mma_store(const MmaStage& st, MmaTiles& sm) {
+#pragma unroll
+  for (int i = 0; i < kWRuns; ++i) {
+    const int u = threadIdx.x + i * kMmaThreads;
+    const int row = u / (kBK / kRun), jr = u % (kBK / kRun);
+    float v[kRun];
+#pragma unroll
+    for (int k = 0; k < kRun; ++k) v[k] = st.wdl[i] * st.wq[i][k] - st.wml[i];
+    *reinterpret_cast<uint4*>(&sm.w[row][kRun * jr]) =
+        make_uint4(pack_half2(v[0], v[1]), pack_half2(v[2], v[3]), pack_half2(v[4], v[5]), pack_half2(v[6], v[7]));
+  }
+#pragma unroll
+  for (int i = 0; i < kXQuads; ++i) {
+    const int u = threadIdx.x + i * kMmaThreads;
+    const int t = u / (kBK / 4), c = 4 * (u % (kBK / 4));
+    *reinterpret_cast<uint2*>(&sm.x[t][c]) = make_uint2(pack_half2(st.xq[i].x, st.xq[i].y),
+                                                        pack_half2(st.xq[i].z, st.xq[i].w));
+  }
+}
+
+template <typename F>
+__global__ void __launch_bounds__(kMmaThreads) mma_kernel(ProductArgs a) {
+  using namespace nvcuda;
+  __shared__ __align__(128) MmaShared sm;
+  const int warp = threadIdx.x >> 5;
+  const int wm = warp & 1, wn = warp >> 1;  // warp tile: rows 32 wm .., activation rows 64 wn ..
+  const int64_t r0 = int64_t(blockIdx.x) * kBM, t0 = int64_t(blockIdx.y) * kBN;
+
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][4];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int k = 0; k < 4; ++k) wmma::fill_fragment(acc[i][k], 0.0f);
+
+  const int n_steps = int((a.cols + kBK - 1) / kBK);
+  MmaStage st;
+  mma_load<F>(a, r0, t0, 0, st);
+  for (int s = 0; s < n_steps; ++s) {
+    mma_store(st, sm.t);
+    __syncthreads();
+    if (s + 1 < n_steps) mma_load<F>(a, r0, t0, (s + 1) * kBK, st);
+#pragma unroll
+    for (int kk = 0; kk < kBK; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> fb[4];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], &sm.t.w[32 * wm + 16 * i][kk], kLdS);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) wmma::load_matrix_sync(fb[k], &sm.t.x[64 * wn + 16 * k][kk], kLdS);
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int k = 0; k < 4; ++k) wmma::mma_sync(acc[i][k], fa[i], fb[k], acc[i][k]);
+    }
+    __syncthreads();
+  }
+
+  // Epilogue: c[t][r] in shared memory (the tiles are dead after the last barrier), then guarded,
+  // row-contiguous stores to y (n, rows).
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+      wmma::store_matrix_sync(&sm.c[64 * wn + 16 * k][32 * wm + 16 * i], acc[i][k], kLdC, wmma::mem_col_major);
+  __syncthreads();
+  for (int i = threadIdx.x; i < kBM * kBN; i += kMmaThreads) {
+    const int t = i / kBM, r = i % kBM;
+    if (t0 + t < a.n && r0 + r < a.rows) {
+      float* dst = a.y + (t0 + t) * a.ldy + r0 + r;
+      *dst = a.accumulate ? *dst + sm.c[t][r] : sm.c[t][r];
+    }
+  }
+}
+
+template <typename F>
+void launch_mma(const ProductArgs& a, cudaStream_t s) {
+  const dim3 grid(unsigned((a.rows + kBM - 1) / kBM), unsigned((a.n + kBN - 1) / kBN));
+  mma_kernel<F><<<grid, kMmaThreads, 0, s>>>(a);
+  SELFEXT_CUDA_CHECK_LAUNCH();
+}
+
+// --- embedding rows -------------------------------------------------------------------------------
+
+constexpr int kEmbedThreads = 128;
+
+// An id outside [0, rows) is a caller bug (the contract has ids checked on the host); it gives a NaN
+// row instead of a read outside the matrix.
+template <typename F>
+__global__ void __launch_bounds__(kEmbedThreads) embed_kernel(const uint8_t* __restrict__ w, int64_t row_bytes,
+                                                              int64_t rows, int64_t cols,
+                                                              const int32_t* __restrict__ ids,
+                                                              float* __restrict__ out, int64_t ldo, bool vec) {
+  const int j = int(blockIdx.x) * kEmbedThreads + threadIdx.x;
+  if (j >= F::runs(cols)) return;
+  const int64_t t = blockIdx.y;
+  const int32_t id = ids[t];
+  float v[kRun];
+  if (id >= 0 && id < rows) {
+    F::dequant(w + int64_t(id) * row_bytes, j, cols, v);
+  } else {
+#pragma unroll
+    for (int k = 0; k < kRun; ++k) v[k] = __int_as_float(0x7fc00000);
+  }
+  float* dst = out + t * ldo + int64_t(kRun) * j;
+  if (vec) {
+    reinterpret_cast<float4*>(dst)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4*>(dst)[1] = make_float4(v[4], v[5], v[6], v[7]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < kRun; ++k)
+      if (int64_t(kRun) * j + k < cols) dst[k] = v[k];
+  }
+}
+
+// --- argument checks ------------------------------------------------------------------------------
+
+void check_matrix(const QMatrix& w) {
+  check_qtype_supported(int(w.type));
+  SELFEXT_CHECK(w.rows > 0, ArgumentError, "w.rows must be positive, got ", w.rows);
+  const int64_t rb = qtype_row_bytes(w.type, w.cols);  // throws unless cols is a positive multiple
+  SELFEXT_CHECK(w.row_bytes == rb, ArgumentError, "w.row_bytes is ", w.row_bytes, " but a row of ", w.cols, " ",
+                qtype_name(w.type), " values is ", rb, " bytes");
+  SELFEXT_CHECK(w.data != nullptr, ArgumentError, "w.data is null");
+  SELFEXT_CHECK(reinterpret_cast<uintptr_t>(w.data) % 16 == 0, ArgumentError,
+                "w.data must be 16-byte aligned (the kernels load blocks in 8- and 16-byte words)");
+  SELFEXT_CHECK(w.cols / kRun < int64_t(1) << 31, ArgumentError, "w.cols ", w.cols, " is too large");
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
+
+size_t matmul_cuda_workspace_bytes(QType type, int64_t cols, int64_t n) {
+  (void)qtype_row_bytes(type, cols);  // validates type and cols
+  SELFEXT_CHECK(n >= 0, ArgumentError, "n must be >= 0, got ", n);
+  return 0;  // the kernels dequantize in registers and shared memory
+}
+
+void matmul_cuda(const QMatrix& w, const float* x, int64_t n, int64_t ldx, float* y, int64_t ldy, bool accumulate,
+                 void* workspace, void* stream) {
+  (void)workspace;
+  check_matrix(w);
+  SELFEXT_CHECK(n >= 0, ArgumentError, "n must be >= 0, got ", n);
+  if (n == 0) return;
+  SELFEXT_CHECK(x != nullptr && y != nullptr, ArgumentError, "x and y must not be null");
+  SELFEXT_CHECK(ldx >= w.cols, ArgumentError, "ldx must be >= cols = ", w.cols, ", got ", ldx);
+  SELFEXT_CHECK(ldy >= w.rows, ArgumentError, "ldy must be >= rows = ", w.rows, ", got ", ldy);
+  SELFEXT_CHECK(n <= int64_t(65535) * kBN, ArgumentError, "n = ", n, " activation rows is too many for one call");
+  ProductArgs a;
+  a.w = static_cast<const uint8_t*>(w.data);
+  a.row_bytes = w.row_bytes;
+  a.rows = w.rows;
+  a.cols = w.cols;
+  a.x = x;
+  a.ldx = ldx;
+  a.n = n;
+  a.y = y;
+  a.ldy = ldy;
+  a.accumulate = accumulate;
+  a.vec_x = aligned16(x) && ldx % 4 == 0 && w.cols % kRun == 0;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  SELFEXT_CUDA_FORMAT_SWITCH(w.type, F, {
+    if (n <= kMatvecMaxN) launch_matvec<F>(a, s);
+    else launch_mma<F>(a, s);
+  });
+}
+
+void embed_rows_cuda(const QMatrix& w, const int32_t* ids, int64_t n, float* out, int64_t ldo, void* stream) {
+  check_matrix(w);
+  SELFEXT_CHECK(n >= 0 && n <= 65535, ArgumentError, "n must be in [0, 65535], got ", n);
+  if (n == 0) return;
+  SELFEXT_CHECK(ids != nullptr && out != nullptr, ArgumentError, "ids and out must not be null");
+  SELFEXT_CHECK(ldo >= w.cols, ArgumentError, "ldo must be >= cols = ", w.cols, ", got ", ldo);
+  const bool vec = aligned16(out) && ldo % 4 == 0 && w.cols % kRun == 0;
+  const int64_t n_runs = (w.cols + kRun - 1) / kRun;
+  const dim3 grid(unsigned((n_runs + kEmbedThreads - 1) / kEmbedThreads), unsigned(n));
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  SELFEXT_CUDA_FORMAT_SWITCH(w.type, F, {
+    embed_kernel<F><<<grid, kEmbedThreads, 0, s>>>(static_cast<const uint8_t*>(w.data), w.row_bytes, w.rows,
+                                                   w.cols, ids, out, ldo, vec);
+    SELFEXT_CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace selfext

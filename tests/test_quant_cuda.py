@@ -1,0 +1,214 @@
+"""Quantized weight products on CUDA (issue 8): every format against a float64 product of the
+dequantized weights (the CPU op, bit for bit gguf's) and the float32 activations; embedding rows bit for
+bit against the CPU dequantization; validation. Outputs are NaN-poisoned before each call (the
+accumulate case is pre-filled with known finite values); inputs drawn fresh (seed printed on failure).
+
+Tolerances, per output (t, r), with S = sum_c |w_rc| |x_tc|, and M = sum_c (|w_rc| + 2 |w0_rc|) |x_tc|
+where w0 are the same blocks with every code zeroed (their min / offset term: the kernels compute
+dl * sum(q x) - ml * sum(x), whose roundings scale with |dl q| + |ml| <= |w| + 2 |w0|, as in the CPU test):
+
+* matrix-vector path (n <= 8), float32 throughout: per run an 8-term FMA chain, the scale, the min term
+  and its 7-term sum (<= 18 roundings), a chain of cols / 1024 run sums per lane, 5 shuffle and 4
+  warp additions, the accumulate addition: (cols / 1024 + 40) u32 M, u32 = 2^-24 (about 2.4e-6 M for
+  Llama shapes).
+* tensor-core path (n > 8): weights and activations each rounded to fp16 (relative u16 = 2^-11, plus at
+  most 2^-25 absolute below fp16's normal range), products exact in fp32, fp32 accumulation over cols
+  terms (allowing 2 roundings per addition for the tensor cores' internal adds), the weights'
+  float32 dequantization before the fp16 rounding (<= 3 u32 M):
+      (2 u16 + u16^2) S + 2^-25 (1 + u16) sum_c (|w_rc| + |x_tc| + 2^-25) + 2 cols u32 S + 3 u32 M
+  i.e. about 1e-3 S: the bound of the same product done by any fp16 GEMM.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from selfext_native import _native  # noqa: E402
+from selfext_native.errors import ArgumentError, ArrayTypeError  # noqa: E402
+from selfext_native.quant import dequantize, embed_rows, matmul_quant  # noqa: E402
+from test_quant_cpu import ALL, FLOATS, QT, U32, weights, zero_codes  # noqa: E402
+
+import gguf  # noqa: E402
+
+pytestmark = pytest.mark.cuda
+
+U16 = 2.0**-11
+SUB16 = 2.0**-25  # half the spacing of fp16 subnormals
+MATVEC_MAX_N = 8  # matmul_cuda.cu's kMatvecMaxN: the path the tolerance must follow
+
+
+def _dev():
+    return torch.device("cuda")
+
+
+def block_size(name):
+    return gguf.GGML_QUANT_SIZES[QT[name]][0]
+
+
+def cols_for(name, k):
+    """Columns of a few blocks (odd counts); the float formats also get lengths that are not multiples
+    of 8 (their partial last run)."""
+    if name in FLOATS:
+        return [45, 264, 1000][k]
+    bs = block_size(name)
+    return [3, 2, 5][k] * bs if bs == 32 else [1, 3, 2][k] * bs
+
+
+def tolerance(w, w0, x, n):
+    """The bound of the module docstring for the path n takes; w, w0 (rows, cols) and x (n, cols)
+    float64 torch tensors on the GPU; returns (n, rows)."""
+    cols = w.shape[1]
+    aw, ax = w.abs(), x.abs()
+    M = ax @ (aw + 2 * w0.abs()).T
+    if n <= MATVEC_MAX_N:
+        return (cols / 1024 + 40) * U32 * M + 1e-30
+    S = ax @ aw.T
+    A = aw.sum(dim=1)[None, :] + ax.sum(dim=1)[:, None] + cols * SUB16
+    return (2 * U16 + U16**2 + 2 * cols * U32) * S + SUB16 * (1 + U16) * A + 3 * U32 * M + 1e-30
+
+
+def make_case(name, rng, rows, cols, n):
+    data = weights(name, rng, rows, cols)
+    w = torch.from_numpy(dequantize(data, name, (rows, cols)).astype(np.float64)).to(_dev())
+    w0 = torch.from_numpy(dequantize(zero_codes(name, data, rows, cols), name, (rows, cols)).astype(np.float64))
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    x[:, ::7] *= 4  # uneven magnitudes inside a block
+    return (torch.from_numpy(data).to(_dev()), w, w0.to(_dev()), torch.from_numpy(x).to(_dev()))
+
+
+def check(name, rng, rows, cols, n, accumulate=False, vector=False):
+    wq, w, w0, x = make_case(name, rng, rows, cols, n)
+    x64 = x.to(torch.float64)
+    ref = x64 @ w.T
+    tol = tolerance(w, w0, x64, n)
+    if accumulate:
+        y0 = torch.from_numpy(rng.standard_normal((n, rows)).astype(np.float32)).to(_dev())
+        out = y0.clone()
+        ref = ref + y0.to(torch.float64)
+        tol = tol + 2 * U32 * (y0.abs().to(torch.float64) + ref.abs())
+    else:
+        out = torch.full((n, rows), float("nan"), dtype=torch.float32, device=_dev())
+    if vector:
+        y = matmul_quant(wq, name, (rows, cols), x[0], out=out[0], accumulate=accumulate)[None, :]
+    else:
+        y = matmul_quant(wq, name, (rows, cols), x, out=out, accumulate=accumulate)
+    torch.cuda.synchronize()
+    assert y.data_ptr() == out.data_ptr()
+    assert torch.isfinite(y).all(), "an output was not written"
+    err = (y.to(torch.float64) - ref).abs()
+    ratio = (err / tol).max().item()
+    assert ratio <= 1.0, f"{name} rows={rows} cols={cols} n={n}: max err {err.max().item():.3g}, err/tol {ratio:.3g}"
+
+
+# --- products -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [1, 2, 7, 8, 9, 64, 200, 512])
+@pytest.mark.parametrize("name", ALL)
+def test_matmul_cuda(name, n, rng):
+    """Rows 1, 33 (not a multiple of any row tile) and 257 (one past 4 tiles of 64), three column counts."""
+    for k, rows in enumerate([1, 33, 257]):
+        check(name, rng, rows, cols_for(name, k), n)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_matmul_cuda_accumulate(name, rng):
+    """y += W x on a pre-filled y, both paths."""
+    for n in (1, 5, 130):
+        check(name, rng, 70, cols_for(name, 1), n, accumulate=True)
+
+
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_K", "F16"])
+def test_matmul_cuda_vector(name, rng):
+    """x (cols,) -> (rows,)."""
+    check(name, rng, 45, cols_for(name, 2), 1, vector=True)
+
+
+@pytest.mark.parametrize("name", ["Q4_K", "Q6_K", "Q4_0", "Q8_0"])
+@pytest.mark.parametrize("n", [1, 8, 96])
+def test_matmul_cuda_llama_shape(name, n, rng):
+    """A Llama-3-8B shape (4096 x 4096): many column steps, the grids of the real model."""
+    check(name, rng, 4096, 4096, n)
+
+
+def test_matmul_cuda_current_stream(rng):
+    """The product runs on torch's current stream: a side stream sees it in order."""
+    wq, w, w0, x = make_case("Q4_K", rng, 300, 512, 3)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out = torch.full((3, 300), float("nan"), dtype=torch.float32, device=_dev())
+        y = matmul_quant(wq, "Q4_K", (300, 512), x, out=out)
+        z = y * 1.0  # ordered after the kernel on the same stream
+    side.synchronize()
+    ref = x.to(torch.float64) @ w.T
+    assert ((z.to(torch.float64) - ref).abs() <= tolerance(w, w0, x.to(torch.float64), 3)).all()
+
+
+# --- embedding rows -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ALL)
+def test_embed_rows_bit_exact(name, rng):
+    """Rows by id (repeats, first and last row) equal the CPU dequantization bit for bit: both are the
+    float32 formula of runs.h, the product rounded on its own (__fmul_rn on the GPU, no FMA)."""
+    rows, cols = 37, cols_for(name, 2)
+    data = weights(name, rng, rows, cols)
+    full = dequantize(data, name, (rows, cols))
+    ids = np.concatenate([[0, rows - 1, 5, 5], rng.integers(0, rows, size=9)]).astype(np.int64)
+    wq = torch.from_numpy(data).to(_dev())
+    out = torch.full((ids.size, cols), float("nan"), dtype=torch.float32, device=_dev())
+    got = embed_rows(wq, name, (rows, cols), ids, out=out).cpu().numpy()
+    assert np.array_equal(got.view(np.uint32), full[ids].view(np.uint32))
+    cpu = embed_rows(data, name, (rows, cols), ids)  # the CPU path of the same function
+    assert np.array_equal(cpu.view(np.uint32), full[ids].view(np.uint32))
+
+
+def test_embed_rows_checks_ids(rng):
+    data = torch.from_numpy(weights("Q4_K", rng, 4, 256)).to(_dev())
+    with pytest.raises(ArgumentError, match=r"ids\[1\] = 4 is outside \[0, 4\)"):
+        embed_rows(data, "Q4_K", (4, 256), [0, 4])
+    with pytest.raises(ArgumentError, match=r"ids\[0\] = -1"):
+        embed_rows(data, "Q4_K", (4, 256), [-1])
+
+
+# --- validation -----------------------------------------------------------------------------------
+
+def test_cuda_validation_errors(rng):
+    good = torch.from_numpy(weights("Q4_K", rng, 2, 256)).to(_dev())
+    x = torch.ones(256, dtype=torch.float32, device=_dev())
+    assert matmul_quant(good, "Q4_K", (2, 256), x).shape == (2,)
+    with pytest.raises(ArgumentError, match=r"weight_bytes has 287 bytes.*288 bytes"):
+        matmul_quant(good[:-1], "Q4_K", (2, 256), x)
+    with pytest.raises(ArgumentError, match=r"cols must be a positive multiple of 256"):
+        matmul_quant(good, "Q4_K", (4, 128), x[:128])
+    with pytest.raises(ArgumentError, match=r"multiple of 32"):
+        matmul_quant(torch.zeros(18, dtype=torch.uint8, device=_dev()), "Q4_0", (1, 16), x[:16])
+    with pytest.raises(ArgumentError, match=r"qtype IQ2_XXS \(GGML id 16\) is not supported"):
+        matmul_quant(torch.zeros(4096, dtype=torch.uint8, device=_dev()), 16, (1, 256), x)
+    with pytest.raises(ArgumentError, match=r"x must have shape \(256,\) or \(n, 256\)"):
+        matmul_quant(good, "Q4_K", (2, 256), x[:255])
+    with pytest.raises(ArgumentError, match=r"out must have shape \(3, 2\)"):
+        _native.matmul_quant_cuda(good, 12, 2, 256, torch.ones((3, 256), device=_dev()),
+                                  torch.empty((3, 3), device=_dev()), False, 0)
+    with pytest.raises(ArrayTypeError, match=r"x has dtype float64"):
+        matmul_quant(good, "Q4_K", (2, 256), x.double())
+    with pytest.raises(ArgumentError, match=r"accumulate=True needs out"):
+        matmul_quant(good, "Q4_K", (2, 256), x, accumulate=True)
+
+
+def test_cuda_mixed_devices(rng):
+    cpu_w = weights("Q4_K", rng, 2, 256)
+    good = torch.from_numpy(cpu_w).to(_dev())
+    x = torch.ones(256, dtype=torch.float32, device=_dev())
+    with pytest.raises(ArrayTypeError, match=r"weight_bytes is on cuda but x is on cpu"):
+        matmul_quant(good, "Q4_K", (2, 256), x.cpu())
+    with pytest.raises(ArrayTypeError, match=r"weight_bytes is on cpu but x is on cuda"):
+        matmul_quant(cpu_w, "Q4_K", (2, 256), x)
+    # the native entry points check too (they never trust the Python layer)
+    with pytest.raises(ArrayTypeError, match=r"x is on cpu but weight_bytes is on cuda:0"):
+        _native.matmul_quant_cuda(good, 12, 2, 256, x.cpu(), torch.empty(2, device=_dev()), False, 0)
+    with pytest.raises(ArrayTypeError, match=r"out is on cpu"):
+        _native.matmul_quant_cuda(good, 12, 2, 256, x, torch.empty(2), False, 0)
+    with pytest.raises(ArrayTypeError, match=r"weight_bytes is on cpu"):
+        _native.matmul_quant_cuda(torch.from_numpy(cpu_w), 12, 2, 256, x, torch.empty(2, device=_dev()), False, 0)
