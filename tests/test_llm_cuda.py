@@ -103,6 +103,23 @@ def test_selfextend_chunks_decode_prefill_and_reference(model_dir, rng, kv_type)
         assert np.abs(got - ref).max() <= tol, f"n_batch={chunk}"
 
 
+def test_decode_graphs_equal_eager_decode_across_length_buckets(model_dir, rng, monkeypatch):
+    # Decode steps replay one CUDA graph per 256-key bucket, reading the position and key count from the
+    # device; eager decode launches every kernel with the exact length. Same kernels, but the split-K
+    # plan differs (planned for the bucket's bound), so agreement is to float32 accumulation and the final
+    # float16 rounding of the attention output, not bit for bit.
+    path = _model(model_dir, "llama-Q8_0-graphs", qtype="Q8_0", n_ctx_train=1024)
+    toks = _tokens(rng, 600)  # crosses the 256 and 512 bucket edges
+    kw = dict(n_ctx=1024, self_extend=(4, 64), device="cuda")
+    graphed = _decode_rows(LLM(path, **kw), toks).astype(np.float64)
+    monkeypatch.setenv("SELFEXT_CUDA_GRAPHS", "0")
+    eager = _decode_rows(LLM(path, **kw), toks).astype(np.float64)
+    scale = np.abs(eager).max()
+    assert np.abs(graphed - eager).max() <= 2e-3 * scale
+    ref = reference_logits(path, toks, group=4, window=64, act_quant=None)
+    assert np.abs(graphed - ref).max() <= GPU_TOL["f16"] * np.abs(ref).max()
+
+
 def test_selfextend_gpu_equals_cpu_on_quantized_weights(model_dir, rng):
     path = _model(model_dir, "llama-Q4_K-se", qtype="Q4_K")
     toks = _tokens(rng, 150)

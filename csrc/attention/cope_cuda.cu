@@ -352,6 +352,7 @@ void cope_attention_cuda(const AttentionParams& p) {
                 p.n_heads, ") must be a multiple of n_kv_heads (", p.n_kv_heads, ")");
   SELFEXT_CHECK(p.npos_max >= 2, ArgumentError, "npos_max must be >= 2, got ", p.npos_max);
   SELFEXT_CHECK(p.pos_emb != nullptr, ArgumentError, "cope_attention: pos_emb is required");
+  SELFEXT_CHECK(p.T_k_dev == nullptr, ArgumentError, "cope_attention takes T_k by value (T_k_dev is SelfExtend's)");
   check_rows_aligned_16(p.q, p.q_stride_t, p.q_stride_h, "cope_attention", "q");
   check_rows_aligned_16(p.k, p.k_stride_t, p.k_stride_h, "cope_attention", "k");
   check_rows_aligned_16(p.v, p.v_stride_t, p.v_stride_h, "cope_attention", "v");

@@ -42,6 +42,11 @@ struct AttentionParams {
   bool scale_pos_logits = false;
 
   void* stream = nullptr;  // CUDA stream (cudaStream_t), the caller's
+
+  // CUDA SelfExtend only: when set, the kernels read the key count from this device int when they run,
+  // and T_k is only its upper bound, which the launch is planned for. A CUDA graph captured once then
+  // serves every length up to T_k (the model's decode graphs, one per length bucket).
+  const int32_t* T_k_dev = nullptr;
 };
 
 class ThreadPool;

@@ -44,6 +44,7 @@ struct SeArgs {
   RopeArgs rope;
   int tiles_per_split;
   OutArgs oa;
+  const int32_t* T_k_dev;  // the key count at run time (<= rm.T_k, the planned bound), or null
 };
 
 template <int kHeadDim, int kWarps>
@@ -71,7 +72,8 @@ __global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int mt = gridDim.x - 1 - blockIdx.x;  // longest causal rows first: less tail imbalance
   const int kvh = blockIdx.y;
-  const RowMap rm = a.rm;
+  RowMap rm = a.rm;
+  if (a.T_k_dev) rm.T_k = *a.T_k_dev;  // blocks past the run-time length find no key tiles
   const int G = a.group, W = a.window;
   const int64_t m0 = int64_t(mt) * kBM;
   const int i_lo = rm.pos(m0), i_hi = rm.pos(m0 + kBM - 1);
@@ -218,6 +220,7 @@ void run_se(const AttentionParams& p) {
   a.window = int(std::max<int64_t>(W, 1));
   a.rope = RopeArgs{p.rope_table, int(p.rope_n_pos), p.rope_dim, p.rope_style};
   a.oa = OutArgs{p.out, p.out_stride_t, p.out_stride_h, nullptr, nullptr, p.n_heads};
+  a.T_k_dev = p.T_k_dev;
 
   const int64_t rows = a.rm.rows;
   const int64_t n_key_tiles = (p.T_k + kBN - 1) / kBN;

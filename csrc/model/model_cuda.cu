@@ -11,7 +11,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <cstdlib>
 #include <map>
+#include <tuple>
 #include <vector>
 
 #include "attention/attention_cuda.h"
@@ -108,6 +110,7 @@ struct QkvPostArgs {
   void* q_out;                // (n, QD) cache dtype
   void *k_cache, *v_cache;    // this layer's (n_kv, n_ctx, head_dim)
   int64_t n_ctx, pos0;
+  const int32_t* pos_dev;  // when set (decode graphs), pos0 is read here at run time
   int n_head, n_kv, head_dim;
   const float* rope_table;  // rotate q and k at their normal positions (CoPE with RoPE), else null
   int rope_dim;
@@ -120,7 +123,7 @@ __global__ void qkv_post_kernel(const QkvPostArgs a) {
   const int hd = a.head_dim;
   const int QD = a.n_head * hd, KD = a.n_kv * hd;
   const float* row = a.qkv + t * a.ld;
-  const int64_t pos = a.pos0 + t;
+  const int64_t pos = (a.pos_dev ? int64_t(*a.pos_dev) : a.pos0) + t;
   for (int e = threadIdx.x; e < QD + 2 * KD; e += blockDim.x) {
     const int seg = e < QD ? 0 : (e < QD + KD ? 1 : 2);
     const int local = e - (seg == 0 ? 0 : (seg == 1 ? QD : QD + KD));
@@ -178,7 +181,7 @@ struct DeviceLayer {
 
 // Scratch of one chunk, by part: float32 unless noted. B = n_batch.
 struct ScratchLayout {
-  int64_t ids, x, xb, qkv, q16, att16, ff, ffa, logits, matmul_ws, attn_ws, total;
+  int64_t ids, pos, x, xb, qkv, q16, att16, ff, ffa, logits, matmul_ws, attn_ws, total;
 };
 
 ScratchLayout scratch_layout(const ModelConfig& c, const ModelWeights& w) {
@@ -192,6 +195,7 @@ ScratchLayout scratch_layout(const ModelConfig& c, const ModelWeights& w) {
     return at;
   };
   s.ids = take(B * 4);
+  s.pos = take(2 * 4);  // decode graphs: (position of the token, key count)
   s.x = take(B * E * 4);
   s.xb = take(B * std::max(E, QD) * 4);
   s.qkv = take(B * (QD + 2 * KD) * 4);
@@ -229,6 +233,7 @@ class ModelCuda final : public Model {
  public:
   ModelCuda(ModelConfig config, ModelWeights weights, int device);
   ~ModelCuda() override {
+    for (auto& kv : graphs_) cudaGraphExecDestroy(kv.second);
     if (stream_) {
       cudaStreamSynchronize(stream_);
       cudaStreamDestroy(stream_);
@@ -243,14 +248,26 @@ class ModelCuda final : public Model {
                      const std::atomic<bool>* cancel) override;
   void upload(const CudaModelPlan& plan);
   template <typename T>
-  void layer(int il, int64_t n, int64_t pos0);
+  void layer(int il, int64_t n, int64_t pos0, int64_t graph_bound);
+  void layers(int il, int64_t n, int64_t pos0, int64_t graph_bound) {
+    if (cfg_.kv_dtype == DType::kFloat16)
+      layer<f16>(il, n, pos0, graph_bound);
+    else
+      layer<bf16>(il, n, pos0, graph_bound);
+  }
+  // The last row of x through the final norm and the head, into host_logits_ (rows r0 .. r0+rows-1).
+  void head(int64_t r0, int64_t rows);
+  void decode_graphed(int32_t token, float* logits);
   void sync() { SELFEXT_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
   int device_;
   cudaStream_t stream_ = nullptr;
   ScratchLayout sl_;
   DeviceBuffer weights_, k_cache_, v_cache_, scratch_, rope_table_;
-  PinnedBuffer host_ids_, host_logits_;
+  PinnedBuffer host_ids_, host_pos_, host_logits_;
+  // Decode graphs, captured on first use, one per (key-count bucket, G, W): see decode_graphed.
+  bool use_graphs_ = true;
+  std::map<std::tuple<int64_t, int64_t, int64_t>, cudaGraphExec_t> graphs_;
   QMatrix token_embd_, output_;
   const float* output_norm_ = nullptr;
   std::vector<DeviceLayer> layers_;
@@ -354,6 +371,10 @@ ModelCuda::ModelCuda(ModelConfig config, ModelWeights weights, int device)
     build_rope_table_cuda(c.inv_freq.data(), c.rope_dim / 2, c.mscale, c.n_ctx, rope_table_.as<float>(), stream_);
   }
   host_ids_.reset(c.n_batch * 4);
+  host_pos_.reset(2 * 4);
+  // CoPE's kernels take the key count by value, so CoPE models decode without graphs.
+  const char* env = std::getenv("SELFEXT_CUDA_GRAPHS");
+  use_graphs_ = !c.cope && !(env && std::strcmp(env, "0") == 0);
   host_logits_.reset(std::min<int64_t>(c.n_batch, kLogitRows) * c.n_vocab * 4);
   sync();
 }
@@ -421,8 +442,11 @@ void ModelCuda::upload(const CudaModelPlan& plan) {
   sync();  // the host sources (file map, converted tables) must outlive the copies
 }
 
+// graph_bound > 0: this is a decode step captured into a graph. The position and the key count come from
+// the device ints at sl_.pos (written by the graph's first copy), and the attention is planned for
+// graph_bound keys.
 template <typename T>
-void ModelCuda::layer(int il, int64_t n, int64_t pos0) {
+void ModelCuda::layer(int il, int64_t n, int64_t pos0, int64_t graph_bound) {
   const ModelConfig& c = cfg_;
   const DeviceLayer& l = layers_[size_t(il)];
   const int64_t E = c.n_embd, QD = c.q_dim(), KD = c.kv_dim(), F = c.n_ff, QKVD = QD + 2 * KD;
@@ -447,7 +471,8 @@ void ModelCuda::layer(int il, int64_t n, int64_t pos0) {
     matmul_cuda(l.wk, xb, n, E, qkv + QD, QKVD, false, ws, stream_);
     matmul_cuda(l.wv, xb, n, E, qkv + QD + KD, QKVD, false, ws, stream_);
   }
-  QkvPostArgs qa{qkv, QKVD, l.bq, l.bk, l.bv, q16, kc, vc, c.n_ctx, pos0, c.n_head, c.n_head_kv, c.head_dim,
+  const int32_t* dpos = graph_bound > 0 ? scratch_.as<int32_t>(sl_.pos) : nullptr;
+  QkvPostArgs qa{qkv, QKVD, l.bq, l.bk, l.bv, q16, kc, vc, c.n_ctx, pos0, dpos, c.n_head, c.n_head_kv, c.head_dim,
                  (c.cope && c.rope_dim > 0) ? rope_table_.as<float>() : nullptr, c.rope_dim, c.rope_style};
   qkv_post_kernel<T><<<unsigned(n), 256, 0, stream_>>>(qa);
   SELFEXT_CUDA_CHECK_LAUNCH();
@@ -465,7 +490,8 @@ void ModelCuda::layer(int il, int64_t n, int64_t pos0) {
   ap.out_stride_t = QD;
   ap.out_stride_h = c.head_dim;
   ap.T_q = n;
-  ap.T_k = pos0 + n;
+  ap.T_k = graph_bound > 0 ? graph_bound : pos0 + n;
+  ap.T_k_dev = graph_bound > 0 ? dpos + 1 : nullptr;
   ap.n_heads = c.n_head;
   ap.n_kv_heads = c.n_head_kv;
   ap.head_dim = c.head_dim;
@@ -504,47 +530,96 @@ void ModelCuda::layer(int il, int64_t n, int64_t pos0) {
   matmul_cuda(l.w_down, ffa, n, F, x, E, true, ws, stream_);  // x += down(SwiGLU)
 }
 
+void ModelCuda::head(int64_t r0, int64_t rows) {
+  const ModelConfig& c = cfg_;
+  const int64_t E = c.n_embd, V = c.n_vocab;
+  float* x = scratch_.as<float>(sl_.x);
+  float* xb = scratch_.as<float>(sl_.xb);
+  float* dlog = scratch_.as<float>(sl_.logits);
+  rms_norm_cuda<float>(RmsNormParams{x + r0 * E, output_norm_, xb, rows, E, E, E, c.rms_eps, stream_});
+  matmul_cuda(output_, xb, rows, E, dlog, V, false, scratch_.as<void>(sl_.matmul_ws), stream_);
+  SELFEXT_CUDA_CHECK(cudaMemcpyAsync(host_logits_.as<float>(), dlog, size_t(rows * V) * 4, cudaMemcpyDeviceToHost,
+                                     stream_));
+}
+
 void ModelCuda::forward_chunk(const int32_t* tokens, int64_t n, float* logits, bool all_logits,
                               const std::atomic<bool>* cancel) {
   const ModelConfig& c = cfg_;
   DeviceGuard guard(device_);
-  const int64_t E = c.n_embd, pos0 = n_past_;
-  float* x = scratch_.as<float>(sl_.x);
-  float* xb = scratch_.as<float>(sl_.xb);
+  if (n == 1 && use_graphs_) {
+    decode_graphed(tokens[0], logits);
+    return;
+  }
+  const int64_t pos0 = n_past_, V = c.n_vocab;
   int32_t* ids = scratch_.as<int32_t>(sl_.ids);
-  void* ws = scratch_.as<void>(sl_.matmul_ws);
-
   // The pinned staging buffers are reused by the next call only after this one synchronized.
   std::memcpy(host_ids_.as<int32_t>(), tokens, size_t(n) * 4);
   SELFEXT_CUDA_CHECK(cudaMemcpyAsync(ids, host_ids_.as<int32_t>(), size_t(n) * 4, cudaMemcpyHostToDevice, stream_));
-  embed_rows_cuda(token_embd_, ids, n, x, E, stream_);
+  embed_rows_cuda(token_embd_, ids, n, scratch_.as<float>(sl_.x), c.n_embd, stream_);
   for (int il = 0; il < c.n_layer; ++il) {
     if (cancel && cancel->load(std::memory_order_relaxed)) {
       sync();  // nothing of this chunk may still be running when the cache is reused
       throw Cancelled("interrupted");
     }
-    if (c.kv_dtype == DType::kFloat16)
-      layer<f16>(il, n, pos0);
-    else
-      layer<bf16>(il, n, pos0);
+    layers(il, n, pos0, 0);
   }
-
   if (logits) {
     const int64_t first = all_logits ? 0 : n - 1;
-    const int64_t V = c.n_vocab;
-    float* dlog = scratch_.as<float>(sl_.logits);
     for (int64_t r0 = first; r0 < n; r0 += kLogitRows) {
       const int64_t rows = std::min(kLogitRows, n - r0);
-      rms_norm_cuda<float>(RmsNormParams{x + r0 * E, output_norm_, xb, rows, E, E, E, c.rms_eps, stream_});
-      matmul_cuda(output_, xb, rows, E, dlog, V, false, ws, stream_);
-      SELFEXT_CUDA_CHECK(cudaMemcpyAsync(host_logits_.as<float>(), dlog, size_t(rows * V) * 4, cudaMemcpyDeviceToHost,
-                                         stream_));
+      head(r0, rows);
       sync();
       std::memcpy(logits + (r0 - first) * V, host_logits_.as<float>(), size_t(rows * V) * 4);
     }
   }
   sync();  // errors of this chunk surface here, and the cache grows only when it is complete
   n_past_ = pos0 + n;
+}
+
+// A decode step is one graph launch: the step's kernels (about ten per layer) would otherwise cost a
+// launch each from the host, which bounds a small model's decode rate. The graph reads the token, its
+// position and the key count from pinned host memory through its first two copies, so one captured
+// graph serves every length in its bucket: the attention is planned (split-K) for the bucket's largest
+// key count and its blocks past the run-time length find no tiles.
+void ModelCuda::decode_graphed(int32_t token, float* logits) {
+  const ModelConfig& c = cfg_;
+  constexpr int64_t kBucket = 256;
+  const int64_t pos0 = n_past_, T_k = pos0 + 1;
+  const int64_t bound = std::min(c.n_ctx, (T_k + kBucket - 1) / kBucket * kBucket);
+  host_ids_.as<int32_t>()[0] = token;
+  host_pos_.as<int32_t>()[0] = int32_t(pos0);
+  host_pos_.as<int32_t>()[1] = int32_t(T_k);
+  cudaGraphExec_t& exec = graphs_[std::make_tuple(bound, c.group, c.window)];
+  if (!exec) {
+    cudaGraph_t graph = nullptr;
+    SELFEXT_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    try {
+      SELFEXT_CUDA_CHECK(cudaMemcpyAsync(scratch_.as<int32_t>(sl_.ids), host_ids_.as<int32_t>(), 4,
+                                         cudaMemcpyHostToDevice, stream_));
+      SELFEXT_CUDA_CHECK(cudaMemcpyAsync(scratch_.as<int32_t>(sl_.pos), host_pos_.as<int32_t>(), 8,
+                                         cudaMemcpyHostToDevice, stream_));
+      embed_rows_cuda(token_embd_, scratch_.as<int32_t>(sl_.ids), 1, scratch_.as<float>(sl_.x), c.n_embd, stream_);
+      for (int il = 0; il < c.n_layer; ++il) layers(il, 1, pos0, bound);
+      head(0, 1);
+    } catch (...) {
+      cudaStreamEndCapture(stream_, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      graphs_.erase(std::make_tuple(bound, c.group, c.window));
+      cudaGetLastError();
+      throw;
+    }
+    SELFEXT_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+    const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    if (err != cudaSuccess) {
+      graphs_.erase(std::make_tuple(bound, c.group, c.window));
+      SELFEXT_CUDA_CHECK(err);
+    }
+  }
+  SELFEXT_CUDA_CHECK(cudaGraphLaunch(exec, stream_));
+  sync();
+  if (logits) std::memcpy(logits, host_logits_.as<float>(), size_t(c.n_vocab) * 4);
+  n_past_ = T_k;
 }
 
 }  // namespace
