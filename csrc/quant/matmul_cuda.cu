@@ -1,14 +1,18 @@
 // Quantized weight products on CUDA, straight from the GGUF blocks (layouts and run accessors of
 // csrc/quant/<fmt>.h and runs.h, shared with the CPU). Three kernels, each a template over the format:
 //
-//   matvec  (n <= kMatvecMaxN activation rows: decode). Memory-bound: every weight byte is read once.
-//           A block of kMvWarps warps owns NR weight rows; its 4 * 32 lanes take consecutive runs of 8
-//           elements of those rows (a warp covers 32 consecutive runs: one K-quant super-block, 8 legacy
-//           blocks), so the warp's loads of a row are contiguous. Each lane loads the 8 activations of
-//           its run once (two 16-byte loads per activation row) and uses them for all NR rows, then
-//           the 8 codes of each row, widened to float exactly (runs.h), dotted in float32 and scaled
-//           once per run: acc += dl * sum(q x) - ml * sum(x). Warp-shuffle, then shared-memory
-//           reduction over the 4 warps.
+//   matvec  (n <= kMatvecMaxN activation rows: decode). Every weight byte is read once. A block of
+//           kMvWarps = 4 warps owns NR weight rows (4 for n = 1); its 128 lanes take consecutive units
+//           of 4 runs (32 elements, inside one block of every format; a warp covers 1024 consecutive
+//           elements of a row). Each lane loads a run's 8 activations once (two 16-byte loads per
+//           activation row) and uses them for all NR rows, widens the 8 codes of each row to float
+//           exactly (runs.h), dots in float32 and scales once per run: acc += dl * sum(q x) - ml *
+//           sum(x), with the scale decoded once per runs_per_scale runs. Warp-shuffle, then shared-
+//           memory reduction over the 4 warps. H200, 2026-12-01: 30-33% of the copy bandwidth for Q4_K,
+//           Q6_K, Q4_0, 43-49% for Q8_0 (bench/quant_cuda.py); ncu puts the limit in L1 (77% busy,
+//           DRAM 25%): the lanes' 8-byte weight loads are scattered over ~5 cache lines per warp
+//           instruction. The next step is staging each warp's contiguous row bytes through shared
+//           memory with 16-byte loads (or llama.cpp's int8 activations + dp4a), not more rows per block.
 //   mma     (n > kMatvecMaxN: prefill). Tensor cores through nvcuda::wmma 16x16x16, fp16 inputs, fp32
 //           accumulation. A block of 4 warps computes a kBM x kBN = 64 weight rows x 128 activation rows
 //           tile, stepping K by kBK = 32: the weights are dequantized to float32 (dl * q - ml), rounded
@@ -62,10 +66,16 @@ struct QuantFmt {
   __device__ static const Block& block(const uint8_t* row, int j) {
     return reinterpret_cast<const Block*>(row)[j / kRunsPerBlock];
   }
-  __device__ static void run(const uint8_t* row, int j, int64_t, float (&q)[kRun], float& dl, float& ml) {
-    const Block& b = block(row, j);
-    run_codes(b, j % kRunsPerBlock, q);
-    run_scale(b, j % kRunsPerBlock, &dl, &ml);
+  static constexpr int kRunsPerScale = runs_per_scale(Block{});
+  __device__ static void codes(const uint8_t* row, int j, int64_t, float (&q)[kRun]) {
+    run_codes(block(row, j), j % kRunsPerBlock, q);
+  }
+  __device__ static void scale(const uint8_t* row, int j, float& dl, float& ml) {
+    run_scale(block(row, j), j % kRunsPerBlock, &dl, &ml);
+  }
+  __device__ static void run(const uint8_t* row, int j, int64_t cols, float (&q)[kRun], float& dl, float& ml) {
+    codes(row, j, cols, q);
+    scale(row, j, dl, ml);
   }
   __device__ static void dequant(const uint8_t* row, int j, int64_t, float (&y)[kRun]) {
     dequantize_run(block(row, j), j % kRunsPerBlock, y);
@@ -101,6 +111,12 @@ struct FloatFmt {
 #pragma unroll
       for (int k = 0; k < kRun; ++k) y[k] = c0 + k < cols ? widen(p[k]) : 0.0f;
     }
+  }
+  static constexpr int kRunsPerScale = 4;
+  __device__ static void codes(const uint8_t* row, int j, int64_t cols, float (&q)[kRun]) { load(row, j, cols, q); }
+  __device__ static void scale(const uint8_t*, int, float& dl, float& ml) {
+    dl = 1.0f;
+    ml = 0.0f;
   }
   __device__ static void run(const uint8_t* row, int j, int64_t cols, float (&q)[kRun], float& dl, float& ml) {
     load(row, j, cols, q);
@@ -169,7 +185,7 @@ __device__ __forceinline__ void load_x_run(const float* __restrict__ xr, int j, 
 constexpr int64_t kMatvecMaxN = 8;
 constexpr int kMvWarps = 4;
 
-template <typename F, int NR, int NT>
+template <typename F, int NR, int NT, int U>
 __global__ void __launch_bounds__(kMvWarps * 32) matvec_kernel(ProductArgs a) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t r0 = int64_t(blockIdx.x) * NR;
@@ -185,36 +201,48 @@ __global__ void __launch_bounds__(kMvWarps * 32) matvec_kernel(ProductArgs a) {
 #pragma unroll
     for (int t = 0; t < NT; ++t) acc[r][t] = 0.0f;
 
+  // A lane's unit: U consecutive runs (U = 4: 32 elements, inside one block of every format), so a
+  // scale is loaded and widened once per kRunsPerScale runs (the products are issue-bound, not
+  // bandwidth-bound, when every run decodes its own scale: measured on an H200, 2026-12-01, ~15
+  // instructions per weight and 20% of the copy bandwidth for Q4_K).
   const int n_runs = F::runs(a.cols);
-#pragma unroll 2
-  for (int j = warp * 32 + lane; j < n_runs; j += kMvWarps * 32) {
-    float xv[NT][kRun], sx[NT];
+  const int n_units = (n_runs + U - 1) / U;
+  for (int u = warp * 32 + lane; u < n_units; u += kMvWarps * 32) {
+    float dl[NR], ml[NR];  // the scale of the current runs, loaded once per kRunsPerScale runs
 #pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      if (t < nt) {
-        load_x_run(x + t * a.ldx, j, a.cols, a.vec_x, xv[t]);
-      } else {
+    for (int ru = 0; ru < U; ++ru) {
+      const int j = u * U + ru;
+      if (U > 1 && j >= n_runs) break;  // float formats' last unit only
+      float xv[NT][kRun], sx[NT];
 #pragma unroll
-        for (int k = 0; k < kRun; ++k) xv[t][k] = 0.0f;
+      for (int t = 0; t < NT; ++t) {
+        if (t < nt) {
+          load_x_run(x + t * a.ldx, j, a.cols, a.vec_x, xv[t]);
+        } else {
+#pragma unroll
+          for (int k = 0; k < kRun; ++k) xv[t][k] = 0.0f;
+        }
+        sx[t] = 0.0f;
+        if constexpr (F::kHasMin) {
+#pragma unroll
+          for (int k = 0; k < kRun; ++k) sx[t] += xv[t][k];
+        }
       }
-      sx[t] = 0.0f;
-      if constexpr (F::kHasMin) {
 #pragma unroll
-        for (int k = 0; k < kRun; ++k) sx[t] += xv[t][k];
-      }
-    }
+      for (int r = 0; r < NR; ++r) {
+        if (r < nr) {
+          const uint8_t* row = w + r * a.row_bytes;
+          if (U == 1 || ru % F::kRunsPerScale == 0) F::scale(row, j, dl[r], ml[r]);
+          float q[kRun];
+          F::codes(row, j, a.cols, q);
 #pragma unroll
-    for (int r = 0; r < NR; ++r) {
-      if (r < nr) {
-        float q[kRun], dl, ml;
-        F::run(w + r * a.row_bytes, j, a.cols, q, dl, ml);
+          for (int t = 0; t < NT; ++t) {
+            float d = 0.0f;
 #pragma unroll
-        for (int t = 0; t < NT; ++t) {
-          float d = 0.0f;
-#pragma unroll
-          for (int k = 0; k < kRun; ++k) d = fmaf(q[k], xv[t][k], d);
-          acc[r][t] = fmaf(dl, d, acc[r][t]);
-          if constexpr (F::kHasMin) acc[r][t] = fmaf(-ml, sx[t], acc[r][t]);
+            for (int k = 0; k < kRun; ++k) d = fmaf(q[k], xv[t][k], d);
+            acc[r][t] = fmaf(dl[r], d, acc[r][t]);
+            if constexpr (F::kHasMin) acc[r][t] = fmaf(-ml[r], sx[t], acc[r][t]);
+          }
         }
       }
     }
@@ -243,14 +271,17 @@ __global__ void __launch_bounds__(kMvWarps * 32) matvec_kernel(ProductArgs a) {
   }
 }
 
-// NR (weight rows per block) for NT activation rows: one run's activations serve NR rows, so L1
-// traffic per weight byte falls with NR, while registers (NR * NT accumulators, NT * 8 activations)
-// and the number of blocks (rows / NR, to fill 132 SMs with 4096-row matrices) limit it.
+// NR (weight rows per block) for NT activation rows: one run's activations serve NR rows, while
+// registers (NR * NT accumulators, NT * 8 activations) and the number of blocks (rows / NR, to fill
+// 132 SMs with 4096-row matrices) limit it. Measured on an H200 (ncu, 14336 x 4096 Q4_K, 2026-12-01):
+// NR = 4 and NR = 8 both take 28.0 us with L1 at 77% and DRAM at 25%: the L1 is busy with the weight
+// loads (each warp load instruction touches ~5 cache lines for 128 useful bytes), not the activations.
 template <typename F, int NT>
 void launch_matvec_nt(const ProductArgs& a, cudaStream_t s) {
   constexpr int NR = NT == 1 ? 4 : (NT <= 4 ? 2 : 1);
+  constexpr int U = NT <= 2 ? 4 : 1;  // runs per lane unit; more activation rows would not fit registers
   const dim3 grid(unsigned((a.rows + NR - 1) / NR), unsigned((a.n + NT - 1) / NT));
-  matvec_kernel<F, NR, NT><<<grid, kMvWarps * 32, 0, s>>>(a);
+  matvec_kernel<F, NR, NT, U><<<grid, kMvWarps * 32, 0, s>>>(a);
   SELFEXT_CUDA_CHECK_LAUNCH();
 }
 

@@ -39,10 +39,11 @@ SELFEXT_HD void run_codes(const block_q2_k& b, int j, float (&q)[kRun]) {
   codes8_to_float((w0 >> sh) & 0x03030303u, (w1 >> sh) & 0x03030303u, 0.0f, q);
 }
 // Sub-block j >> 1 (16 elements): dl = d * scale, ml = dmin * min.
+SELFEXT_HD constexpr int runs_per_scale(const block_q2_k&) { return 2; }
 SELFEXT_HD void run_scale(const block_q2_k& b, int j, float* dl, float* ml) {
   const int s = b.scales[j >> 1];
-  *dl = fp16_to_float(b.d) * float(s & 0xF);
-  *ml = fp16_to_float(b.dmin) * float(s >> 4);
+  *dl = scale_to_float(b.d) * float(s & 0xF);
+  *ml = scale_to_float(b.dmin) * float(s >> 4);
 }
 
 // gguf: (d * sc) * float(q) - (dmin * m), float32.

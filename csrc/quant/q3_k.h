@@ -53,8 +53,9 @@ SELFEXT_HD void run_codes(const block_q3_k& b, int j, float (&q)[kRun]) {
   const uint32_t c1 = ((l1 >> sh) & 0x03030303u) | (((h1 >> hs) & 0x01010101u) << 2);
   codes8_to_float(c0, c1, 4.0f, q);
 }
+SELFEXT_HD constexpr int runs_per_scale(const block_q3_k&) { return 2; }
 SELFEXT_HD void run_scale(const block_q3_k& b, int j, float* dl, float* ml) {
-  *dl = fp16_to_float(b.d) * float(q3_k_scale(b, j >> 1));
+  *dl = scale_to_float(b.d) * float(q3_k_scale(b, j >> 1));
   *ml = 0.0f;
 }
 

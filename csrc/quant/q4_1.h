@@ -34,9 +34,10 @@ SELFEXT_HD void run_codes(const block_q4_1& b, int j, float (&q)[kRun]) {
   const int sh = 4 * (j >> 1);
   codes8_to_float((w0 >> sh) & 0x0F0F0F0Fu, (w1 >> sh) & 0x0F0F0F0Fu, 0.0f, q);
 }
+SELFEXT_HD constexpr int runs_per_scale(const block_q4_1&) { return 4; }
 SELFEXT_HD void run_scale(const block_q4_1& b, int, float* dl, float* ml) {
-  *dl = fp16_to_float(b.d);
-  *ml = -fp16_to_float(b.m);
+  *dl = scale_to_float(b.d);
+  *ml = -scale_to_float(b.m);
 }
 
 // gguf: (d * float(q)) + m, float32.

@@ -53,8 +53,8 @@ template <typename Block>
 SELFEXT_HD void k4_run_scale(const Block& b, int j, float* dl, float* ml) {
   int sc, m;
   k4_scale_min(b.scales, j >> 2, &sc, &m);
-  *dl = fp16_to_float(b.d) * float(sc);
-  *ml = fp16_to_float(b.dmin) * float(m);
+  *dl = scale_to_float(b.d) * float(sc);
+  *ml = scale_to_float(b.dmin) * float(m);
 }
 
 // gguf: (d * sc) * float(q) - (dmin * m), float32. Block supplies run_codes / run_scale.
@@ -92,6 +92,7 @@ SELFEXT_HD void run_codes(const block_q4_k& b, int j, float (&q)[kRun]) {
   k4_run_low_words(b.qs, j, &c0, &c1);
   codes8_to_float(c0, c1, 0.0f, q);
 }
+SELFEXT_HD constexpr int runs_per_scale(const block_q4_k&) { return 4; }
 SELFEXT_HD void run_scale(const block_q4_k& b, int j, float* dl, float* ml) { k4_run_scale(b, j, dl, ml); }
 SELFEXT_HD void dequantize_block(const block_q4_k& b, float* y) { k4_dequantize_block(b, y); }
 SELFEXT_HD void kquant_scales(const block_q4_k& b, int16_t* sc, int16_t* mn, float* d, float* dm) {

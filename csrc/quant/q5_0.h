@@ -49,8 +49,9 @@ SELFEXT_HD void run_codes(const block_q5_0& b, int j, float (&q)[kRun]) {
   q5_run_words(b.qs, load_u32_a2(b.qh), j, &c0, &c1);
   codes8_to_float(c0, c1, 16.0f, q);
 }
+SELFEXT_HD constexpr int runs_per_scale(const block_q5_0&) { return 4; }
 SELFEXT_HD void run_scale(const block_q5_0& b, int, float* dl, float* ml) {
-  *dl = fp16_to_float(b.d);
+  *dl = scale_to_float(b.d);
   *ml = 0.0f;
 }
 

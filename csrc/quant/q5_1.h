@@ -32,9 +32,10 @@ SELFEXT_HD void run_codes(const block_q5_1& b, int j, float (&q)[kRun]) {
   q5_run_words(b.qs, load_u32_a4(b.qh), j, &c0, &c1);
   codes8_to_float(c0, c1, 0.0f, q);
 }
+SELFEXT_HD constexpr int runs_per_scale(const block_q5_1&) { return 4; }
 SELFEXT_HD void run_scale(const block_q5_1& b, int, float* dl, float* ml) {
-  *dl = fp16_to_float(b.d);
-  *ml = -fp16_to_float(b.m);
+  *dl = scale_to_float(b.d);
+  *ml = -scale_to_float(b.m);
 }
 
 // gguf: (d * float(q)) + m, float32.

@@ -40,6 +40,7 @@ SELFEXT_HD void run_codes(const block_q5_k& b, int j, float (&q)[kRun]) {
   const int hs = j >> 2;
   codes8_to_float(c0 | (((h0 >> hs) & 0x01010101u) << 4), c1 | (((h1 >> hs) & 0x01010101u) << 4), 0.0f, q);
 }
+SELFEXT_HD constexpr int runs_per_scale(const block_q5_k&) { return 4; }
 SELFEXT_HD void run_scale(const block_q5_k& b, int j, float* dl, float* ml) { k4_run_scale(b, j, dl, ml); }
 SELFEXT_HD void dequantize_block(const block_q5_k& b, float* y) { k4_dequantize_block(b, y); }
 

@@ -46,8 +46,9 @@ SELFEXT_HD void run_codes(const block_q6_k& b, int j, float (&q)[kRun]) {
   const uint32_t c1 = ((l1 >> ls) & 0x0F0F0F0Fu) | (((h1 >> hs) & 0x03030303u) << 4);
   codes8_to_float(c0, c1, 32.0f, q);
 }
+SELFEXT_HD constexpr int runs_per_scale(const block_q6_k&) { return 2; }
 SELFEXT_HD void run_scale(const block_q6_k& b, int j, float* dl, float* ml) {
-  *dl = fp16_to_float(b.d) * float(b.scales[j >> 1]);
+  *dl = scale_to_float(b.d) * float(b.scales[j >> 1]);
   *ml = 0.0f;
 }
 

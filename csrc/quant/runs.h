@@ -3,6 +3,8 @@
 //   run_codes(b, j, q)        q[k] = code of element 8 j + k minus the format's offset, as an exact float
 //   run_scale(b, j, &dl, &ml) the run's scale and min: w = dl * q - ml (ml = 0 for offset formats;
 //                             ml = -m for the "d * q + m" formats, and x - (-m) == x + m bit for bit)
+//   runs_per_scale(b)         how many consecutive runs (aligned) share one run_scale: 4 where scales
+//                             cover 32 elements or the whole block, 2 for 16-element sub-blocks
 // and dequantize_run below is the one dequantization formula built on them (dequantize_block of each
 // header loops over it, so gguf's bit-exact test covers these accessors on the CPU too).
 //
@@ -13,7 +15,11 @@
 #include <cstdint>
 #include <cstring>
 
+#include "core/half.h"
 #include "core/hd.h"
+#if defined(__CUDACC__)
+#include <cuda_fp16.h>
+#endif
 
 namespace selfext {
 
@@ -53,9 +59,31 @@ SELFEXT_HD void load_u32x2_a8(const uint8_t* p, uint32_t* w0, uint32_t* w1) {
   std::memcpy(w1, p + 4, 4);
 #endif
 }
+// Eight bytes from a 2-byte aligned address. On the GPU: the aligned words around them, funnel-shifted
+// (3 word loads instead of 4 half-word ones); the third word is read only when the bytes straddle it,
+// so nothing past the block's last byte is touched.
 SELFEXT_HD void load_u32x2_a2(const uint8_t* p, uint32_t* w0, uint32_t* w1) {
+#if defined(__CUDA_ARCH__)
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(p);
+  const uint32_t* w = reinterpret_cast<const uint32_t*>(addr & ~uintptr_t(3));
+  const uint32_t sh = uint32_t(addr & 3u) * 8u;
+  const uint32_t a = w[0], b = w[1], c = sh ? w[2] : 0u;
+  *w0 = __funnelshift_r(a, b, sh);
+  *w1 = __funnelshift_r(b, c, sh);
+#else
   *w0 = load_u32_a2(p);
   *w1 = load_u32_a2(p + 4);
+#endif
+}
+
+// An fp16 scale widened to float32: exact both ways (the GPU's conversion instruction, or half.h's
+// bit manipulation on the host), so the same value on both sides.
+SELFEXT_HD float scale_to_float(uint16_t h) {
+#if defined(__CUDA_ARCH__)
+  return __half2float(__ushort_as_half(h));
+#else
+  return fp16_to_float(h);
+#endif
 }
 
 // y[k] = float(byte k of w) - offset, exactly (codes < 256, integer offsets).
