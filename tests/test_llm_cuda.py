@@ -178,12 +178,12 @@ def test_chat_cache_reuse_and_generation_on_cuda(model_dir):
 
 
 def test_memory_plan_refuses_before_allocating(model_dir):
-    path = _model(model_dir, "llama-Q8_0-big-kv", qtype="Q8_0", n_layer=8, n_head=16, n_head_kv=16, n_embd=1024,
+    path = _model(model_dir, "llama-Q8_0-big-kv", qtype="Q8_0", n_layer=16, n_head=16, n_head_kv=16, n_embd=1024,
                   n_ctx_train=1 << 16)
     free, total = _native.cuda_report()["devices"][0]["free_memory"], _native.cuda_report()["devices"][0]["total_memory"]
-    # K and V: 2 x 8 layers x 1024 x n_ctx x 2 bytes = 32 KiB per position: 4M positions = 128 GiB.
+    # K and V: 2 x 16 layers x 1024 x n_ctx x 2 bytes = 64 KiB per position: 4M positions = 256 GiB.
     n_ctx = 1 << 22
-    if 2 * 8 * 1024 * n_ctx * 2 < free:
+    if 2 * 16 * 1024 * n_ctx * 2 < free:
         pytest.skip(f"this GPU has {free >> 30} GiB free: the cache would fit")
     with pytest.raises(OutOfMemoryError, match=r"needs \d+ MiB .* KV cache .* free"):
         LLM(path, n_ctx=n_ctx, self_extend=(64, 1024), device="cuda")
@@ -246,7 +246,7 @@ def test_smollm2_teacher_forcing_and_greedy_agree_with_cpu():
 @pytest.mark.model
 def test_smollm2_long_context_with_selfextend_on_cuda():
     llm = LLM(device="cuda", n_ctx=32768, self_extend="auto")
-    assert (llm.group, llm.window) == (5, 1024) or llm.group >= 4
+    assert (llm.group, llm.window) == (5, 1024)  # the auto rule: W = L/8, the smallest G that reaches 32k
     ids = np.random.default_rng(0).integers(100, 40000, size=20000).tolist()
     out = llm.logits(ids[-600:])  # fresh cache: a short run first
     assert np.isfinite(out).all()
