@@ -28,8 +28,9 @@ SELFEXT_HD void run_codes(const block_q8_0& b, int j, float (&q)[kRun]) {
   load_u32x2_a2(reinterpret_cast<const uint8_t*>(b.qs) + 8 * j, &w0, &w1);
   codes8_to_float(w0 ^ 0x80808080u, w1 ^ 0x80808080u, 128.0f, q);
 }
+SELFEXT_HD constexpr int runs_per_scale(const block_q8_0&) { return 4; }
 SELFEXT_HD void run_scale(const block_q8_0& b, int, float* dl, float* ml) {
-  *dl = fp16_to_float(b.d);
+  *dl = scale_to_float(b.d);
   *ml = 0.0f;
 }
 
