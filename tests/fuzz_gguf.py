@@ -643,6 +643,9 @@ class Mutator:
         self.log.append(f"raw bytes @{i}")
 
     def r_truncate(self, b: bytearray) -> bytearray:
+        if not b:  # already truncated to nothing by an earlier raw mutation
+            self.log.append("truncate skipped (empty)")
+            return b
         r = self.rng.random()
         if r < 0.5:
             n = self.rng.randrange(len(b))
@@ -770,9 +773,28 @@ def make_case(seed: int, i: int, seeds: list, parsed: list) -> tuple[bytes, list
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello, wörld! <|im_end|>"}]
 
 
-def run_case(path: str) -> str:
-    """Load and use the model at `path`; the outcome: 'ok', 'ok-nonfinite' or 'error:<Type>'.
+def _nonfinite_elementwise(desc) -> Optional[str]:
+    """The first element-wise tensor (norm weight, bias, CoPE table, frequency factors: F32/F16/BF16,
+    1-D or cope_pos) of a loaded description that holds NaN/Inf, or None. The loader must refuse those;
+    decoded here on its own so a regression of the loader's check cannot hide itself."""
+    import numpy as np
+    for name, t in desc.tensors.items():
+        if t.qtype not in (0, 1, 30) or not (len(t.shape) == 1 or name.endswith("cope_pos.weight")):
+            continue
+        raw = t.data
+        v = (raw.view(np.float32) if t.qtype == 0 else raw.view(np.float16) if t.qtype == 1
+             else (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32))
+        if not np.all(np.isfinite(v)):
+            return name
+    return None
 
+
+def run_case(path: str) -> str:
+    """Load and use the model at `path`; the outcome: 'ok', 'ok-nonfinite', 'error:<Type>', or
+    'silent:nonfinite-accepted:<tensor>' (a finding: the loader accepted NaN/Inf in a norm or bias).
+
+    'ok-nonfinite' is a model that runs but gives NaN/Inf logits from values the loader does not scan:
+    quantized block scales, F16/F32 matrix weights, or finite values large enough to overflow.
     Only SelfExtError subclasses are caught here: anything else propagates (the worker reports it
     as a finding)."""
     import numpy as np
@@ -792,6 +814,9 @@ def run_case(path: str) -> str:
             except SelfExtError:
                 pass
             raise
+        bad = _nonfinite_elementwise(desc)
+        if bad is not None:
+            return f"silent:nonfinite-accepted:{bad}"
         llm = LLM(path, n_ctx=64, n_threads=1)
         n = llm.tokenizer.n_vocab
         ids = [0, 1, n - 1, n // 2] + llm.tokenize("Hello world, the cat", add_bos=False)[:8]
@@ -832,6 +857,11 @@ def _worker(wfd: int, seed: int, idxs: list[int], seeds, parsed, mem_limit: int,
             # Building the input itself outgrew RLIMIT_AS (an alignment of 2^31 pads the file by up to
             # 2 GiB): a limit of the harness, not a finding in the code under test.
             os.write(wfd, f"D {i} skip:input-too-large\n".encode())
+            continue
+        except Exception as e:
+            # A bug of the mutator itself (seed 16, case 8068: a second truncation of an empty input):
+            # counted apart, not as a crash of the code under test, and it must not end the campaign.
+            os.write(wfd, f"D {i} harness:{type(e).__name__}:{str(e)[:100]}\n".encode())
             continue
         with open(path, "wb") as f:
             f.write(data)
@@ -904,13 +934,16 @@ class Campaign:
             size = len(make_case(self.seed, i, self.seeds, self.parsed)[0]) if alloc > 64 << 20 else 0
             if size:
                 self.max_alloc_ratio = max(self.max_alloc_ratio, alloc / size)
-        key = kind if not kind.startswith("finding:") else ":".join(kind.split(":")[:2])
+        key = kind if not kind.startswith(("finding:", "silent:", "harness:")) else ":".join(kind.split(":")[:2])
         self.counts[key] += 1
-        if kind.startswith(("finding", "crash", "hang")):
+        if kind.startswith(("finding", "crash", "hang", "silent", "harness")):
             self.save(i, outcome)
 
     def save(self, i: int, outcome: str) -> None:
-        data, log, seed_name = make_case(self.seed, i, self.seeds, self.parsed)
+        try:
+            data, log, seed_name = make_case(self.seed, i, self.seeds, self.parsed)
+        except Exception as e:  # the mutator failed on this case (a harness finding): keep going
+            data, log, seed_name = b"", [f"make_case failed: {type(e).__name__}: {e}"], "?"
         entry = {"case": i, "seed": self.seed, "outcome": outcome, "seed_file": seed_name, "mutations": log}
         self.findings.append(entry)
         print(f"FINDING case {i}: {outcome} | {seed_name} | {log}", file=sys.stderr, flush=True)
@@ -992,9 +1025,12 @@ class Campaign:
         crashes = sum(v for k, v in self.counts.items() if k.startswith("crash"))
         hangs = sum(v for k, v in self.counts.items() if k.startswith("hang"))
         findings = sum(v for k, v in self.counts.items() if k.startswith("finding"))
+        silent = sum(v for k, v in self.counts.items() if k.startswith("silent"))
+        harness = sum(v for k, v in self.counts.items() if k.startswith("harness"))
         return {"cases": self.done, "seconds": round(self.elapsed, 1),
                 "cases_per_s": round(self.done / max(self.elapsed, 1e-9), 1),
                 "crashes": crashes, "hangs": hangs, "untyped_exceptions": findings,
+                "nonfinite_accepted": silent, "harness_errors": harness,
                 "max_alloc_over_file": round(self.max_alloc_ratio, 2),
                 "slowest_case_s": round(self.max_case_s, 2), "slowest_case": self.slowest,
                 "outcomes": dict(sorted(self.counts.items(), key=lambda kv: -kv[1]))}
@@ -1033,7 +1069,7 @@ def main(argv=None) -> int:
     if a.out is not None:
         a.out.mkdir(parents=True, exist_ok=True)
         (a.out / "summary.json").write_text(json.dumps(s, indent=1))
-    return 1 if s["crashes"] or s["hangs"] or s["untyped_exceptions"] else 0
+    return 1 if s["crashes"] or s["hangs"] or s["untyped_exceptions"] or s["nonfinite_accepted"] or s["harness_errors"] else 0
 
 
 def replay(paths: list[Path], timeout: float, mem_limit: int) -> int:

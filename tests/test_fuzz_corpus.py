@@ -42,6 +42,14 @@ def test_mutations_are_deterministic():
         assert fuzz_gguf.make_case(5, i, seeds, parsed) == fuzz_gguf.make_case(5, i, seeds, parsed)
 
 
+def test_mutator_survives_truncating_an_empty_input():
+    # Seed 16, case 8068 truncates to 0 bytes and then again: randrange(0) once killed the campaign.
+    seeds = fuzz_gguf.load_seeds()
+    parsed = [fuzz_gguf.parse(b) for _, b in seeds]
+    data, log, _ = fuzz_gguf.make_case(16, 8068, seeds, parsed)
+    assert data == b"" and "truncate skipped (empty)" in log
+
+
 def test_short_campaign(tmp_path):
     import selfext_native
     env = dict(os.environ)
@@ -52,6 +60,7 @@ def test_short_campaign(tmp_path):
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["cases"] == 240, r.stderr[-2000:]
-    assert (summary["crashes"], summary["hangs"], summary["untyped_exceptions"]) == (0, 0, 0), \
+    assert (summary["crashes"], summary["hangs"], summary["untyped_exceptions"], summary["nonfinite_accepted"],
+            summary["harness_errors"]) == (0, 0, 0, 0, 0), \
         f"seed 7: {summary['outcomes']}\n{r.stderr[-4000:]}"
     assert r.returncode == 0

@@ -112,3 +112,70 @@ def test_one_object_used_from_two_threads_is_refused(slow_model):
     t.join()
     assert errors and "another thread" in errors[0]
     assert llm.n_past == 2000  # the first run completed intact
+
+
+# --- Non-finite element-wise tensors are refused at load ------------------------------------------------
+
+_F32_NAN, _F32_INF, _F32_NINF = b"\x00\x00\xc0\x7f", b"\x00\x00\x80\x7f", b"\x00\x00\x80\xff"
+
+
+def _with_values(path, model_kw: dict, name: str, at: int, value: bytes, as_half: str = "") -> str:
+    """A valid model whose tensor `name` holds `value` (raw bytes of one element) at element `at`;
+    as_half="F16"/"BF16" first stores that (F32) tensor in the half type."""
+    from dataclasses import replace
+    spec = gguf_factory.model_spec(**model_kw)
+    tensors = gguf_factory.materialize(spec)
+    out = []
+    for t in tensors:
+        if t.name == name:
+            data = bytearray(t.data)
+            if as_half:
+                f = np.frombuffer(bytes(data), dtype=np.float32)
+                half = (f.astype(np.float16).view(np.uint16) if as_half == "F16"
+                        else (f.view(np.uint32) >> 16).astype(np.uint16))
+                data = bytearray(half.tobytes())
+                t = replace(t, qtype=1 if as_half == "F16" else 30)
+            data[at * len(value):(at + 1) * len(value)] = value
+            t = replace(t, data=bytes(data))
+        out.append(t)
+    assert any(t.name == name for t in tensors), name
+    return gguf_factory.write_raw(path, spec.kvs, out)
+
+
+_LLAMA = dict(arch="llama", n_layer=2, n_embd=256, n_head=4, n_head_kv=2, n_ff=256, n_vocab=300, qtype="Q8_0")
+_QWEN2 = dict(_LLAMA, arch="qwen2")
+_COPE = dict(arch="selfext-cope", n_layer=2, n_embd=256, n_head=4, n_head_kv=2, n_ff=256, n_vocab=300,
+             qtype="Q8_0", head_dim=64, rope_dim=0, cope={"npos_max": 16, "per_head": True})
+
+NONFINITE_CASES = {
+    "attn_norm-nan": (_LLAMA, "blk.0.attn_norm.weight", 5, _F32_NAN, ""),
+    "ffn_norm-ninf": (_LLAMA, "blk.1.ffn_norm.weight", 63, _F32_NINF, ""),
+    "output_norm-inf": (_LLAMA, "output_norm.weight", 0, _F32_INF, ""),
+    "attn_norm-f16-inf": (_LLAMA, "blk.1.attn_norm.weight", 7, b"\x00\x7c", "F16"),
+    "ffn_norm-bf16-nan": (_LLAMA, "blk.0.ffn_norm.weight", 9, b"\xc0\x7f", "BF16"),
+    "q-bias-nan": (_QWEN2, "blk.0.attn_q.bias", 3, _F32_NAN, ""),
+    "k-bias-inf": (_QWEN2, "blk.1.attn_k.bias", 0, _F32_INF, ""),
+    "v-bias-nan": (_QWEN2, "blk.0.attn_v.bias", 31, _F32_NAN, ""),
+    "cope-pos-nan": (_COPE, "blk.1.cope_pos.weight", 1000, _F32_NAN, ""),
+    "rope-freqs-inf": (dict(_LLAMA, rope_freqs=True), "rope_freqs.weight", 2, _F32_INF, ""),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NONFINITE_CASES))
+def test_nonfinite_norms_and_biases_are_refused_naming_the_tensor(tmp_path, case):
+    from selfext_native.errors import GGUFError
+    from selfext_native.gguf_model import load_model_description
+
+    model_kw, name, at, value, half = NONFINITE_CASES[case]
+    path = _with_values(tmp_path / f"{case}.gguf", model_kw, name, at, value, half)
+    with pytest.raises(GGUFError, match=rf"tensor '{name}' holds 1 non-finite value.*element {at} is (nan|inf|-inf)"):
+        load_model_description(path)
+    with pytest.raises(GGUFError, match=name):
+        LLM(path, n_ctx=32, n_threads=1)
+    LLM(path, vocab_only=True)  # the tokenizer does not read the weights
+
+
+def test_large_finite_norm_values_still_load(tmp_path):
+    # Only NaN/Inf are refused: a huge but finite value is a legal (if odd) weight.
+    path = _with_values(tmp_path / "big.gguf", _LLAMA, "blk.0.attn_norm.weight", 4, b"\xff\xff\x7f\x7f", "")
+    LLM(path, n_ctx=32, n_threads=1).logits([1, 2, 3])

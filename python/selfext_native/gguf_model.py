@@ -379,6 +379,32 @@ def _tensor_infos(reader: _CheckedReader, path: str, file_size: int) -> dict[str
     return out
 
 
+def float_values(t: TensorInfo) -> np.ndarray:
+    """The values of an F32/F16/BF16 tensor as a flat float32 array (a view for F32)."""
+    raw = t.data
+    if t.qtype == 0:
+        return raw.view(np.float32).reshape(-1)
+    if t.qtype == 1:
+        return raw.view(np.float16).astype(np.float32).reshape(-1)
+    if t.qtype == 30:
+        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(-1)
+    raise GGUFError(f"tensor {t.name!r} has type {t.qtype_name}, not F32, F16 or BF16")
+
+
+def _check_finite(t: TensorInfo, path: str) -> None:
+    """Refuse NaN/Inf in an element-wise tensor (norm weight, bias, CoPE table, frequency factors).
+
+    They are small (n_embd-sized, or npos_max x head_dim), so checking them costs nothing, and one
+    non-finite value would otherwise turn every logit into NaN without a word. Quantized matrices are
+    not scanned (that would touch the whole file; llama.cpp checks them only on request either)."""
+    v = float_values(t)
+    bad = ~np.isfinite(v)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise GGUFError(f"{path}: tensor {t.name!r} holds {int(bad.sum())} non-finite value(s) "
+                        f"(element {i} is {float(v[i])}); the file is corrupt")
+
+
 def _rope_config(keys: _Keys, arch: str, spec: ArchSpec, head_dim: int, n_ctx_train: int,
                  tensors: dict[str, TensorInfo], path: str) -> RopeConfig:
     rope_dim = keys.get_int(f"{arch}.rope.dimension_count", head_dim, minimum=1)
@@ -538,9 +564,11 @@ def load_model_description(path: str | os.PathLike) -> ModelDescription:
         want = tuple(s.shape(hp))
         if t.shape != want:
             raise GGUFError(f"{path}: tensor {name!r} has shape {t.shape}, expected {want} for this {arch} model")
-        if s.float_only and t.qtype not in FLOAT_QTYPES:
-            raise GGUFError(f"{path}: tensor {name!r} has type {t.qtype_name}; element-wise tensors must "
-                            f"be F32, F16 or BF16")
+        if s.float_only:
+            if t.qtype not in FLOAT_QTYPES:
+                raise GGUFError(f"{path}: tensor {name!r} has type {t.qtype_name}; element-wise tensors must "
+                                f"be F32, F16 or BF16")
+            _check_finite(t, path)
     unknown = sorted(set(tensors) - set(expected))
     if unknown:
         raise GGUFError(f"{path}: unexpected tensor {unknown[0]!r} for architecture {arch}"
