@@ -73,9 +73,12 @@ def test_logits_match_reference_and_cpu(model_dir, rng, qtype):
         err = np.abs(ours - ref).max()
         assert np.isfinite(ours).all(), name
         assert err <= GPU_TOL["f16"] * scale, f"{name}: max |dlogit| {err:.3g} > {GPU_TOL['f16'] * scale:.3g}"
-    cpu = LLM(path, device="cpu", n_threads=2).logits(toks).astype(np.float64)
-    bound = (GPU_TOL["f16"] + _cpu_bound(qtype)) * scale
-    assert np.abs(prefill - cpu).max() <= bound
+    if qtype in FLOAT_TYPES:
+        # The CPU is exact to 1e-4 here; with integer weights its 8-bit activations put it further from
+        # exact arithmetic than the GPU (15% of the logit scale on random Q6_K weights, 1-2% on the
+        # others, measured on the CPU), so there the exact reference is the judge.
+        cpu = LLM(path, device="cpu", n_threads=2).logits(toks).astype(np.float64)
+        assert np.abs(prefill - cpu).max() <= (GPU_TOL["f16"] + 1e-4) * scale
     # Where the reference is decisive, the GPU picks its token.
     top2 = np.sort(ref, axis=1)[:, -2:]
     decisive = (top2[:, 1] - top2[:, 0]) > 2 * GPU_TOL["f16"] * scale
@@ -94,7 +97,7 @@ def test_selfextend_chunks_decode_prefill_and_reference(model_dir, rng, kv_type)
     tol = GPU_TOL[kv_type] * scale
     assert np.abs(full - ref).max() <= tol
     plain = reference_logits(path, toks, act_quant=None)
-    assert np.abs(ref[40:] - plain[40:]).max() > 10 * tol  # the grouped branch is really exercised
+    assert np.abs(ref[40:] - plain[40:]).max() > 10 * GPU_TOL["f16"] * scale  # the grouped branch is used
     step = LLM(path, **se)
     assert np.abs(_decode_rows(step, toks) - ref).max() <= tol
     for chunk in (1, 7, 64):
@@ -181,8 +184,8 @@ def test_memory_plan_refuses_before_allocating(model_dir):
     path = _model(model_dir, "llama-Q8_0-big-kv", qtype="Q8_0", n_layer=16, n_head=16, n_head_kv=16, n_embd=1024,
                   n_ctx_train=1 << 16)
     free, total = _native.cuda_report()["devices"][0]["free_memory"], _native.cuda_report()["devices"][0]["total_memory"]
-    # K and V: 2 x 16 layers x 1024 x n_ctx x 2 bytes = 64 KiB per position: 4M positions = 256 GiB.
-    n_ctx = 1 << 22
+    # K and V: 2 x 16 layers x 1024 x n_ctx x 2 bytes = 64 KiB per position: 4M positions = 244 GiB.
+    n_ctx = 4_000_000  # within G=64, W=1024's reach of a 64k model (4,129,792)
     if 2 * 16 * 1024 * n_ctx * 2 < free:
         pytest.skip(f"this GPU has {free >> 30} GiB free: the cache would fit")
     with pytest.raises(OutOfMemoryError, match=r"needs \d+ MiB .* KV cache .* free"):
@@ -215,32 +218,34 @@ PROMPTS = ["The capital of France is", "Once upon a time, in a small village,",
 
 @pytest.mark.model
 def test_smollm2_teacher_forcing_and_greedy_agree_with_cpu():
+    from selfext_native.default_model import default_model_path
+
     cpu = LLM(device="cpu", n_threads=2, n_ctx=512)
     gpu = LLM(device="cuda", n_ctx=512)
-    # Teacher forcing on a real text: the CPU's own greedy continuation, fed to both.
     report = []
-    for prompt in PROMPTS:
+    for k, prompt in enumerate(PROMPTS):
         ids = cpu.tokenize(prompt)
         cpu_out = cpu.tokenize(cpu.generate(prompt, 64, temperature=0), add_bos=False)
         gpu_out = gpu.tokenize(gpu.generate(prompt, 64, temperature=0), add_bos=False)
-        seq = ids + cpu_out
+        seq = ids + cpu_out  # teacher forcing: the CPU's greedy continuation, fed to both
         lc = cpu.logits(seq).astype(np.float64)
         lg = gpu.logits(seq).astype(np.float64)
-        scale = np.abs(lc).max(axis=1)
-        rel = np.abs(lg - lc).max(axis=1) / scale
-        # Both backends' errors against exact arithmetic: the CPU's 8-bit activations (~2% of the
-        # logit scale on these weights, tests/test_llm.py) and the GPU's float16 rounding (1e-2).
-        assert rel.max() <= 3e-2 + GPU_TOL["f16"], f"{prompt!r}: worst relative |dlogit| {rel.max():.3g}"
+        ref = reference_logits(default_model_path(), seq, act_quant=None)
+        scale = np.abs(ref).max(axis=1)
+        gpu_err = np.abs(lg - ref).max(axis=1) / scale   # per position, relative to its logit scale
+        cpu_err = np.abs(lc - ref).max(axis=1) / scale   # the CPU's 8-bit activations, for the report
+        assert gpu_err.max() <= GPU_TOL["f16"], f"{prompt!r}: GPU worst relative |dlogit| {gpu_err.max():.3g}"
         n = min(len(cpu_out), len(gpu_out))
         part = next((i for i in range(n) if cpu_out[i] != gpu_out[i]), None)
+        report.append((prompt, float(gpu_err.max()), float(cpu_err.max()), part))
         if part is not None:
-            row = lc[len(ids) + part - 1]
-            top2 = np.sort(row)[-2:]
-            margin = (top2[1] - top2[0]) / scale[len(ids) + part - 1]
-            report.append((prompt, part, margin))
-            # They may part only where the CPU's own top-2 margin is within both backends' error.
-            assert margin <= 2 * (3e-2 + GPU_TOL["f16"]), f"{prompt!r} parts at {part} with margin {margin:.3g}"
-    print("greedy partings (prompt, token index, relative top-2 margin):", report or "none in 64 tokens")
+            at = len(ids) + part - 1
+            top2 = np.sort(ref[at])[-2:]
+            margin = (top2[1] - top2[0]) / scale[at]
+            report[-1] += (float(margin),)
+            # They may part only where the exact top-2 margin is within the two backends' errors there.
+            assert margin <= 2 * (gpu_err[at] + cpu_err[at]), f"{prompt!r} parts at {part}, margin {margin:.3g}"
+    print("SmolLM2 (prompt, GPU err, CPU err, parting index, margin there):", report)
 
 
 @pytest.mark.model
