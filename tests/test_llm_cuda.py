@@ -67,12 +67,21 @@ def test_logits_match_reference_and_cpu(model_dir, rng, qtype):
     toks = _tokens(rng, 45)
     ref = reference_logits(path, toks, act_quant=None).astype(np.float64)
     scale = np.abs(ref).max()
+    tol = GPU_TOL["f16"]
+    if qtype not in FLOAT_TYPES:
+        # Random integer weights can make a model far more sensitive than these two layers suggest: on
+        # random Q6_K blocks 8-bit activations move the logits by ~15% of their scale. The prefill path
+        # rounds weights and activations to fp16 (2 x 2^-11 relative per product input), under 1/4 of
+        # the 8-bit activation step (2^-8 of each block's largest value, larger still relative to the
+        # typical element), so its effect is bounded by 1/4 of the 8-bit reference's distance.
+        q8 = reference_logits(path, toks, act_quant="q8").astype(np.float64)
+        tol = max(tol, 0.25 * np.abs(q8 - ref).max() / scale)
     prefill = gpu.logits(toks).astype(np.float64)   # one chunk: the matrix-matrix path
     decode = _decode_rows(gpu, toks).astype(np.float64)  # one token at a time: the matrix-vector path
     for name, ours in (("prefill", prefill), ("decode", decode)):
         err = np.abs(ours - ref).max()
         assert np.isfinite(ours).all(), name
-        assert err <= GPU_TOL["f16"] * scale, f"{name}: max |dlogit| {err:.3g} > {GPU_TOL['f16'] * scale:.3g}"
+        assert err <= tol * scale, f"{name}: max |dlogit| {err:.3g} > {tol * scale:.3g}"
     if qtype in FLOAT_TYPES:
         # The CPU is exact to 1e-4 here; with integer weights its 8-bit activations put it further from
         # exact arithmetic than the GPU (15% of the logit scale on random Q6_K weights, 1-2% on the
@@ -81,8 +90,8 @@ def test_logits_match_reference_and_cpu(model_dir, rng, qtype):
         assert np.abs(prefill - cpu).max() <= (GPU_TOL["f16"] + 1e-4) * scale
     # Where the reference is decisive, the GPU picks its token.
     top2 = np.sort(ref, axis=1)[:, -2:]
-    decisive = (top2[:, 1] - top2[:, 0]) > 2 * GPU_TOL["f16"] * scale
-    assert decisive.any()
+    decisive = (top2[:, 1] - top2[:, 0]) > 2 * tol * scale
+    assert decisive.any() or tol > GPU_TOL["f16"]
     np.testing.assert_array_equal(prefill.argmax(1)[decisive], ref.argmax(1)[decisive])
 
 
