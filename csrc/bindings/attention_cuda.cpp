@@ -16,6 +16,7 @@
 #include "attention/attention_cuda.h"
 #include "attention/params.h"
 #include "bindings/attention_args.h"
+#include "bindings/cuda_call.h"
 #include "bindings/interop.h"
 #include "bindings/registry.h"
 #include "core/cuda_info.h"
@@ -55,26 +56,6 @@ CallDevice cuda_call_device(py::handle q_obj, const char* op) {
                 "(the CPU op takes CPU arrays)");
   require_cuda();
   return {device, id};
-}
-
-// Runs fn with `device` current and the GIL released; restores the previous device.
-template <typename Fn>
-void run_on_device(int device, Fn&& fn) {
-#if defined(SELFEXT_WITH_CUDA)
-  py::gil_scoped_release release;
-  const int prev = cuda_exchange_device(device);
-  try {
-    fn();
-  } catch (...) {
-    cuda_exchange_device(prev);
-    throw;
-  }
-  cuda_exchange_device(prev);
-#else
-  (void)device;
-  (void)fn;
-  throw BackendError("this build has no CUDA backend");
-#endif
 }
 
 void fill_qkvo(AttentionParams& p, const ArrayView& q, const ArrayView& k, const ArrayView& v, const ArrayView& out,

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "attention/attention_cuda.h"  // cuda_exchange_device
+#include "bindings/cuda_call.h"
 #include "bindings/interop.h"
 #include "bindings/registry.h"
 #include "core/cuda_info.h"
@@ -17,26 +18,6 @@
 
 namespace selfext {
 namespace {
-
-// Runs fn with `device` current and the GIL released; restores the previous device.
-template <typename Fn>
-void run_on_device(int device, Fn&& fn) {
-#if defined(SELFEXT_WITH_CUDA)
-  py::gil_scoped_release release;
-  const int prev = cuda_exchange_device(device);
-  try {
-    fn();
-  } catch (...) {
-    cuda_exchange_device(prev);
-    throw;
-  }
-  cuda_exchange_device(prev);
-#else
-  (void)device;
-  (void)fn;
-  throw BackendError("this build has no CUDA backend");
-#endif
-}
 
 // The weight blocks: a contiguous CUDA uint8 array of exactly rows * row_bytes bytes, 16-byte aligned.
 struct CudaWeight {

@@ -22,6 +22,32 @@ void check_matrix(const QMatrix& m, int64_t rows, int64_t cols, const char* name
 
 }  // namespace
 
+AttentionParams layer_attention_params(const ModelConfig& c, const void* q, const void* k, const void* v, void* out,
+                                       int64_t n, int64_t T_k, const float* rope_table) {
+  AttentionParams ap;
+  ap.q = q;
+  ap.k = k;
+  ap.v = v;
+  ap.out = out;
+  ap.q_stride_t = ap.out_stride_t = c.q_dim();
+  ap.q_stride_h = ap.out_stride_h = c.head_dim;
+  ap.k_stride_t = ap.v_stride_t = c.head_dim;
+  ap.k_stride_h = ap.v_stride_h = c.n_ctx * c.head_dim;
+  ap.T_q = n;
+  ap.T_k = T_k;
+  ap.n_heads = c.n_head;
+  ap.n_kv_heads = c.n_head_kv;
+  ap.head_dim = c.head_dim;
+  ap.scale = float(1.0 / std::sqrt(double(c.head_dim)));
+  ap.group = c.group;
+  ap.window = c.window;
+  ap.rope_table = rope_table;
+  ap.rope_n_pos = c.n_ctx;
+  ap.rope_dim = c.rope_dim;
+  ap.rope_style = c.rope_style;
+  return ap;
+}
+
 Model::Model(ModelConfig config, ModelWeights weights) : cfg_(std::move(config)), w_(std::move(weights)) {
   validate();
 }

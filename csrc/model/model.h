@@ -7,6 +7,7 @@
 #include <memory>
 #include <vector>
 
+#include "attention/params.h"
 #include "attention/rope.h"
 #include "core/aligned_buffer.h"
 #include "core/array.h"
@@ -55,6 +56,13 @@ struct ModelConfig {
   int64_t q_dim() const { return int64_t(n_head) * head_dim; }     // width of Q (and of the attention output)
   int64_t kv_dim() const { return int64_t(n_head_kv) * head_dim; }  // width of K and of V
 };
+
+// One layer's attention call over the cache layout both backends use: q and out (n, n_head, head_dim)
+// rows of width q_dim; k and v this layer's (n_kv, n_ctx, head_dim) cache, K before RoPE; the n queries
+// end at T_k; scale 1/sqrt(head_dim). SelfExtend's G and W and the model's RoPE table (n_ctx positions)
+// are filled in; dtypes, CoPE fields and the stream are the caller's.
+AttentionParams layer_attention_params(const ModelConfig& c, const void* q, const void* k, const void* v, void* out,
+                                       int64_t n, int64_t T_k, const float* rope_table);
 
 // What both backends share: the validated config and weights, the cache length, and the chunk loop.
 // The CPU implementation is ModelCpu below; the CUDA one (model_cuda.h) uploads the weights once.

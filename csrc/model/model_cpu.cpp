@@ -136,32 +136,10 @@ void ModelCpu::forward_chunk(const int32_t* tokens, int64_t n, float* logits, bo
       }
     });
 
-    AttentionParams ap;
-    ap.q = q;
-    ap.k = kc;
-    ap.v = vc;
-    ap.out = xb;
+    AttentionParams ap = layer_attention_params(c, q, kc, vc, xb, n, pos0 + n, rope_table_.as<float>());
     ap.q_dtype = DType::kFloat32;
     ap.kv_dtype = c.kv_dtype;
     ap.out_dtype = DType::kFloat32;
-    ap.q_stride_t = QD;
-    ap.q_stride_h = c.head_dim;
-    ap.k_stride_t = ap.v_stride_t = c.head_dim;
-    ap.k_stride_h = ap.v_stride_h = c.n_ctx * c.head_dim;
-    ap.out_stride_t = QD;
-    ap.out_stride_h = c.head_dim;
-    ap.T_q = n;
-    ap.T_k = pos0 + n;
-    ap.n_heads = c.n_head;
-    ap.n_kv_heads = c.n_head_kv;
-    ap.head_dim = c.head_dim;
-    ap.scale = float(1.0 / std::sqrt(double(c.head_dim)));
-    ap.group = c.group;
-    ap.window = c.window;
-    ap.rope_table = rope_table_.as<float>();
-    ap.rope_n_pos = c.n_ctx;
-    ap.rope_dim = c.rope_dim;
-    ap.rope_style = c.rope_style;
     if (c.cope) {
       ap.rope_table = c.rope_dim > 0 ? rope_table_.as<float>() : nullptr;
       ap.pos_emb = l.cope_pos;

@@ -477,25 +477,11 @@ void ModelCuda::layer(int il, int64_t n, int64_t pos0, int64_t graph_bound) {
   qkv_post_kernel<T><<<unsigned(n), 256, 0, stream_>>>(qa);
   SELFEXT_CUDA_CHECK_LAUNCH();
 
-  AttentionParams ap;
-  ap.q = q16;
-  ap.k = kc;
-  ap.v = vc;
-  ap.out = att16;
-  ap.q_dtype = ap.kv_dtype = ap.out_dtype = c.kv_dtype;
-  ap.q_stride_t = QD;
-  ap.q_stride_h = c.head_dim;
-  ap.k_stride_t = ap.v_stride_t = c.head_dim;
-  ap.k_stride_h = ap.v_stride_h = c.n_ctx * c.head_dim;
-  ap.out_stride_t = QD;
-  ap.out_stride_h = c.head_dim;
-  ap.T_q = n;
-  ap.T_k = graph_bound > 0 ? graph_bound : pos0 + n;
+  // A decode graph plans for graph_bound keys and reads the run-time count from the device.
+  AttentionParams ap = layer_attention_params(c, q16, kc, vc, att16, n, graph_bound > 0 ? graph_bound : pos0 + n,
+                                              rope_table_.as<float>());
   ap.T_k_dev = graph_bound > 0 ? dpos + 1 : nullptr;
-  ap.n_heads = c.n_head;
-  ap.n_kv_heads = c.n_head_kv;
-  ap.head_dim = c.head_dim;
-  ap.scale = float(1.0 / std::sqrt(double(c.head_dim)));
+  ap.q_dtype = ap.kv_dtype = ap.out_dtype = c.kv_dtype;
   ap.stream = stream_;
   if (c.cope) {
     ap.rope_dim = 0;  // q and k were rotated in qkv_post
@@ -505,12 +491,6 @@ void ModelCuda::layer(int il, int64_t n, int64_t pos0, int64_t graph_bound) {
     ap.scale_pos_logits = c.cope_scale_pos_logits;
     cope_attention_cuda(ap);
   } else {
-    ap.group = c.group;
-    ap.window = c.window;
-    ap.rope_table = rope_table_.as<float>();
-    ap.rope_n_pos = c.n_ctx;
-    ap.rope_dim = c.rope_dim;
-    ap.rope_style = c.rope_style;
     self_extend_attention_cuda(ap);
   }
   to_float_kernel<T><<<blocks_for(n * QD, 256), 256, 0, stream_>>>(att16, xb, n * QD);
