@@ -365,3 +365,22 @@ def test_unavailable_level_raises():
     with pytest.raises(ArgumentError):
         selfext_native.set_simd_level("sse9")
     assert selfext_native.backends()["cpu"]["simd_level"] == levels[-1]
+
+
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_K"])
+def test_scalar_rule_turns_nonfinite_activations_into_nan(name, rng):
+    """A NaN or an infinity among the activations makes the row's products NaN (the scalar rule gives the
+    block a NaN scale; int(NaN) would be undefined behaviour), never a silently finite value."""
+    best = selfext_native.backends()["cpu"]["simd_levels"][-1]
+    selfext_native.set_simd_level("scalar")
+    try:
+        rows, cols = 5, 512
+        data = weights(name, rng, rows, cols)
+        x = rng.standard_normal((3, cols)).astype(np.float32)
+        x[1, 7] = np.nan
+        x[2, 300] = np.inf
+        y = matmul_quant(data, name, (rows, cols), x)
+        assert np.isfinite(y[0]).all()
+        assert np.isnan(y[1]).all() and np.isnan(y[2]).all()
+    finally:
+        selfext_native.set_simd_level(best)

@@ -9,6 +9,7 @@
 #pragma once
 #include <cstdint>
 
+#include "core/half.h"
 #include "core/hd.h"
 
 namespace selfext {
@@ -43,13 +44,20 @@ SELFEXT_HD float quantize_symmetric_i8(const float* x, int n, int8_t* q, int32_t
   const float d = amax / 127.f;
   const float id = d != 0.f ? 1.f / d : 0.f;
   int32_t s = 0;
+  bool finite = true;
   for (int i = 0; i < n; ++i) {
-    const int v = int(round_half_even_small(x[i] * id));
+    // |x_i * id| <= 127 for finite inputs. A NaN, or an infinite amax (id = 0, inf * 0 = NaN), fails the
+    // test: int(NaN) is undefined behaviour, so such a block gets codes 0 and a NaN scale instead, and
+    // the NaN reaches the product's output rather than a silently finite value.
+    const float r = round_half_even_small(x[i] * id);
+    const bool ok = r >= -127.f && r <= 127.f;
+    finite = finite && ok;
+    const int v = ok ? int(r) : 0;
     q[i] = int8_t(v);
     s += v;
   }
   *sum = s;
-  return d;
+  return finite ? d : bits_to_float(0x7fc00000u);  // quiet NaN
 }
 
 SELFEXT_HD void quantize_block_q8_act(const float* x, block_q8_act& b) {
