@@ -72,9 +72,27 @@ for st in $stages; do
       cp bench/results/generate-cuda-*.json "$OUT/" 2>/dev/null
       ;;
     memcheck)
-      timeout ${MEMCHECK_TIMEOUT:-300} compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/test_llm_cuda.py \
-        -m cuda -q -p no:cacheprovider -k "${MEMCHECK_K:-committed or Q4_K]}" 2>&1 \
+      timeout ${MEMCHECK_TIMEOUT:-300} compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest ${MEMCHECK_TESTS:-tests/test_llm_cuda.py} \
+        -m cuda -q -p no:cacheprovider -rfE --durations=5 -k "${MEMCHECK_K:-committed or Q4_K]}" 2>&1 \
         | tee "$OUT/memcheck.log" | tail -25 || rc=1
+      ;;
+    long)
+      # Long-context cells (#9): PPL_LENGTHS/PPL_METHODS for bench/perplexity.py, then PK_LENGTHS/PK_METHODS
+      # for bench/passkey.py (several "lengths|methods" groups separated by ';' in PK_CELLS). The book comes
+      # in .carry/botchan.txt (the machine has no internet). Cell JSONs come back as one tar.
+      mkdir -p "$HOME/.cache/selfext-native"
+      [ -f .carry/botchan.txt ] && cp .carry/botchan.txt "$HOME/.cache/selfext-native/"
+      if [ -n "${PPL_LENGTHS:-}" ]; then
+        timeout ${PPL_TIMEOUT:-200} python3 bench/perplexity.py --device cuda --lengths "$PPL_LENGTHS" \
+          --methods "${PPL_METHODS:-off,auto}" 2>&1 | tee "$OUT/perplexity.log" | tail -25 || rc=1
+      fi
+      IFS=';' read -ra groups <<< "${PK_CELLS:-}"
+      for g in "${groups[@]}"; do
+        timeout ${PK_TIMEOUT:-400} python3 bench/passkey.py --device cuda --lengths "${g%%|*}" --methods "${g##*|}" \
+          --trials ${PK_TRIALS:-50} 2>&1 | tee -a "$OUT/passkey.log" | tail -12 || rc=1
+      done
+      tar czf "$OUT/long_results.tgz" bench/results/passkey-cuda-*.json bench/results/perplexity-cuda-*.json \
+        docs/long_context_loss.png 2>/dev/null
       ;;
     *)
       echo "unknown stage $st"; exit 2 ;;

@@ -177,6 +177,7 @@ def test_committed_cope_models_run_on_cuda(rng):
         assert np.abs(gpu - cpu).max() <= 5e-2 * np.abs(cpu).max(), name
 
 
+@pytest.mark.model  # its tokenizer is SmolLM2's, read from the default model
 def test_chat_cache_reuse_and_generation_on_cuda(model_dir):
     path = _model(model_dir, "llama-Q8_0-chat", qtype="Q8_0", tokenizer="smollm2", n_vocab=49152)
     llm = LLM(path, n_ctx=256, device="cuda")
