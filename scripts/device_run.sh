@@ -90,9 +90,10 @@ for st in $stages; do
       for g in "${groups[@]}"; do
         timeout ${PK_TIMEOUT:-400} python3 bench/passkey.py --device cuda --lengths "${g%%|*}" --methods "${g##*|}" \
           --trials ${PK_TRIALS:-50} 2>&1 | tee -a "$OUT/passkey.log" | tail -12 || rc=1
+        # after every group, so a call cut off at its limit still brings back the finished cells
+        tar czf "$OUT/long_results.tgz" bench/results/passkey-cuda-*.json bench/results/perplexity-cuda-*.json 2>/dev/null
       done
-      tar czf "$OUT/long_results.tgz" bench/results/passkey-cuda-*.json bench/results/perplexity-cuda-*.json \
-        docs/long_context_loss.png 2>/dev/null
+      tar czf "$OUT/long_results.tgz" bench/results/passkey-cuda-*.json bench/results/perplexity-cuda-*.json 2>/dev/null
       ;;
     *)
       echo "unknown stage $st"; exit 2 ;;
