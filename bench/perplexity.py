@@ -129,7 +129,14 @@ def main() -> int:
             r.curve_sum = [(c["mean_nll"] or 0.0) * c["n"] for c in d["curve"]]
             r.curve_count = [c["n"] for c in d["curve"]]
             return r
-        rs = [as_result(d) for d in results]
+        # "auto" inside the trained window is "off": one curve per distinct configuration
+        seen, distinct = set(), []
+        for d in results:
+            key = (d["n_ctx"], d["group"], d["window"], json.dumps(d["rope"], sort_keys=True))
+            if key not in seen:
+                seen.add(key)
+                distinct.append(d)
+        rs = [as_result(d) for d in distinct]
         rs[0].plot(args.plot, others=rs[1:])
     return 0
 

@@ -33,13 +33,19 @@ def small_model(tmp_path_factory):
 def test_ctrl_c_stops_a_long_run_and_leaves_the_llm_usable(slow_model):
     llm = LLM(slow_model, n_ctx=4096, n_batch=256, n_threads=2)
     toks = np.random.default_rng(0).integers(0, 300, size=4000)
+    # A shell that starts us in the background ignores SIGINT (and Python then installs no handler);
+    # a terminal's Ctrl-C reaches a process with the default disposition, which this test needs.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
     t0 = time.perf_counter()
     timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        llm.logits(toks)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            llm.logits(toks)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     stopped = time.perf_counter() - t0
-    timer.cancel()
     # Native code checks the flag between layers: the interrupt lands within a fraction of a second.
     assert stopped < 0.3 + 1.0, f"took {stopped:.2f} s to stop"
     # The cache holds the complete chunks only, and what the object believes it holds.
@@ -57,7 +63,9 @@ def test_cli_exits_130_without_traceback_on_ctrl_c(slow_model, tmp_path):
     # first generated text appears, so it lands mid-run however fast the machine is.
     with subprocess.Popen([sys.executable, "-m", "selfext_native.cli", "run", "-m", str(slow_model), "-f",
                            str(prompt), "-c", "4096", "-n", "3500", "--temp", "0", "--ignore-eos", "-t", "2"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          # the disposition a terminal gives, even when this run's shell ignores SIGINT
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) as proc:
         first = proc.stdout.read(1)
         assert first and proc.poll() is None, "the run ended before it could be interrupted"
         proc.send_signal(signal.SIGINT)
