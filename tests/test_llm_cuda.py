@@ -132,6 +132,36 @@ def test_decode_graphs_equal_eager_decode_across_length_buckets(model_dir, rng, 
     assert np.abs(graphed - ref).max() <= GPU_TOL["f16"] * np.abs(ref).max()
 
 
+@pytest.mark.parametrize("case", ["Q4_K-f16", "Q4_0-bf16", "Q6_K-f16", "F16-f16", "mixed-f16", "qwen2-Q8_0-f16",
+                                  "untied-Q5_1-f16"])
+def test_fused_decode_equals_unfused(model_dir, rng, monkeypatch, case):
+    # SELFEXT_CUDA_FUSED=1 folds RMSNorm, SwiGLU and the attention output's widening into the decode
+    # products' loads. The formulas are the separate kernels' own; only the RMS sum runs in another
+    # order, so the two agree to float32 rounding (which can move one float16 rounding of q/k/v by an
+    # ulp, 2^-11 relative): bounded like graphs vs eager.
+    name, kv = case.rsplit("-", 1)
+    kw = dict(qtype="Q8_0")
+    if name == "mixed":  # Q, K, V of different types: three products, each with the norm folded in
+        kw["qtype"] = {"default": "Q4_K", "attn_q": "Q8_0", "attn_k": "Q6_K", "attn_v": "Q4_0", "ffn_up": "Q5_K"}
+    elif name.startswith("qwen2-"):
+        kw.update(arch="qwen2", qtype=name.split("-", 1)[1])
+    elif name.startswith("untied-"):
+        kw.update(tied=False, qtype=name.split("-", 1)[1])
+    else:
+        kw["qtype"] = name
+    path = _model(model_dir, f"fused-{name}", n_ctx_train=1024, **kw)
+    toks = _tokens(rng, 300)  # crosses a 256-key graph bucket
+    args = dict(n_ctx=1024, self_extend=(4, 64), device="cuda", kv_type=kv)
+    monkeypatch.setenv("SELFEXT_CUDA_FUSED", "0")
+    plain = _decode_rows(LLM(path, **args), toks).astype(np.float64)
+    monkeypatch.setenv("SELFEXT_CUDA_FUSED", "1")
+    fused = _decode_rows(LLM(path, **args), toks).astype(np.float64)
+    scale = np.abs(plain).max()
+    assert np.abs(fused - plain).max() <= 2e-3 * scale, case
+    ref = reference_logits(path, toks, group=4, window=64, act_quant=None)
+    assert np.abs(fused - ref).max() <= GPU_TOL[kv] * np.abs(ref).max(), case
+
+
 def test_selfextend_gpu_equals_cpu_on_quantized_weights(model_dir, rng):
     path = _model(model_dir, "llama-Q4_K-se", qtype="Q4_K")
     toks = _tokens(rng, 150)

@@ -267,6 +267,10 @@ class ModelCuda final : public Model {
   PinnedBuffer host_ids_, host_pos_, host_logits_;
   // Decode graphs, captured on first use, one per (key-count bucket, G, W): see decode_graphed.
   bool use_graphs_ = true;
+  // Decode rows (n = 1) with RMSNorm, SwiGLU and the attention output's widening folded into the
+  // products' loads (matvec_cuda_fused): four kernels fewer per layer. Off unless SELFEXT_CUDA_FUSED=1
+  // until it has been run on a GPU (written 2026-12-01 without one; tests/test_llm_cuda.py compares it).
+  bool fuse_decode_ = false;
   std::map<std::tuple<int64_t, int64_t, int64_t>, cudaGraphExec_t> graphs_;
   QMatrix token_embd_, output_;
   const float* output_norm_ = nullptr;
@@ -375,6 +379,8 @@ ModelCuda::ModelCuda(ModelConfig config, ModelWeights weights, int device)
   // CoPE's kernels take the key count by value, so CoPE models decode without graphs.
   const char* env = std::getenv("SELFEXT_CUDA_GRAPHS");
   use_graphs_ = !c.cope && !(env && std::strcmp(env, "0") == 0);
+  const char* fenv = std::getenv("SELFEXT_CUDA_FUSED");
+  fuse_decode_ = fenv && std::strcmp(fenv, "1") == 0;
   host_logits_.reset(std::min<int64_t>(c.n_batch, kLogitRows) * c.n_vocab * 4);
   sync();
 }
@@ -462,14 +468,27 @@ void ModelCuda::layer(int il, int64_t n, int64_t pos0, int64_t graph_bound) {
   T* kc = k_cache_.as<T>() + size_t(il) * layer_elems;
   T* vc = v_cache_.as<T>() + size_t(il) * layer_elems;
 
+  const bool fuse = fuse_decode_ && n == 1;
+  const MatvecInput attn_in{MatvecInput::kRmsNorm, x, E, l.attn_norm, c.rms_eps};
+
   // --- attention ---
-  rms_norm_cuda<float>(RmsNormParams{x, l.attn_norm, xb, n, E, E, E, c.rms_eps, stream_});
-  if (l.wqkv.data) {
-    matmul_cuda(l.wqkv, xb, n, E, qkv, QKVD, false, ws, stream_);
+  if (fuse) {
+    if (l.wqkv.data) {
+      matvec_cuda_fused(l.wqkv, attn_in, qkv, false, stream_);
+    } else {
+      matvec_cuda_fused(l.wq, attn_in, qkv, false, stream_);
+      matvec_cuda_fused(l.wk, attn_in, qkv + QD, false, stream_);
+      matvec_cuda_fused(l.wv, attn_in, qkv + QD + KD, false, stream_);
+    }
   } else {
-    matmul_cuda(l.wq, xb, n, E, qkv, QKVD, false, ws, stream_);
-    matmul_cuda(l.wk, xb, n, E, qkv + QD, QKVD, false, ws, stream_);
-    matmul_cuda(l.wv, xb, n, E, qkv + QD + KD, QKVD, false, ws, stream_);
+    rms_norm_cuda<float>(RmsNormParams{x, l.attn_norm, xb, n, E, E, E, c.rms_eps, stream_});
+    if (l.wqkv.data) {
+      matmul_cuda(l.wqkv, xb, n, E, qkv, QKVD, false, ws, stream_);
+    } else {
+      matmul_cuda(l.wq, xb, n, E, qkv, QKVD, false, ws, stream_);
+      matmul_cuda(l.wk, xb, n, E, qkv + QD, QKVD, false, ws, stream_);
+      matmul_cuda(l.wv, xb, n, E, qkv + QD + KD, QKVD, false, ws, stream_);
+    }
   }
   const int32_t* dpos = graph_bound > 0 ? scratch_.as<int32_t>(sl_.pos) : nullptr;
   QkvPostArgs qa{qkv, QKVD, l.bq, l.bk, l.bv, q16, kc, vc, c.n_ctx, pos0, dpos, c.n_head, c.n_head_kv, c.head_dim,
@@ -492,6 +511,19 @@ void ModelCuda::layer(int il, int64_t n, int64_t pos0, int64_t graph_bound) {
     cope_attention_cuda(ap);
   } else {
     self_extend_attention_cuda(ap);
+  }
+  if (fuse) {
+    const MatvecInput att_in{c.kv_dtype == DType::kBFloat16 ? MatvecInput::kBF16 : MatvecInput::kF16, att16, QD};
+    matvec_cuda_fused(l.wo, att_in, x, true, stream_);  // x += attn · Wo^T
+    const MatvecInput ffn_in{MatvecInput::kRmsNorm, x, E, l.ffn_norm, c.rms_eps};
+    if (l.w_gate_up.data) {
+      matvec_cuda_fused(l.w_gate_up, ffn_in, ff, false, stream_);
+    } else {
+      matvec_cuda_fused(l.w_gate, ffn_in, ff, false, stream_);
+      matvec_cuda_fused(l.w_up, ffn_in, ff + F, false, stream_);
+    }
+    matvec_cuda_fused(l.w_down, MatvecInput{MatvecInput::kSwiGlu, ff, 2 * F}, x, true, stream_);  // x += down(SwiGLU)
+    return;
   }
   to_float_kernel<T><<<blocks_for(n * QD, 256), 256, 0, stream_>>>(att16, xb, n * QD);
   SELFEXT_CUDA_CHECK_LAUNCH();
@@ -516,8 +548,13 @@ void ModelCuda::head(int64_t r0, int64_t rows) {
   float* x = scratch_.as<float>(sl_.x);
   float* xb = scratch_.as<float>(sl_.xb);
   float* dlog = scratch_.as<float>(sl_.logits);
-  rms_norm_cuda<float>(RmsNormParams{x + r0 * E, output_norm_, xb, rows, E, E, E, c.rms_eps, stream_});
-  matmul_cuda(output_, xb, rows, E, dlog, V, false, scratch_.as<void>(sl_.matmul_ws), stream_);
+  if (fuse_decode_ && rows == 1) {
+    matvec_cuda_fused(output_, MatvecInput{MatvecInput::kRmsNorm, x + r0 * E, E, output_norm_, c.rms_eps}, dlog,
+                      false, stream_);
+  } else {
+    rms_norm_cuda<float>(RmsNormParams{x + r0 * E, output_norm_, xb, rows, E, E, E, c.rms_eps, stream_});
+    matmul_cuda(output_, xb, rows, E, dlog, V, false, scratch_.as<void>(sl_.matmul_ws), stream_);
+  }
   SELFEXT_CUDA_CHECK(cudaMemcpyAsync(host_logits_.as<float>(), dlog, size_t(rows * V) * 4, cudaMemcpyDeviceToHost,
                                      stream_));
 }

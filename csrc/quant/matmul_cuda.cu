@@ -36,6 +36,7 @@
 #include <mma.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "core/cuda_check.cuh"
 #include "core/errors.h"
@@ -153,13 +154,25 @@ template <> __device__ float FloatFmt<bf16>::widen(bf16 v) { return __uint_as_fl
 struct ProductArgs {
   const uint8_t* w;  // (rows, row_bytes) blocks
   int64_t row_bytes, rows, cols;
-  const float* x;    // (n, cols), row stride ldx
+  const float* x;    // (n, cols), row stride ldx (elements of the input's type; see MvIn)
   int64_t ldx, n;
   float* y;          // (n, rows), row stride ldy
   int64_t ldy;
   bool accumulate;
   bool vec_x;        // x rows and ldx allow 16-byte loads of 4 consecutive values (and cols % 8 == 0)
+  // Fused decode inputs (matvec only, MvIn below): RMSNorm weight and epsilon; bf16 (else f16) halves.
+  const float* norm_w = nullptr;
+  float eps = 0.0f;
+  bool x_bf16 = false;
 };
+
+// What the matvec reads as its activations. kFloat: x itself. The others fold the elementwise step
+// before a decode product into the product's loads (one kernel fewer each, decode being launch-bound):
+// kRmsNorm: x / sqrt(mean(x^2) + eps) * norm_w, the row's mean computed by every block (the rows are
+// short and L2-resident); kSwiGlu: silu(g) * u with g = x[c], u = x[cols + c] (x: the gate|up output,
+// ldx = 2 cols); kHalf: f16 or bf16 storage (the attention output), widened exactly. Each formula is
+// the one of the separate kernel it replaces (rms_norm_cuda, the model's SwiGLU), in the same order.
+enum MvIn : int { kInFloat = 0, kInRmsNorm = 1, kInSwiGlu = 2, kInHalf = 3 };
 
 // 8 activations of run j of activation row xr (zeros past cols).
 __device__ __forceinline__ void load_x_run(const float* __restrict__ xr, int j, int64_t cols, bool vec,
@@ -185,15 +198,85 @@ __device__ __forceinline__ void load_x_run(const float* __restrict__ xr, int j, 
 constexpr int64_t kMatvecMaxN = 8;
 constexpr int kMvWarps = 4;
 
-template <typename F, int NR, int NT, int U>
+// Run j of activation row xr as the matvec's input mode reads it (inv: the row's 1/rms for kInRmsNorm).
+template <int kIn>
+__device__ __forceinline__ void load_in_run(const ProductArgs& a, const float* __restrict__ xr, int j, float inv,
+                                            float (&v)[kRun]) {
+  const int64_t c0 = int64_t(kRun) * j;
+  if constexpr (kIn == kInFloat) {
+    load_x_run(xr, j, a.cols, a.vec_x, v);
+  } else if constexpr (kIn == kInRmsNorm) {
+    float g[kRun];
+    load_x_run(xr, j, a.cols, a.vec_x, v);
+    load_x_run(a.norm_w, j, a.cols, a.vec_x, g);
+#pragma unroll
+    for (int k = 0; k < kRun; ++k) v[k] = v[k] * inv * g[k];
+  } else if constexpr (kIn == kInSwiGlu) {
+    float u[kRun];
+    load_x_run(xr, j, a.cols, a.vec_x, v);
+    load_x_run(xr + a.cols, j, a.cols, a.vec_x, u);
+#pragma unroll
+    for (int k = 0; k < kRun; ++k) v[k] = v[k] / (1.f + expf(-v[k])) * u[k];
+  } else {  // kInHalf: xr points at 16-bit elements
+    const uint16_t* hr = reinterpret_cast<const uint16_t*>(xr);
+    uint16_t h[kRun];
+    if (a.vec_x) {
+      const uint4 q = *reinterpret_cast<const uint4*>(hr + c0);
+      std::memcpy(h, &q, sizeof(h));
+    } else {
+#pragma unroll
+      for (int k = 0; k < kRun; ++k) h[k] = c0 + k < a.cols ? hr[c0 + k] : uint16_t(0);
+    }
+#pragma unroll
+    for (int k = 0; k < kRun; ++k)
+      v[k] = a.x_bf16 ? __uint_as_float(uint32_t(h[k]) << 16) : __half2float(__ushort_as_half(h[k]));
+  }
+}
+
+template <typename F, int NR, int NT, int U, int kIn = kInFloat>
 __global__ void __launch_bounds__(kMvWarps * 32) matvec_kernel(ProductArgs a) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t r0 = int64_t(blockIdx.x) * NR;
   const int64_t t0 = int64_t(blockIdx.y) * NT;
   const int nt = int(a.n - t0 < NT ? a.n - t0 : NT);  // activation rows of this block
   const int nr = int(a.rows - r0 < NR ? a.rows - r0 : NR);
-  const float* __restrict__ x = a.x + t0 * a.ldx;
+  // kInHalf rows are 16-bit: step the pointer in bytes of the storage type.
+  const float* __restrict__ x = kIn == kInHalf
+      ? reinterpret_cast<const float*>(reinterpret_cast<const uint16_t*>(a.x) + t0 * a.ldx) : a.x + t0 * a.ldx;
   const uint8_t* __restrict__ w = a.w + r0 * a.row_bytes;
+  auto x_row = [&](int t) {
+    return kIn == kInHalf ? reinterpret_cast<const float*>(reinterpret_cast<const uint16_t*>(x) + t * a.ldx)
+                          : x + t * a.ldx;
+  };
+
+  // kInRmsNorm: every block computes its activation rows' 1/rms (the same sum as rms_norm_cuda's, in
+  // another order: the two agree to float32 rounding).
+  float inv[NT];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) inv[t] = 1.0f;
+  if constexpr (kIn == kInRmsNorm) {
+    __shared__ float ss_part[kMvWarps][NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      float ss = 0.0f;
+      if (t < nt)
+        for (int64_t c = threadIdx.x; c < a.cols; c += kMvWarps * 32) {
+          const float v = x[t * a.ldx + c];
+          ss += v * v;
+        }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+      if (lane == 0) ss_part[warp][t] = ss;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      float ss = 0.0f;
+#pragma unroll
+      for (int k = 0; k < kMvWarps; ++k) ss += ss_part[k][t];
+      inv[t] = rsqrtf(ss / float(a.cols) + a.eps);
+    }
+  }
 
   float acc[NR][NT];
 #pragma unroll
@@ -217,7 +300,7 @@ __global__ void __launch_bounds__(kMvWarps * 32) matvec_kernel(ProductArgs a) {
 #pragma unroll
       for (int t = 0; t < NT; ++t) {
         if (t < nt) {
-          load_x_run(x + t * a.ldx, j, a.cols, a.vec_x, xv[t]);
+          load_in_run<kIn>(a, x_row(t), j, inv[t], xv[t]);
         } else {
 #pragma unroll
           for (int k = 0; k < kRun; ++k) xv[t][k] = 0.0f;
@@ -282,6 +365,14 @@ void launch_matvec_nt(const ProductArgs& a, cudaStream_t s) {
   constexpr int U = NT <= 2 ? 4 : 1;  // runs per lane unit; more activation rows would not fit registers
   const dim3 grid(unsigned((a.rows + NR - 1) / NR), unsigned((a.n + NT - 1) / NT));
   matvec_kernel<F, NR, NT, U><<<grid, kMvWarps * 32, 0, s>>>(a);
+  SELFEXT_CUDA_CHECK_LAUNCH();
+}
+
+// One decode row (n = 1) with a fused input mode.
+template <typename F, int kIn>
+void launch_matvec_fused(const ProductArgs& a, cudaStream_t s) {
+  const dim3 grid(unsigned((a.rows + 3) / 4), 1u);
+  matvec_kernel<F, 4, 1, 4, kIn><<<grid, kMvWarps * 32, 0, s>>>(a);
   SELFEXT_CUDA_CHECK_LAUNCH();
 }
 
@@ -532,6 +623,43 @@ void matmul_cuda(const QMatrix& w, const float* x, int64_t n, int64_t ldx, float
   SELFEXT_CUDA_FORMAT_SWITCH(w.type, F, {
     if (n <= kMatvecMaxN) launch_matvec<F>(a, s);
     else launch_mma<F>(a, s);
+  });
+}
+
+void matvec_cuda_fused(const QMatrix& w, const MatvecInput& in, float* y, bool accumulate, void* stream) {
+  check_matrix(w);
+  SELFEXT_CHECK(in.x != nullptr && y != nullptr, ArgumentError, "x and y must not be null");
+  const bool swiglu = in.kind == MatvecInput::kSwiGlu;
+  SELFEXT_CHECK(in.ldx >= (swiglu ? 2 : 1) * w.cols, ArgumentError, "ldx must be >= ", (swiglu ? 2 : 1) * w.cols,
+                ", got ", in.ldx);
+  SELFEXT_CHECK(in.kind != MatvecInput::kRmsNorm || in.norm_w != nullptr, ArgumentError,
+                "an RMSNorm input needs its weight");
+  ProductArgs a;
+  a.w = static_cast<const uint8_t*>(w.data);
+  a.row_bytes = w.row_bytes;
+  a.rows = w.rows;
+  a.cols = w.cols;
+  a.x = static_cast<const float*>(in.x);
+  a.ldx = in.ldx;
+  a.n = 1;
+  a.y = y;
+  a.ldy = w.rows;
+  a.accumulate = accumulate;
+  a.norm_w = in.norm_w;
+  a.eps = in.eps;
+  const bool half = in.kind == MatvecInput::kF16 || in.kind == MatvecInput::kBF16;
+  a.x_bf16 = in.kind == MatvecInput::kBF16;
+  // 16-byte loads: of 8 halves for 16-bit inputs, of 4 floats (x and the norm weight) otherwise.
+  a.vec_x = w.cols % kRun == 0 && aligned16(in.x) &&
+            (half ? true : in.ldx % 4 == 0) && (in.kind != MatvecInput::kRmsNorm || aligned16(in.norm_w));
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  SELFEXT_CUDA_FORMAT_SWITCH(w.type, F, {
+    switch (in.kind) {
+      case MatvecInput::kFloat: launch_matvec_fused<F, kInFloat>(a, s); break;
+      case MatvecInput::kRmsNorm: launch_matvec_fused<F, kInRmsNorm>(a, s); break;
+      case MatvecInput::kSwiGlu: launch_matvec_fused<F, kInSwiGlu>(a, s); break;
+      default: launch_matvec_fused<F, kInHalf>(a, s); break;
+    }
   });
 }
 

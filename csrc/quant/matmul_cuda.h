@@ -23,6 +23,22 @@ size_t matmul_cuda_workspace_bytes(QType type, int64_t cols, int64_t n);
 void matmul_cuda(const QMatrix& w, const float* x, int64_t n, int64_t ldx, float* y, int64_t ldy, bool accumulate,
                  void* workspace, void* stream);
 
+// One decode row through the matrix-vector kernel with the elementwise step before it folded into the
+// loads: y[r] = (accumulate ? y[r] : 0) + sum_c in(c) * W[r, c], where in(c) is
+//   kFloat   x[c]                                     (x: float32)
+//   kRmsNorm x[c] / sqrt(mean(x^2) + eps) * norm_w[c]  (x: float32, the residual stream)
+//   kSwiGlu  silu(x[c]) * x[cols + c]                  (x: float32 gate | up, ldx >= 2 cols)
+//   kF16/kBF16 x[c] widened                            (x: 16-bit, the attention output)
+// Each formula matches the separate kernel it replaces, in the same order (the RMS sum to float32 rounding).
+struct MatvecInput {
+  enum Kind { kFloat, kRmsNorm, kSwiGlu, kF16, kBF16 } kind = kFloat;
+  const void* x = nullptr;
+  int64_t ldx = 0;             // unused for one row except in the kSwiGlu bound check
+  const float* norm_w = nullptr;
+  float eps = 0.0f;
+};
+void matvec_cuda_fused(const QMatrix& w, const MatvecInput& in, float* y, bool accumulate, void* stream);
+
 // Embedding lookup: out[t, :] = dequantized row ids[t] of w, for t < n (ids: device int32, each in
 // [0, w.rows) -- the caller checks them on the host); out (n, w.cols) float32, row stride ldo.
 void embed_rows_cuda(const QMatrix& w, const int32_t* ids, int64_t n, float* out, int64_t ldo, void* stream);
