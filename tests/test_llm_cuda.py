@@ -235,6 +235,17 @@ def test_memory_plan_refuses_before_allocating(model_dir):
     assert total > 0
 
 
+def test_cuda_out_of_memory_is_an_exception_and_the_device_stays_usable(model_dir):
+    # The memory plan refuses what cannot fit before allocating (above); this reaches the allocator
+    # itself with a request beyond the device, through the check every device buffer uses.
+    total = _native.cuda_report()["devices"][0]["total_memory"]
+    with pytest.raises(OutOfMemoryError, match="CUDA out of memory"):
+        _native._cuda_alloc_probe(0, 4 * total)
+    _native._cuda_alloc_probe(0, 1 << 20)  # a small request right after succeeds
+    path = _model(model_dir, "llama-Q8_0-oom", qtype="Q8_0")
+    assert LLM(path, n_ctx=64, device="cuda").logits([1, 2, 3]).shape == (3, 300)
+
+
 def test_bad_arguments(model_dir):
     path = _model(model_dir, "llama-Q8_0-args", qtype="Q8_0")
     with pytest.raises(ArgumentError, match="kv_type='f32' is CPU only"):

@@ -106,6 +106,8 @@ PYBIND11_MODULE(_native, m) {
 
   m.def("cpu_report", &cpu_report, "CPU brand, SIMD level in use and supported, features, thread count.");
   m.def("cuda_report", &cuda_report, "Whether CUDA was compiled in and is usable, and why not.");
+  m.def("_cuda_alloc_probe", &cuda_alloc_probe, py::arg("device"), py::arg("bytes"),
+        "Test hook: allocate and free bytes on a CUDA device through the checked allocation path.");
   m.def("set_simd_level", &set_simd_level, py::arg("name"),
         "Force a SIMD level (scalar, avx2, avx512, avx512_vnni, neon); raises if unavailable.");
   m.def("simd_level", [] { return std::string(simd_level_name(simd_level())); });

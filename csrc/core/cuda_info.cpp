@@ -4,6 +4,8 @@
 
 #if defined(SELFEXT_WITH_CUDA)
 #include <cuda_runtime.h>
+
+#include "cuda_check.cuh"
 #endif
 
 #ifndef SELFEXT_CUDA_ARCHS
@@ -71,6 +73,30 @@ CudaInfo cuda_info() {
 void require_cuda() {
   static const CudaInfo info = cuda_info();
   SELFEXT_CHECK(info.available, BackendError, "CUDA is not available: ", info.reason);
+}
+
+void cuda_alloc_probe(int device, int64_t bytes) {
+  require_cuda();
+  SELFEXT_CHECK(bytes > 0, ArgumentError, "bytes must be > 0, got ", bytes);
+#if defined(SELFEXT_WITH_CUDA)
+  int count = 0;
+  SELFEXT_CUDA_CHECK(cudaGetDeviceCount(&count));
+  SELFEXT_CHECK(device >= 0 && device < count, ArgumentError, "device must be in [0, ", count, "), got ", device);
+  int prev = 0;
+  SELFEXT_CUDA_CHECK(cudaGetDevice(&prev));
+  SELFEXT_CUDA_CHECK(cudaSetDevice(device));
+  void* p = nullptr;
+  try {
+    SELFEXT_CUDA_CHECK(cudaMalloc(&p, size_t(bytes)));
+  } catch (...) {
+    cudaSetDevice(prev);
+    throw;
+  }
+  cudaFree(p);
+  SELFEXT_CUDA_CHECK(cudaSetDevice(prev));
+#else
+  (void)device;
+#endif
 }
 
 }  // namespace selfext

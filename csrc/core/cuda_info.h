@@ -29,4 +29,9 @@ CudaInfo cuda_info();
 // Throws BackendError with the reason unless CUDA is usable.
 void require_cuda();
 
+// Allocates `bytes` on `device` through the same checked path as every device buffer, then frees them:
+// a request larger than the device throws OutOfMemoryError and leaves the device usable. For tests of
+// that error path (tests/test_llm_cuda.py), which the memory plan otherwise keeps from being reached.
+void cuda_alloc_probe(int device, int64_t bytes);
+
 }  // namespace selfext
