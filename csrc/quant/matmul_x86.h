@@ -256,10 +256,26 @@ struct KQ2_K {
 struct KQ3_K {
   using Block = block_q3_k;
   using Prep = KPrep16;
-  static void prep(const Block& b, Prep& p) {  // scalar unpacking (q3_k.h)
-    alignas(32) int16_t mn[16];
-    kquant_scales(b, p.sc, mn, &p.d, &p.dm);
-    p.mins = _mm256_load_si256(reinterpret_cast<const __m256i*>(mn));
+  // q3_k_scale (q3_k.h) for all 16 sub-blocks at once: low nibbles from scales[0..7] (j < 8: low halves,
+  // j >= 8: high halves), the 2 high bits from scales[8 + (j & 3)] >> 2 (j >> 2); minus 32. The u32 of
+  // scales[8..11] broadcast to four lanes lays byte j & 3 at byte j; lane k shifted by 2k puts the
+  // wanted bit pair at the bottom of every byte (what spills in from the byte above lands higher).
+  static void prep(const Block& b, Prep& p) {
+    uint64_t lo8;
+    uint32_t hi4;
+    std::memcpy(&lo8, b.scales, 8);
+    std::memcpy(&hi4, b.scales + 8, 4);
+    const __m128i l = _mm_cvtsi64_si128(static_cast<long long>(lo8));
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_unpacklo_epi64(_mm_and_si128(l, m4), _mm_and_si128(_mm_srli_epi16(l, 4), m4));
+    const __m128i hi = _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32(int(hi4)), _mm_setr_epi32(0, 2, 4, 6)),
+                                     _mm_set1_epi8(3));
+    const __m128i s8 = _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), _mm_set1_epi8(32));
+    const __m256i sc = _mm256_cvtepi8_epi16(s8);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(p.sc), sc);
+    p.mins = _mm256_slli_epi16(sc, 2);  // 4 * sc: the code offset
+    p.d = h2f(b.d);
+    p.dm = p.d;
   }
   static __m256i codes(const Block& b, int c) {
     const __m256i lo = srl8(load256(b.qs + 32 * (c >> 2)), 2 * (c & 3), 3);
