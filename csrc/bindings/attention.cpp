@@ -12,13 +12,11 @@
 #include "attention/params.h"
 #include "attention/rope.h"
 #include "bindings/attention_args.h"
+#include "bindings/cuda_call.h"
 #include "bindings/interop.h"
 #include "bindings/registry.h"
 #include "core/cuda_info.h"
 #include "core/thread_pool.h"
-#if defined(SELFEXT_WITH_CUDA)
-#include "attention/attention_cuda.h"
-#endif
 
 namespace selfext {
 namespace {
@@ -153,10 +151,7 @@ void run_cpu_or_cuda(const AttnArrays& a, AttentionParams& p, const ArrayArg* in
       self_extend_attention_cpu(p, *pool);
     return;
   }
-#if defined(SELFEXT_WITH_CUDA)
-  py::gil_scoped_release release;
-  const int prev = cuda_exchange_device(a.device_id);
-  try {
+  run_on_device(a.device_id, [&] {
     if (cope) {
       SELFEXT_CHECK(p.rope_dim == 0, BackendError,
                     "cope_attention on CUDA takes q and k already rotated (rope_dim = 0); got rope_dim ", p.rope_dim);
@@ -166,16 +161,7 @@ void run_cpu_or_cuda(const AttnArrays& a, AttentionParams& p, const ArrayArg* in
     } else {
       self_extend_attention_cuda(p);
     }
-  } catch (...) {
-    cuda_exchange_device(prev);
-    throw;
-  }
-  cuda_exchange_device(prev);
-#else
-  (void)inv_freq;
-  (void)mscale;
-  throw BackendError("CUDA arrays were passed, but this build of selfext_native has no CUDA backend");
-#endif
+  });
 }
 
 void self_extend_attention_op(py::object q, py::object k, py::object v, py::object out, int64_t group, int64_t window,

@@ -468,27 +468,24 @@ void ModelCuda::layer(int il, int64_t n, int64_t pos0, int64_t graph_bound) {
   T* kc = k_cache_.as<T>() + size_t(il) * layer_elems;
   T* vc = v_cache_.as<T>() + size_t(il) * layer_elems;
 
+  // Each product reads either the separate kernel's float output (plain: xb, ffa) or, fused, the step's
+  // input through matvec_cuda_fused, which skips that kernel.
   const bool fuse = fuse_decode_ && n == 1;
-  const MatvecInput attn_in{MatvecInput::kRmsNorm, x, E, l.attn_norm, c.rms_eps};
+  auto product = [&](const QMatrix& w, const MatvecInput& fused_in, const float* plain_x, int64_t ldx, float* y,
+                     int64_t ldy, bool accumulate) {
+    if (fuse) matvec_cuda_fused(w, fused_in, y, accumulate, stream_);
+    else matmul_cuda(w, plain_x, n, ldx, y, ldy, accumulate, ws, stream_);
+  };
 
   // --- attention ---
-  if (fuse) {
-    if (l.wqkv.data) {
-      matvec_cuda_fused(l.wqkv, attn_in, qkv, false, stream_);
-    } else {
-      matvec_cuda_fused(l.wq, attn_in, qkv, false, stream_);
-      matvec_cuda_fused(l.wk, attn_in, qkv + QD, false, stream_);
-      matvec_cuda_fused(l.wv, attn_in, qkv + QD + KD, false, stream_);
-    }
+  const MatvecInput attn_in{MatvecInput::kRmsNorm, x, E, l.attn_norm, c.rms_eps};
+  if (!fuse) rms_norm_cuda<float>(RmsNormParams{x, l.attn_norm, xb, n, E, E, E, c.rms_eps, stream_});
+  if (l.wqkv.data) {
+    product(l.wqkv, attn_in, xb, E, qkv, QKVD, false);
   } else {
-    rms_norm_cuda<float>(RmsNormParams{x, l.attn_norm, xb, n, E, E, E, c.rms_eps, stream_});
-    if (l.wqkv.data) {
-      matmul_cuda(l.wqkv, xb, n, E, qkv, QKVD, false, ws, stream_);
-    } else {
-      matmul_cuda(l.wq, xb, n, E, qkv, QKVD, false, ws, stream_);
-      matmul_cuda(l.wk, xb, n, E, qkv + QD, QKVD, false, ws, stream_);
-      matmul_cuda(l.wv, xb, n, E, qkv + QD + KD, QKVD, false, ws, stream_);
-    }
+    product(l.wq, attn_in, xb, E, qkv, QKVD, false);
+    product(l.wk, attn_in, xb, E, qkv + QD, QKVD, false);
+    product(l.wv, attn_in, xb, E, qkv + QD + KD, QKVD, false);
   }
   const int32_t* dpos = graph_bound > 0 ? scratch_.as<int32_t>(sl_.pos) : nullptr;
   QkvPostArgs qa{qkv, QKVD, l.bq, l.bk, l.bv, q16, kc, vc, c.n_ctx, pos0, dpos, c.n_head, c.n_head_kv, c.head_dim,
@@ -512,34 +509,27 @@ void ModelCuda::layer(int il, int64_t n, int64_t pos0, int64_t graph_bound) {
   } else {
     self_extend_attention_cuda(ap);
   }
-  if (fuse) {
-    const MatvecInput att_in{c.kv_dtype == DType::kBFloat16 ? MatvecInput::kBF16 : MatvecInput::kF16, att16, QD};
-    matvec_cuda_fused(l.wo, att_in, x, true, stream_);  // x += attn · Wo^T
-    const MatvecInput ffn_in{MatvecInput::kRmsNorm, x, E, l.ffn_norm, c.rms_eps};
-    if (l.w_gate_up.data) {
-      matvec_cuda_fused(l.w_gate_up, ffn_in, ff, false, stream_);
-    } else {
-      matvec_cuda_fused(l.w_gate, ffn_in, ff, false, stream_);
-      matvec_cuda_fused(l.w_up, ffn_in, ff + F, false, stream_);
-    }
-    matvec_cuda_fused(l.w_down, MatvecInput{MatvecInput::kSwiGlu, ff, 2 * F}, x, true, stream_);  // x += down(SwiGLU)
-    return;
+  if (!fuse) {
+    to_float_kernel<T><<<blocks_for(n * QD, 256), 256, 0, stream_>>>(att16, xb, n * QD);
+    SELFEXT_CUDA_CHECK_LAUNCH();
   }
-  to_float_kernel<T><<<blocks_for(n * QD, 256), 256, 0, stream_>>>(att16, xb, n * QD);
-  SELFEXT_CUDA_CHECK_LAUNCH();
-  matmul_cuda(l.wo, xb, n, QD, x, E, true, ws, stream_);  // x += attn · Wo^T
+  const MatvecInput att_in{c.kv_dtype == DType::kBFloat16 ? MatvecInput::kBF16 : MatvecInput::kF16, att16, QD};
+  product(l.wo, att_in, xb, QD, x, E, true);  // x += attn · Wo^T
 
   // --- feed-forward (SwiGLU) ---
-  rms_norm_cuda<float>(RmsNormParams{x, l.ffn_norm, xb, n, E, E, E, c.rms_eps, stream_});
+  const MatvecInput ffn_in{MatvecInput::kRmsNorm, x, E, l.ffn_norm, c.rms_eps};
+  if (!fuse) rms_norm_cuda<float>(RmsNormParams{x, l.ffn_norm, xb, n, E, E, E, c.rms_eps, stream_});
   if (l.w_gate_up.data) {
-    matmul_cuda(l.w_gate_up, xb, n, E, ff, 2 * F, false, ws, stream_);
+    product(l.w_gate_up, ffn_in, xb, E, ff, 2 * F, false);
   } else {
-    matmul_cuda(l.w_gate, xb, n, E, ff, 2 * F, false, ws, stream_);
-    matmul_cuda(l.w_up, xb, n, E, ff + F, 2 * F, false, ws, stream_);
+    product(l.w_gate, ffn_in, xb, E, ff, 2 * F, false);
+    product(l.w_up, ffn_in, xb, E, ff + F, 2 * F, false);
   }
-  swiglu_kernel<<<blocks_for(n * F, 256), 256, 0, stream_>>>(ff, ffa, n, F);
-  SELFEXT_CUDA_CHECK_LAUNCH();
-  matmul_cuda(l.w_down, ffa, n, F, x, E, true, ws, stream_);  // x += down(SwiGLU)
+  if (!fuse) {
+    swiglu_kernel<<<blocks_for(n * F, 256), 256, 0, stream_>>>(ff, ffa, n, F);
+    SELFEXT_CUDA_CHECK_LAUNCH();
+  }
+  product(l.w_down, MatvecInput{MatvecInput::kSwiGlu, ff, 2 * F}, ffa, F, x, E, true);  // x += down(SwiGLU)
 }
 
 void ModelCuda::head(int64_t r0, int64_t rows) {

@@ -240,14 +240,12 @@ __global__ void __launch_bounds__(kMvWarps * 32) matvec_kernel(ProductArgs a) {
   const int64_t t0 = int64_t(blockIdx.y) * NT;
   const int nt = int(a.n - t0 < NT ? a.n - t0 : NT);  // activation rows of this block
   const int nr = int(a.rows - r0 < NR ? a.rows - r0 : NR);
-  // kInHalf rows are 16-bit: step the pointer in bytes of the storage type.
-  const float* __restrict__ x = kIn == kInHalf
-      ? reinterpret_cast<const float*>(reinterpret_cast<const uint16_t*>(a.x) + t0 * a.ldx) : a.x + t0 * a.ldx;
-  const uint8_t* __restrict__ w = a.w + r0 * a.row_bytes;
+  // Activation row t of the block; kInHalf rows are 16-bit, so the pointer steps in that type.
   auto x_row = [&](int t) {
-    return kIn == kInHalf ? reinterpret_cast<const float*>(reinterpret_cast<const uint16_t*>(x) + t * a.ldx)
-                          : x + t * a.ldx;
+    const int64_t off = (t0 + t) * a.ldx;
+    return kIn == kInHalf ? reinterpret_cast<const float*>(reinterpret_cast<const uint16_t*>(a.x) + off) : a.x + off;
   };
+  const uint8_t* __restrict__ w = a.w + r0 * a.row_bytes;
 
   // kInRmsNorm: every block computes its activation rows' 1/rms (the same sum as rms_norm_cuda's, in
   // another order: the two agree to float32 rounding).
@@ -261,7 +259,7 @@ __global__ void __launch_bounds__(kMvWarps * 32) matvec_kernel(ProductArgs a) {
       float ss = 0.0f;
       if (t < nt)
         for (int64_t c = threadIdx.x; c < a.cols; c += kMvWarps * 32) {
-          const float v = x[t * a.ldx + c];
+          const float v = x_row(t)[c];
           ss += v * v;
         }
 #pragma unroll
@@ -359,20 +357,12 @@ __global__ void __launch_bounds__(kMvWarps * 32) matvec_kernel(ProductArgs a) {
 // 132 SMs with 4096-row matrices) limit it. Measured on an H200 (ncu, 14336 x 4096 Q4_K, 2026-12-01):
 // NR = 4 and NR = 8 both take 28.0 us with L1 at 77% and DRAM at 25%: the L1 is busy with the weight
 // loads (each warp load instruction touches ~5 cache lines for 128 useful bytes), not the activations.
-template <typename F, int NT>
+template <typename F, int NT, int kIn = kInFloat>
 void launch_matvec_nt(const ProductArgs& a, cudaStream_t s) {
   constexpr int NR = NT == 1 ? 4 : (NT <= 4 ? 2 : 1);
   constexpr int U = NT <= 2 ? 4 : 1;  // runs per lane unit; more activation rows would not fit registers
   const dim3 grid(unsigned((a.rows + NR - 1) / NR), unsigned((a.n + NT - 1) / NT));
-  matvec_kernel<F, NR, NT, U><<<grid, kMvWarps * 32, 0, s>>>(a);
-  SELFEXT_CUDA_CHECK_LAUNCH();
-}
-
-// One decode row (n = 1) with a fused input mode.
-template <typename F, int kIn>
-void launch_matvec_fused(const ProductArgs& a, cudaStream_t s) {
-  const dim3 grid(unsigned((a.rows + 3) / 4), 1u);
-  matvec_kernel<F, 4, 1, 4, kIn><<<grid, kMvWarps * 32, 0, s>>>(a);
+  matvec_kernel<F, NR, NT, U, kIn><<<grid, kMvWarps * 32, 0, s>>>(a);
   SELFEXT_CUDA_CHECK_LAUNCH();
 }
 
@@ -589,6 +579,24 @@ void check_matrix(const QMatrix& w) {
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// The arguments of one product over w (input modes, when any, set by the caller).
+ProductArgs product_args(const QMatrix& w, const float* x, int64_t n, int64_t ldx, float* y, int64_t ldy,
+                         bool accumulate) {
+  ProductArgs a;
+  a.w = static_cast<const uint8_t*>(w.data);
+  a.row_bytes = w.row_bytes;
+  a.rows = w.rows;
+  a.cols = w.cols;
+  a.x = x;
+  a.ldx = ldx;
+  a.n = n;
+  a.y = y;
+  a.ldy = ldy;
+  a.accumulate = accumulate;
+  a.vec_x = aligned16(x) && ldx % 4 == 0 && w.cols % kRun == 0;
+  return a;
+}
+
 }  // namespace
 
 size_t matmul_cuda_workspace_bytes(QType type, int64_t cols, int64_t n) {
@@ -607,18 +615,7 @@ void matmul_cuda(const QMatrix& w, const float* x, int64_t n, int64_t ldx, float
   SELFEXT_CHECK(ldx >= w.cols, ArgumentError, "ldx must be >= cols = ", w.cols, ", got ", ldx);
   SELFEXT_CHECK(ldy >= w.rows, ArgumentError, "ldy must be >= rows = ", w.rows, ", got ", ldy);
   SELFEXT_CHECK(n <= int64_t(65535) * kBN, ArgumentError, "n = ", n, " activation rows is too many for one call");
-  ProductArgs a;
-  a.w = static_cast<const uint8_t*>(w.data);
-  a.row_bytes = w.row_bytes;
-  a.rows = w.rows;
-  a.cols = w.cols;
-  a.x = x;
-  a.ldx = ldx;
-  a.n = n;
-  a.y = y;
-  a.ldy = ldy;
-  a.accumulate = accumulate;
-  a.vec_x = aligned16(x) && ldx % 4 == 0 && w.cols % kRun == 0;
+  const ProductArgs a = product_args(w, x, n, ldx, y, ldy, accumulate);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   SELFEXT_CUDA_FORMAT_SWITCH(w.type, F, {
     if (n <= kMatvecMaxN) launch_matvec<F>(a, s);
@@ -634,31 +631,20 @@ void matvec_cuda_fused(const QMatrix& w, const MatvecInput& in, float* y, bool a
                 ", got ", in.ldx);
   SELFEXT_CHECK(in.kind != MatvecInput::kRmsNorm || in.norm_w != nullptr, ArgumentError,
                 "an RMSNorm input needs its weight");
-  ProductArgs a;
-  a.w = static_cast<const uint8_t*>(w.data);
-  a.row_bytes = w.row_bytes;
-  a.rows = w.rows;
-  a.cols = w.cols;
-  a.x = static_cast<const float*>(in.x);
-  a.ldx = in.ldx;
-  a.n = 1;
-  a.y = y;
-  a.ldy = w.rows;
-  a.accumulate = accumulate;
+  ProductArgs a = product_args(w, static_cast<const float*>(in.x), 1, in.ldx, y, w.rows, accumulate);
   a.norm_w = in.norm_w;
   a.eps = in.eps;
-  const bool half = in.kind == MatvecInput::kF16 || in.kind == MatvecInput::kBF16;
   a.x_bf16 = in.kind == MatvecInput::kBF16;
-  // 16-byte loads: of 8 halves for 16-bit inputs, of 4 floats (x and the norm weight) otherwise.
-  a.vec_x = w.cols % kRun == 0 && aligned16(in.x) &&
-            (half ? true : in.ldx % 4 == 0) && (in.kind != MatvecInput::kRmsNorm || aligned16(in.norm_w));
+  // One row: only the row's own alignment matters for the 16-byte loads (kSwiGlu's up half starts cols
+  // elements in, aligned whenever cols % 8 == 0), and the norm weight's for kRmsNorm.
+  a.vec_x = w.cols % kRun == 0 && aligned16(in.x) && (in.kind != MatvecInput::kRmsNorm || aligned16(in.norm_w));
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   SELFEXT_CUDA_FORMAT_SWITCH(w.type, F, {
     switch (in.kind) {
-      case MatvecInput::kFloat: launch_matvec_fused<F, kInFloat>(a, s); break;
-      case MatvecInput::kRmsNorm: launch_matvec_fused<F, kInRmsNorm>(a, s); break;
-      case MatvecInput::kSwiGlu: launch_matvec_fused<F, kInSwiGlu>(a, s); break;
-      default: launch_matvec_fused<F, kInHalf>(a, s); break;
+      case MatvecInput::kFloat: launch_matvec_nt<F, 1, kInFloat>(a, s); break;
+      case MatvecInput::kRmsNorm: launch_matvec_nt<F, 1, kInRmsNorm>(a, s); break;
+      case MatvecInput::kSwiGlu: launch_matvec_nt<F, 1, kInSwiGlu>(a, s); break;
+      default: launch_matvec_nt<F, 1, kInHalf>(a, s); break;
     }
   });
 }
