@@ -184,18 +184,22 @@ def main_cuda(args) -> None:
     bw = copy_bandwidth()
     gpu = torch.cuda.get_device_name()
     rows = []
-    for name in args.models.split(","):
+    # The decode path (fused RMSNorm/SwiGLU/widening into the products or separate kernels) is chosen
+    # per model (ModelCuda::kFuseMaxEmbd); --compare-fusion measures each model on both, forced.
+    variants = [("fused", "1"), ("unfused", "0")] if args.compare_fusion else [("default", None)]
+    for name, (variant, flag) in ((n, v) for n in args.models.split(",") for v in variants):
         path = model_path(name)
         out = subprocess.run([sys.executable, __file__, "--device", "cuda", "--child", "selfext", path],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True,
+                             env={**os.environ, **({"SELFEXT_CUDA_FUSED": flag} if flag else {})})
         if out.returncode != 0:
             print(out.stderr[-3000:], file=sys.stderr)
-            rows.append({"model": name, "error": out.stderr.strip().splitlines()[-1][:300]})
+            rows.append({"model": name, "decode": variant, "error": out.stderr.strip().splitlines()[-1][:300]})
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
         wbytes = decode_weight_bytes(path)
         step = r["decode_step_ms"] / 1e3
-        rows.append({"model": name, "prefill 512 t/s": round(r["prefill512_tps"]),
+        rows.append({"model": name, "decode": variant, "prefill 512 t/s": round(r["prefill512_tps"]),
                      "prefill 4096 t/s": round(r["prefill4096_tps"]),
                      "decode native t/s": round(r["decode_native_tps"], 1),
                      "decode e2e t/s": round(r["decode_e2e_tps"], 1),
@@ -227,6 +231,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--models", default=None)
+    ap.add_argument("--compare-fusion", action="store_true",
+                    help="cuda: measure each model with the fused and the unfused decode path (SELFEXT_CUDA_FUSED=1/0)")
     ap.add_argument("--child", nargs=2, metavar=("SYSTEM", "PATH"))
     args = ap.parse_args()
     if args.child:

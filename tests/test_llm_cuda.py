@@ -159,7 +159,11 @@ def test_fused_decode_equals_unfused(model_dir, rng, monkeypatch, case):
     scale = np.abs(plain).max()
     assert np.abs(fused - plain).max() <= 2e-3 * scale, case
     ref = reference_logits(path, toks, group=4, window=64, act_quant=None)
-    assert np.abs(fused - ref).max() <= GPU_TOL[kv] * np.abs(ref).max(), case
+    tol = GPU_TOL[kv]
+    if "Q6_K" in name:  # random Q6_K weights: the sensitivity bound of test_logits_match_reference_and_cpu
+        q8 = reference_logits(path, toks, group=4, window=64, act_quant="q8")
+        tol = max(tol, 0.25 * np.abs(q8 - ref).max() / np.abs(ref).max())
+    assert np.abs(fused - ref).max() <= tol * np.abs(ref).max(), case
 
 
 def test_selfextend_gpu_equals_cpu_on_quantized_weights(model_dir, rng):
@@ -202,9 +206,21 @@ def test_committed_cope_models_run_on_cuda(rng):
         if probe.desc.head_dim not in (64, 80, 96, 128):
             pytest.skip(f"{name}: head size {probe.desc.head_dim} has no CUDA attention kernel")
         toks = rng.integers(0, probe.desc.n_vocab, size=40).tolist()
-        cpu = probe.logits(toks).astype(np.float64)
         gpu = LLM(path, device="cuda", n_ctx=64).logits(toks).astype(np.float64)
-        assert np.abs(gpu - cpu).max() <= 5e-2 * np.abs(cpu).max(), name
+        # The exact reference is the judge: these trained models attend sharply, so on the Q8_0 one the
+        # CPU's 8-bit activations alone can move the logits by 5-8% of their scale on some random
+        # inputs (measured on the CPU over 8 seeds: 0.4-7.5%); the GPU's fp16 rounding is bounded by
+        # 1/4 of that sensitivity, as in test_logits_match_reference_and_cpu.
+        ref = reference_logits(path, toks, act_quant=None).astype(np.float64)
+        scale = np.abs(ref).max()
+        tol = GPU_TOL["f16"]
+        if "q8_0" in name:
+            q8 = reference_logits(path, toks, act_quant="q8").astype(np.float64)
+            tol = max(tol, 0.25 * np.abs(q8 - ref).max() / scale)
+        else:  # float weights: the CPU is exact to 1e-4 and the GPU within the fp16 bound of it
+            cpu = probe.logits(toks).astype(np.float64)
+            assert np.abs(gpu - cpu).max() <= (GPU_TOL["f16"] + 1e-4) * scale, name
+        assert np.abs(gpu - ref).max() <= tol * scale, name
 
 
 @pytest.mark.model  # its tokenizer is SmolLM2's, read from the default model
@@ -302,7 +318,7 @@ def test_smollm2_teacher_forcing_and_greedy_agree_with_cpu():
 @pytest.mark.model
 def test_smollm2_long_context_with_selfextend_on_cuda():
     llm = LLM(device="cuda", n_ctx=32768, self_extend="auto")
-    assert (llm.group, llm.window) == (5, 1024)  # the auto rule: W = L/8, the smallest G that reaches 32k
+    assert (llm.group, llm.window) == (6, 1024)  # the auto rule: W = L/8, one above the smallest G reaching 32k
     ids = np.random.default_rng(0).integers(100, 40000, size=20000).tolist()
     out = llm.logits(ids[-600:])  # fresh cache: a short run first
     assert np.isfinite(out).all()

@@ -268,8 +268,13 @@ class ModelCuda final : public Model {
   // Decode graphs, captured on first use, one per (key-count bucket, G, W): see decode_graphed.
   bool use_graphs_ = true;
   // Decode rows (n = 1) with RMSNorm, SwiGLU and the attention output's widening folded into the
-  // products' loads (matvec_cuda_fused): four kernels fewer per layer. Off unless SELFEXT_CUDA_FUSED=1
-  // until it has been run on a GPU (written 2026-12-01 without one; tests/test_llm_cuda.py compares it).
+  // products' loads (matvec_cuda_fused): four kernels fewer per layer, but every block of a product
+  // then re-reads (and for RMSNorm re-reduces) the whole input row, which costs more than the launches
+  // saved once the rows are wide. Measured on an H200 (bench/generate.py --device cuda --unfused,
+  // 2026-12-02): SmolLM2 (n_embd 576) decodes 742 t/s fused vs 660 unfused; Llama-3-8B shapes (n_embd
+  // 4096) 136 vs 180 (Q4_K_M) and 147 vs 202 (Q4_0). So fused up to n_embd 1024 (kFuseMaxEmbd);
+  // SELFEXT_CUDA_FUSED=0 / =1 force either path (tests/test_llm_cuda.py compares the two).
+  static constexpr int64_t kFuseMaxEmbd = 1024;
   bool fuse_decode_ = false;
   std::map<std::tuple<int64_t, int64_t, int64_t>, cudaGraphExec_t> graphs_;
   QMatrix token_embd_, output_;
@@ -380,7 +385,8 @@ ModelCuda::ModelCuda(ModelConfig config, ModelWeights weights, int device)
   const char* env = std::getenv("SELFEXT_CUDA_GRAPHS");
   use_graphs_ = !c.cope && !(env && std::strcmp(env, "0") == 0);
   const char* fenv = std::getenv("SELFEXT_CUDA_FUSED");
-  fuse_decode_ = fenv && std::strcmp(fenv, "1") == 0;
+  fuse_decode_ = fenv && (std::strcmp(fenv, "0") == 0 || std::strcmp(fenv, "1") == 0) ? fenv[0] == '1'
+                                                                                      : c.n_embd <= kFuseMaxEmbd;
   host_logits_.reset(std::min<int64_t>(c.n_batch, kLogitRows) * c.n_vocab * 4);
   sync();
 }
