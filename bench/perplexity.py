@@ -67,7 +67,7 @@ def main() -> int:
     ap.add_argument("--force", action="store_true", help="re-run cells that already have a JSON file")
     args = ap.parse_args()
 
-    from selfext_native import LLM
+    from selfext_native import LLM, selfextend
     from selfext_native.default_model import default_model_path
     from selfext_native.errors import SelfExtError
     from selfext_native.eval import run_perplexity
@@ -87,9 +87,10 @@ def main() -> int:
     for n_ctx in (int(x) for x in args.lengths.split(",")):
         for method in args.methods.split(","):
             out = RESULTS / f"perplexity-{slug}-{n_ctx}-{method.replace(':', '_')}.json"
-            if out.exists() and not args.force:
-                d = json.loads(out.read_text())
-            else:
+            d = json.loads(out.read_text()) if out.exists() and not args.force else None
+            if d is not None and method == "auto" and (d["group"], d["window"]) != selfextend.auto(desc.n_ctx_train, n_ctx):
+                d = None  # measured under another auto rule: re-run the cell
+            if d is None:
                 try:
                     llm = LLM(path, n_ctx=n_ctx, device=args.device, n_threads=args.threads,
                               **method_kwargs(method, n_ctx, desc))
