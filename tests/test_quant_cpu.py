@@ -142,7 +142,7 @@ def product_tolerance(name, w, w0, xa, cols):
 
 # --- fixtures -------------------------------------------------------------------------------------
 
-LEVELS = ["scalar", "avx2", "avx512", "avx512_vnni", "neon"]
+LEVELS = ["scalar", "avx2", "avx512", "avx512_vnni", "amx", "neon"]
 
 
 @pytest.fixture(params=LEVELS)
@@ -247,9 +247,11 @@ def check_product(name, rng, rows, cols, n, vector=False):
     assert (np.abs(y - exact) <= bound).all()
 
 
-# (rows, n): one row, rows not a multiple of the thread count, batch 1 / 7 / 64 / 512. Columns: a few
-# blocks (odd counts), plus an odd, non-multiple-of-8 length for the float formats' tails.
-SHAPES = [(1, 1), (37, 1), (1, 7), (37, 7), (19, 64), (5, 512)]
+# (rows, n): one row, rows not a multiple of the thread count, batch 1 / 7 / 64 / 512, and 48 x 40 for
+# the AMX tiles (16 x 16: three weight tiles by two activation tiles, plus 8 activation rows left over
+# for the vector kernel). Columns: a few blocks (odd counts), plus an odd, non-multiple-of-8 length for
+# the float formats' tails.
+SHAPES = [(1, 1), (37, 1), (1, 7), (37, 7), (19, 64), (5, 512), (48, 40)]
 
 
 def cols_for(name, k):

@@ -64,6 +64,7 @@ py::dict cpu_report() {
       {"avx2", f.avx2},         {"fma", f.fma},           {"f16c", f.f16c},
       {"avx512f", f.avx512f},   {"avx512bw", f.avx512bw}, {"avx512dq", f.avx512dq},
       {"avx512vl", f.avx512vl}, {"avx512_vnni", f.avx512vnni}, {"avx512_bf16", f.avx512bf16},
+      {"amx_tile", f.amx_tile}, {"amx_int8", f.amx_int8},
       {"neon", f.neon},         {"dotprod", f.dotprod}};
   for (auto& [name, on] : flags)
     if (on) feats.append(name);
@@ -109,7 +110,7 @@ PYBIND11_MODULE(_native, m) {
   m.def("_cuda_alloc_probe", &cuda_alloc_probe, py::arg("device"), py::arg("bytes"),
         "Test hook: allocate and free bytes on a CUDA device through the checked allocation path.");
   m.def("set_simd_level", &set_simd_level, py::arg("name"),
-        "Force a SIMD level (scalar, avx2, avx512, avx512_vnni, neon); raises if unavailable.");
+        "Force a SIMD level (scalar, avx2, avx512, avx512_vnni, amx, neon); raises if unavailable.");
   m.def("simd_level", [] { return std::string(simd_level_name(simd_level())); });
   m.def("best_simd_level", [] { return std::string(simd_level_name(best_simd_level())); });
   m.def("set_num_threads", &set_default_pool_threads, py::arg("n_threads"));

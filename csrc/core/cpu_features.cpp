@@ -13,6 +13,10 @@
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
 #endif
+#if defined(__x86_64__) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace selfext {
 
@@ -48,6 +52,11 @@ CpuFeatures detect() {
     f.avx512bw = os_avx512 && (b & (1u << 30));
     f.avx512vl = os_avx512 && (b & (1u << 31));
     f.avx512vnni = os_avx512 && (c & (1u << 11));
+    // AMX: CPUID.7.0:EDX bits 24 (AMX-TILE) and 25 (AMX-INT8), and XCR0 bits 17-18 (XTILECFG,
+    // XTILEDATA) set by an OS that saves the tile state.
+    const bool os_amx = (xcr0 & 0x60000) == 0x60000;
+    f.amx_tile = os_amx && (d & (1u << 24));
+    f.amx_int8 = os_amx && (d & (1u << 25));
     __cpuid_count(7, 1, a, b, c, d);
     f.avx512bf16 = os_avx512 && (a & (1u << 5));
   }
@@ -90,14 +99,30 @@ CpuFeatures detect() {
 
 std::atomic<int> g_level{-1};
 
+// Linux hands the 8 KiB tile data state to a process only when it asks (arch_prctl
+// ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, since 5.16); without it the first tile instruction
+// faults. Asked once; the permission then holds for every thread of the process.
+bool os_permits_amx() {
+#if defined(__x86_64__) && defined(__linux__)
+  static const bool ok = [] {
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
 SimdLevel parse_level(const std::string& name) {
   if (name == "scalar") return SimdLevel::kScalar;
   if (name == "avx2") return SimdLevel::kAVX2;
   if (name == "avx512") return SimdLevel::kAVX512;
   if (name == "avx512_vnni") return SimdLevel::kAVX512VNNI;
+  if (name == "amx") return SimdLevel::kAMX;
   if (name == "neon") return SimdLevel::kNEON;
   throw ArgumentError(detail::concat("unknown SIMD level '", name,
-                                     "'; known: scalar, avx2, avx512, avx512_vnni, neon"));
+                                     "'; known: scalar, avx2, avx512, avx512_vnni, amx, neon"));
 }
 
 }  // namespace
@@ -113,6 +138,7 @@ const char* simd_level_name(SimdLevel level) {
     case SimdLevel::kAVX2: return "avx2";
     case SimdLevel::kAVX512: return "avx512";
     case SimdLevel::kAVX512VNNI: return "avx512_vnni";
+    case SimdLevel::kAMX: return "amx";
     case SimdLevel::kNEON: return "neon";
   }
   return "?";
@@ -120,7 +146,7 @@ const char* simd_level_name(SimdLevel level) {
 
 std::vector<SimdLevel> known_simd_levels() {
 #if defined(__x86_64__) || defined(_M_X64)
-  return {SimdLevel::kScalar, SimdLevel::kAVX2, SimdLevel::kAVX512, SimdLevel::kAVX512VNNI};
+  return {SimdLevel::kScalar, SimdLevel::kAVX2, SimdLevel::kAVX512, SimdLevel::kAVX512VNNI, SimdLevel::kAMX};
 #elif defined(__aarch64__)
   return {SimdLevel::kScalar, SimdLevel::kNEON};
 #else
@@ -138,6 +164,10 @@ bool simd_level_supported(SimdLevel level) {
       return f.avx2 && f.fma && f.f16c && f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl;
     case SimdLevel::kAVX512VNNI:
       return simd_level_supported(SimdLevel::kAVX512) && f.avx512vnni;
+#if defined(SELFEXT_HAVE_AMX)
+    case SimdLevel::kAMX:
+      return simd_level_supported(SimdLevel::kAVX512VNNI) && f.amx_tile && f.amx_int8 && os_permits_amx();
+#endif
 #endif
 #if defined(SELFEXT_HAVE_NEON)
     case SimdLevel::kNEON: return f.neon;

@@ -12,6 +12,7 @@ enum class SimdLevel : int {
   kAVX2 = 1,        // AVX2 + FMA + F16C
   kAVX512 = 2,      // AVX-512 F/BW/DQ/VL
   kAVX512VNNI = 3,  // plus VNNI (vpdpbusd)
+  kAMX = 4,         // plus AMX-TILE + AMX-INT8 (tile int8 products for prefill), with the OS's permission
   kNEON = 10,       // aarch64 Advanced SIMD (+ dotprod when present)
 };
 
@@ -20,6 +21,7 @@ struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false;
   bool avx512f = false, avx512bw = false, avx512dq = false, avx512vl = false;
   bool avx512vnni = false, avx512bf16 = false;
+  bool amx_tile = false, amx_int8 = false;  // CPU has them and the OS saves the tile state (XCR0)
   bool neon = false, dotprod = false;
 };
 
@@ -33,7 +35,7 @@ SimdLevel best_simd_level();
 
 // The level kernels use now: SELFEXT_SIMD at first use, else the best this CPU supports.
 SimdLevel simd_level();
-// Forces a level by name ("scalar", "avx2", "avx512", "avx512_vnni", "neon"); throws BackendError if this
+// Forces a level by name ("scalar", "avx2", "avx512", "avx512_vnni", "amx", "neon"); throws BackendError if this
 // CPU or build lacks it, ArgumentError for an unknown name.
 void set_simd_level(const std::string& name);
 

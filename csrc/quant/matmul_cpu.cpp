@@ -151,6 +151,9 @@ GemmFn pick_kernel(int type) {
     case SimdLevel::kAVX2: fn = gemm_kernel_avx2(type); break;
     case SimdLevel::kAVX512: fn = gemm_kernel_avx512(type, false); break;
     case SimdLevel::kAVX512VNNI: fn = gemm_kernel_avx512(type, true); break;
+#if defined(SELFEXT_HAVE_AMX)
+    case SimdLevel::kAMX: fn = gemm_kernel_amx(type); break;
+#endif
 #endif
     default: break;
   }
@@ -174,6 +177,7 @@ void quantize_activation_row(bool k_quant, const float* x, int64_t cols, uint8_t
 // weights are read once and the split only has to balance the threads).
 constexpr int64_t kActChunk = 64;
 constexpr int64_t kRowChunk = 16;
+constexpr int64_t kActChunkAmx = 256;
 
 }  // namespace
 
@@ -234,7 +238,12 @@ void matmul_cpu(const QMatrix& w, const float* x, int64_t n, int64_t ldx, float*
     row_chunk = (w.rows + 4 * threads - 1) / (4 * threads);
     row_chunk = std::max<int64_t>(8, (row_chunk + 7) / 8 * 8);
   }
-  const int64_t act_chunk = n < 4 ? n : kActChunk;
+  int64_t act_chunk = n < 4 ? n : kActChunk;
+#if defined(SELFEXT_HAVE_AMX)
+  // AMX tasks unpack their 16-row weight panel once and pass it over every activation row of the
+  // chunk: a longer chunk spreads that unpacking over more tiles.
+  if (n >= 16 && simd_level() == SimdLevel::kAMX && amx_covers(info.id)) act_chunk = kActChunkAmx;
+#endif
   const int64_t n_row_chunks = (w.rows + row_chunk - 1) / row_chunk;
   const int64_t n_act_chunks = (n + act_chunk - 1) / act_chunk;
   const int64_t n_tasks = n_row_chunks * n_act_chunks;

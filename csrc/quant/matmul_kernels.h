@@ -34,6 +34,11 @@ GemmFn gemm_kernel_scalar(int type);
 #if defined(SELFEXT_HAVE_X86_SIMD)
 GemmFn gemm_kernel_avx2(int type);
 GemmFn gemm_kernel_avx512(int type, bool vnni);
+#if defined(SELFEXT_HAVE_AMX)
+// AMX tiles for prefill (16 x 16 output tiles), the avx512_vnni kernel for what tiles do not cover.
+GemmFn gemm_kernel_amx(int type);
+bool amx_covers(int type);  // whether `type` has tile kernels (the others run the avx512_vnni ones)
+#endif
 #endif
 
 }  // namespace selfext

@@ -42,7 +42,7 @@ def get_num_threads() -> int:
 
 
 def set_simd_level(name: str) -> None:
-    """Force a SIMD level ("scalar", "avx2", "avx512", "avx512_vnni", "neon"); raises
+    """Force a SIMD level ("scalar", "avx2", "avx512", "avx512_vnni", "amx", "neon"); raises
     BackendError when this CPU lacks it. The environment variable SELFEXT_SIMD does the same at start."""
     _native.set_simd_level(name)
 

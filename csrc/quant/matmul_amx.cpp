@@ -1,0 +1,285 @@
+// AMX product kernels (AMX-TILE + AMX-INT8, e.g. Intel Sapphire Rapids and later) for prefill.
+//
+// One tile instruction (tdpbssd / tdpbsud) computes a 16 x 16 int32 tile of 32-element dot products of
+// int8 codes: 8192 multiply-adds, where a 256-bit vpdpbusd does 32. The formats' scales change every
+// 32 elements (a legacy block, or a K-quant sub-block), so each tile product covers exactly one such
+// unit and is then widened and scaled into float32 accumulators in zmm registers — the same formula as
+// the vector kernels (matmul_x86.h), summed in another order:
+//   y[t, r] = sum_u d_w[r, u] d_a[t, u] I[t, r, u]  (+ min terms),  I = int8 dot product of unit u.
+//
+// Operands: A = 16 activation rows x 32 int8 codes, read in place from the 8-bit activation blocks
+// (the rows are a_stride apart); B = 16 weight rows' codes in the tile's K-by-4 layout (B[k/4][4 r +
+// k%4]), unpacked once per 16-row weight panel and reused by every activation tile of the task.
+// Weight codes are signed where the format has an offset (Q4_0: q - 8, Q5_0: q - 16) or is signed
+// (Q8_0), so no offset correction is needed (tdpbssd); the formats with a min keep unsigned codes
+// (tdpbsud) and add their min term: legacy m_w * d_a * sum(a) per block (float, from the activation
+// block), K-quants dmin * m_j * sum over the sub-block of a — an integer tile product of the
+// activations with m_j repeated, accumulated over the 8 sub-blocks of a super-block in its own tile.
+//
+// What tiles do not cover (fewer than 16 weight rows or activation rows left, decode, the formats
+// with 16-element scales) runs the avx512_vnni kernels compiled into this file from matmul_x86.h.
+#include <immintrin.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "quant/matmul_x86.h"
+
+namespace selfext {
+namespace {
+
+constexpr int kTile = 16;        // output tile: 16 activation rows x 16 weight rows
+constexpr int kUnitBytes = 512;  // one unit's B tile: 8 rows (K / 4) x 64 bytes (16 rows x 4 codes)
+
+// Tile registers: 0 A (activations), 1 B (weight codes), 2 and 3 C (alternate units, so a unit's
+// product can run while the previous one is drained), 4 B of the K-quant mins, 5 C of the mins.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+void configure_tiles() {
+  TileConfig c;
+  c.rows[0] = 16, c.colsb[0] = 32;  // A: 16 rows of 32 int8
+  c.rows[1] = 8, c.colsb[1] = 64;   // B: 8 rows of 16 x 4 codes
+  c.rows[2] = 16, c.colsb[2] = 64;  // C: 16 x 16 int32
+  c.rows[3] = 16, c.colsb[3] = 64;
+  c.rows[4] = 8, c.colsb[4] = 64;   // B of the mins
+  c.rows[5] = 16, c.colsb[5] = 64;  // C of the mins
+  _tile_loadconfig(&c);
+}
+
+// Releases the tile state when the kernel returns, also if it returns early.
+struct TileScope {
+  TileScope() { configure_tiles(); }
+  ~TileScope() { _tile_release(); }
+  TileScope(const TileScope&) = delete;
+  TileScope& operator=(const TileScope&) = delete;
+};
+
+// 16 rows x 32 codes (row-major, 32 bytes per row) into the B layout: int32 k4 of row r goes to
+// dst[k4 * 16 + r], so a 64-byte B row k4 holds the four codes k4*4..k4*4+3 of all 16 rows.
+inline void to_b_layout(const uint8_t* rows32, uint8_t* dst) {
+  const __m512i idx = _mm512_setr_epi32(0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120);
+  for (int k4 = 0; k4 < 8; ++k4) {
+    const __m512i v = _mm512_i32gather_epi32(_mm512_add_epi32(idx, _mm512_set1_epi32(k4)), rows32, 4);
+    _mm512_store_si512(reinterpret_cast<__m512i*>(dst + 64 * k4), v);
+  }
+}
+
+// The per-thread buffer a panel is unpacked into (64-byte aligned, grown as needed).
+uint8_t* panel_buffer(size_t bytes) {
+  thread_local std::vector<uint8_t> buf;
+  if (buf.size() < bytes + 64) buf.resize(bytes + 64);
+  const uintptr_t p = reinterpret_cast<uintptr_t>(buf.data());
+  return reinterpret_cast<uint8_t*>((p + 63) & ~uintptr_t(63));
+}
+
+// --- legacy 32-element formats --------------------------------------------------------------------
+
+// Panel of 16 weight rows: per block u, the B tile (512 bytes), then 16 scales d and 16 mins m.
+template <typename L>
+struct LegacyPanel {
+  static constexpr bool kSignedCodes = L::kSigned || L::kOffset != 0;
+  static constexpr size_t kBlockBytes = kUnitBytes + 2 * 64;  // per weight block
+
+  static void build(const GemmArgs& g, int64_t r, uint8_t* panel) {
+    using Block = typename L::Block;
+    alignas(64) uint8_t rows32[kTile * 32];
+    for (int64_t u = 0; u < g.nb; ++u) {
+      uint8_t* unit = panel + u * kBlockBytes;
+      float* d = reinterpret_cast<float*>(unit + kUnitBytes);
+      float* m = d + 16;
+      for (int i = 0; i < kTile; ++i) {
+        const Block& b = reinterpret_cast<const Block*>(g.w + (r + i) * g.w_stride)[u];
+        __m256i c = L::codes(b);
+        if constexpr (L::kOffset != 0) c = _mm256_sub_epi8(c, _mm256_set1_epi8(char(L::kOffset)));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(rows32 + 32 * i), c);
+        d[i] = L::d(b);
+        m[i] = L::m(b);
+      }
+      to_b_layout(rows32, unit);
+    }
+  }
+};
+
+template <typename L>
+void amx_tile_legacy(const GemmArgs& g, const uint8_t* panel, int64_t r, int64_t t) {
+  using P = LegacyPanel<L>;
+  alignas(64) int32_t cbuf[2][kTile * kTile];
+  __m512 acc[kTile];
+  for (int j = 0; j < kTile; ++j) acc[j] = _mm512_setzero_ps();
+  const uint8_t* a0 = g.a + t * g.a_stride;
+  for (int64_t u = 0; u < g.nb; ++u) {
+    const uint8_t* unit = panel + u * P::kBlockBytes;
+    const uint8_t* aq = a0 + u * int64_t(sizeof(block_q8_act)) + offsetof(block_q8_act, qs);
+    _tile_loadd(0, aq, g.a_stride);
+    _tile_loadd(1, unit, 64);
+    int32_t* c = cbuf[u & 1];
+    if (u & 1) {
+      _tile_zero(3);
+      if constexpr (P::kSignedCodes) _tile_dpbssd(3, 0, 1); else _tile_dpbsud(3, 0, 1);
+      _tile_stored(3, c, 64);
+    } else {
+      _tile_zero(2);
+      if constexpr (P::kSignedCodes) _tile_dpbssd(2, 0, 1); else _tile_dpbsud(2, 0, 1);
+      _tile_stored(2, c, 64);
+    }
+    const __m512 dw = _mm512_load_ps(reinterpret_cast<const float*>(unit + kUnitBytes));
+    const __m512 mw = _mm512_load_ps(reinterpret_cast<const float*>(unit + kUnitBytes + 64));
+    const block_q8_act* ab = reinterpret_cast<const block_q8_act*>(a0) + u;
+    for (int j = 0; j < kTile; ++j) {
+      const block_q8_act& a = *reinterpret_cast<const block_q8_act*>(reinterpret_cast<const uint8_t*>(ab) +
+                                                                      j * g.a_stride);
+      const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c + 16 * j)), dw);
+      acc[j] = _mm512_fmadd_ps(v, _mm512_set1_ps(a.d), acc[j]);
+      if constexpr (L::kMin) acc[j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(a.s), acc[j]);
+    }
+  }
+  for (int j = 0; j < kTile; ++j) _mm512_storeu_ps(g.y + (t + j) * g.ldy + r, acc[j]);
+}
+
+// --- K-quants with one scale per 32 elements (Q4_K, Q5_K) -------------------------------------------
+
+// Panel of 16 weight rows: per super-block, for each of its 8 sub-blocks the B tile of the codes, the
+// B tile of the mins (m_j of each row in all four bytes of every int32), and d * sc_j (16 floats);
+// then -dmin (16 floats).
+template <typename K>
+struct KPanel {
+  static constexpr size_t kSub = 2 * kUnitBytes + 64;
+  static constexpr size_t kBlockBytes = 8 * kSub + 64;  // per super-block
+
+  static void build(const GemmArgs& g, int64_t r, uint8_t* panel) {
+    using Block = typename K::Block;
+    alignas(64) uint8_t rows32[8][kTile * 32];
+    alignas(32) int16_t mins[16];
+    for (int64_t b = 0; b < g.nb; ++b) {
+      uint8_t* sb = panel + b * kBlockBytes;
+      float* ndm = reinterpret_cast<float*>(sb + 8 * kSub);
+      for (int i = 0; i < kTile; ++i) {
+        const Block& blk = reinterpret_cast<const Block*>(g.w + (r + i) * g.w_stride)[b];
+        typename K::Prep p;
+        K::prep(blk, p);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(mins), p.mins);  // m_j at lanes 2j and 2j + 1
+        for (int c = 0; c < 8; ++c) {
+          _mm256_store_si256(reinterpret_cast<__m256i*>(rows32[c] + 32 * i), K::codes(blk, c));
+          uint8_t* sub = sb + c * kSub;
+          reinterpret_cast<float*>(sub + 2 * kUnitBytes)[i] = p.d * float(p.sc[c]);
+          // the mins B tile: row k4, column i = m_j repeated in the four bytes
+          const int32_t rep = int32_t(uint32_t(uint16_t(mins[2 * c])) * 0x01010101u);
+          for (int k4 = 0; k4 < 8; ++k4) reinterpret_cast<int32_t*>(sub + kUnitBytes)[k4 * 16 + i] = rep;
+        }
+        ndm[i] = -p.dm;
+      }
+      for (int c = 0; c < 8; ++c) to_b_layout(rows32[c], sb + c * kSub);
+    }
+  }
+};
+
+template <typename K>
+void amx_tile_k(const GemmArgs& g, const uint8_t* panel, int64_t r, int64_t t) {
+  using P = KPanel<K>;
+  alignas(64) int32_t cbuf[2][kTile * kTile];
+  alignas(64) int32_t mbuf[kTile * kTile];
+  __m512 acc[kTile];
+  for (int j = 0; j < kTile; ++j) acc[j] = _mm512_setzero_ps();
+  const uint8_t* a0 = g.a + t * g.a_stride;
+  for (int64_t b = 0; b < g.nb; ++b) {
+    const uint8_t* sb = panel + b * P::kBlockBytes;
+    const uint8_t* ablk = a0 + b * int64_t(sizeof(block_q8_k));
+    _tile_zero(5);
+    // d_a of each activation row for this super-block, as 16 floats
+    alignas(64) float da[kTile];
+    for (int j = 0; j < kTile; ++j) da[j] = reinterpret_cast<const block_q8_k*>(ablk + j * g.a_stride)->d;
+    for (int c = 0; c < 8; ++c) {
+      const uint8_t* sub = sb + c * P::kSub;
+      _tile_loadd(0, ablk + offsetof(block_q8_k, qs) + 32 * c, g.a_stride);
+      _tile_loadd(1, sub, 64);
+      _tile_loadd(4, sub + kUnitBytes, 64);
+      _tile_dpbsud(5, 0, 4);  // sum over the sub-block of a, times m_j: the mins, all 8 sub-blocks
+      int32_t* cb = cbuf[c & 1];
+      if (c & 1) {
+        _tile_zero(3);
+        _tile_dpbsud(3, 0, 1);
+        _tile_stored(3, cb, 64);
+      } else {
+        _tile_zero(2);
+        _tile_dpbsud(2, 0, 1);
+        _tile_stored(2, cb, 64);
+      }
+      const __m512 dsc = _mm512_load_ps(reinterpret_cast<const float*>(sub + 2 * kUnitBytes));
+      for (int j = 0; j < kTile; ++j) {
+        const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(cb + 16 * j)), dsc);
+        acc[j] = _mm512_fmadd_ps(v, _mm512_set1_ps(da[j]), acc[j]);
+      }
+    }
+    _tile_stored(5, mbuf, 64);
+    const __m512 ndm = _mm512_load_ps(reinterpret_cast<const float*>(sb + 8 * P::kSub));
+    for (int j = 0; j < kTile; ++j) {
+      const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(mbuf + 16 * j)), ndm);
+      acc[j] = _mm512_fmadd_ps(v, _mm512_set1_ps(da[j]), acc[j]);
+    }
+  }
+  for (int j = 0; j < kTile; ++j) _mm512_storeu_ps(g.y + (t + j) * g.ldy + r, acc[j]);
+}
+
+// --- driver -----------------------------------------------------------------------------------------
+
+// [r0, r1) x [t0, t1): whole 16 x 16 tiles on AMX (each 16-row panel unpacked once and passed over
+// every activation tile), the rest on the avx512_vnni kernel.
+template <typename Panel, void (*Tile)(const GemmArgs&, const uint8_t*, int64_t, int64_t), GemmFn kFallback>
+void gemm_amx(const GemmArgs& g, int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
+  const int64_t r16 = r0 + (r1 - r0) / kTile * kTile, t16 = t0 + (t1 - t0) / kTile * kTile;
+  if (r16 > r0 && t16 > t0) {
+    TileScope tiles;
+    uint8_t* panel = panel_buffer(size_t(g.nb) * Panel::kBlockBytes);
+    for (int64_t r = r0; r < r16; r += kTile) {
+      Panel::build(g, r, panel);
+      for (int64_t t = t0; t < t16; t += kTile) Tile(g, panel, r, t);
+    }
+  }
+  if (t16 > t0 && r16 < r1) kFallback(g, r16, r1, t0, t16);
+  if (t16 < t1) kFallback(g, r0, r1, t16, t1);
+}
+
+// The avx512_vnni kernels (matmul_x86.h's tiles, as x86_kernel<true, true> picks them), for what
+// tiles do not cover.
+template <typename L>
+constexpr GemmFn kLegacyVnni = &gemm_tiles<tile_legacy<L, true, 4, 4>, 4, 4, tile_legacy<L, true, 4, 1>, 4>;
+template <typename K>
+constexpr GemmFn kKVnni = &gemm_tiles<tile_k<K, true, 2, 4>, 2, 4, tile_k<K, true, 4, 1>, 4>;
+
+}  // namespace
+
+bool amx_covers(int type) {
+  switch (QType(type)) {
+    case QType::Q4_0: case QType::Q4_1: case QType::Q5_0: case QType::Q5_1: case QType::Q8_0:
+    case QType::Q4_K: case QType::Q5_K:
+      return true;
+    default:
+      return false;
+  }
+}
+
+GemmFn gemm_kernel_amx(int type) {
+  switch (QType(type)) {
+#define SELFEXT_AMX_LEGACY(Q, L) \
+  case QType::Q: return &gemm_amx<LegacyPanel<L>, amx_tile_legacy<L>, kLegacyVnni<L>>;
+    SELFEXT_AMX_LEGACY(Q4_0, LQ4_0)
+    SELFEXT_AMX_LEGACY(Q4_1, LQ4_1)
+    SELFEXT_AMX_LEGACY(Q5_0, LQ5_0)
+    SELFEXT_AMX_LEGACY(Q5_1, LQ5_1)
+    SELFEXT_AMX_LEGACY(Q8_0, LQ8_0)
+#undef SELFEXT_AMX_LEGACY
+    case QType::Q4_K: return &gemm_amx<KPanel<KQ4_K>, amx_tile_k<KQ4_K>, kKVnni<KQ4_K>>;
+    case QType::Q5_K: return &gemm_amx<KPanel<KQ5_K>, amx_tile_k<KQ5_K>, kKVnni<KQ5_K>>;
+    default: return x86_kernel</*kVnni=*/true, /*kRegs32=*/true>(type);
+  }
+}
+
+}  // namespace selfext
