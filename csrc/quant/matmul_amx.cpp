@@ -16,8 +16,10 @@
 // block), K-quants dmin * m_j * sum over the sub-block of a — an integer tile product of the
 // activations with m_j repeated, accumulated over the 8 sub-blocks of a super-block in its own tile.
 //
-// What tiles do not cover (fewer than 16 weight rows or activation rows left, decode, the formats
-// with 16-element scales) runs the avx512_vnni kernels compiled into this file from matmul_x86.h.
+// Q3_K and Q6_K, whose scales change every 16 elements, use 16-element units (tiles of K = 16) with
+// signed codes (q - 4, q - 32). What tiles do not cover (fewer than 16 weight rows or activation rows
+// left, decode, Q2_K and the float formats) runs the avx512_vnni kernels compiled into this file from
+// matmul_x86.h.
 #include <immintrin.h>
 
 #include <cstddef>
@@ -43,31 +45,36 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
+// kUnitK: the elements of one unit (32, or 16 for the formats with a scale per 16 elements).
+template <int kUnitK>
 void configure_tiles() {
   TileConfig c;
-  c.rows[0] = 16, c.colsb[0] = 32;  // A: 16 rows of 32 int8
-  c.rows[1] = 8, c.colsb[1] = 64;   // B: 8 rows of 16 x 4 codes
-  c.rows[2] = 16, c.colsb[2] = 64;  // C: 16 x 16 int32
+  c.rows[0] = 16, c.colsb[0] = kUnitK;     // A: 16 rows of kUnitK int8
+  c.rows[1] = kUnitK / 4, c.colsb[1] = 64;  // B: kUnitK / 4 rows of 16 x 4 codes
+  c.rows[2] = 16, c.colsb[2] = 64;         // C: 16 x 16 int32
   c.rows[3] = 16, c.colsb[3] = 64;
-  c.rows[4] = 8, c.colsb[4] = 64;   // B of the mins
-  c.rows[5] = 16, c.colsb[5] = 64;  // C of the mins
+  c.rows[4] = kUnitK / 4, c.colsb[4] = 64;  // B of the mins
+  c.rows[5] = 16, c.colsb[5] = 64;         // C of the mins
   _tile_loadconfig(&c);
 }
 
-// Releases the tile state when the kernel returns, also if it returns early.
+// Configures the tiles and releases the tile state when the kernel returns.
+template <int kUnitK>
 struct TileScope {
-  TileScope() { configure_tiles(); }
+  TileScope() { configure_tiles<kUnitK>(); }
   ~TileScope() { _tile_release(); }
   TileScope(const TileScope&) = delete;
   TileScope& operator=(const TileScope&) = delete;
 };
 
-// 16 rows x 32 codes (row-major, 32 bytes per row) into the B layout: int32 k4 of row r goes to
+// 16 rows x K codes (row-major, K bytes per row) into the B layout: int32 k4 of row r goes to
 // dst[k4 * 16 + r], so a 64-byte B row k4 holds the four codes k4*4..k4*4+3 of all 16 rows.
-inline void to_b_layout(const uint8_t* rows32, uint8_t* dst) {
-  const __m512i idx = _mm512_setr_epi32(0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120);
-  for (int k4 = 0; k4 < 8; ++k4) {
-    const __m512i v = _mm512_i32gather_epi32(_mm512_add_epi32(idx, _mm512_set1_epi32(k4)), rows32, 4);
+template <int K = 32>
+inline void to_b_layout(const uint8_t* rows, uint8_t* dst) {
+  const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                         _mm512_set1_epi32(K / 4));
+  for (int k4 = 0; k4 < K / 4; ++k4) {
+    const __m512i v = _mm512_i32gather_epi32(_mm512_add_epi32(idx, _mm512_set1_epi32(k4)), rows, 4);
     _mm512_store_si512(reinterpret_cast<__m512i*>(dst + 64 * k4), v);
   }
 }
@@ -228,15 +235,84 @@ void amx_tile_k(const GemmArgs& g, const uint8_t* panel, int64_t r, int64_t t) {
   for (int j = 0; j < kTile; ++j) _mm512_storeu_ps(g.y + (t + j) * g.ldy + r, acc[j]);
 }
 
+// --- K-quants with one signed scale per 16 elements and a code offset (Q3_K: 4, Q6_K: 32) -----------
+// w = d sc_j (q - o): the codes minus o are int8, so each 16-element unit is one tdpbssd (K = 16) with
+// no min term; the unit's d * sc_j is applied in the drain.
+
+template <typename K, int kOffset>
+struct KPanel16 {
+  static constexpr size_t kSub = kUnitBytes / 2 + 64;  // B tile (4 rows x 64 bytes) + 16 d * sc_j
+  static constexpr size_t kBlockBytes = 16 * kSub;    // per super-block
+
+  static void build(const GemmArgs& g, int64_t r, uint8_t* panel) {
+    using Block = typename K::Block;
+    alignas(64) uint8_t rows16[16][kTile * 16];
+    for (int64_t b = 0; b < g.nb; ++b) {
+      uint8_t* sb = panel + b * kBlockBytes;
+      for (int i = 0; i < kTile; ++i) {
+        const Block& blk = reinterpret_cast<const Block*>(g.w + (r + i) * g.w_stride)[b];
+        typename K::Prep p;
+        K::prep(blk, p);
+        for (int c = 0; c < 8; ++c) {
+          alignas(32) uint8_t codes[32];
+          _mm256_store_si256(reinterpret_cast<__m256i*>(codes),
+                             _mm256_sub_epi8(K::codes(blk, c), _mm256_set1_epi8(char(kOffset))));
+          std::memcpy(rows16[2 * c] + 16 * i, codes, 16);
+          std::memcpy(rows16[2 * c + 1] + 16 * i, codes + 16, 16);
+        }
+        for (int j = 0; j < 16; ++j) reinterpret_cast<float*>(sb + j * kSub + kUnitBytes / 2)[i] = p.d * float(p.sc[j]);
+      }
+      for (int j = 0; j < 16; ++j) to_b_layout<16>(rows16[j], sb + j * kSub);
+    }
+  }
+};
+
+template <typename K, int kOffset>
+void amx_tile_k16(const GemmArgs& g, const uint8_t* panel, int64_t r, int64_t t) {
+  using P = KPanel16<K, kOffset>;
+  alignas(64) int32_t cbuf[2][kTile * kTile];
+  __m512 acc[kTile];
+  for (int j = 0; j < kTile; ++j) acc[j] = _mm512_setzero_ps();
+  const uint8_t* a0 = g.a + t * g.a_stride;
+  for (int64_t b = 0; b < g.nb; ++b) {
+    const uint8_t* sb = panel + b * P::kBlockBytes;
+    const uint8_t* ablk = a0 + b * int64_t(sizeof(block_q8_k));
+    alignas(64) float da[kTile];
+    for (int j = 0; j < kTile; ++j) da[j] = reinterpret_cast<const block_q8_k*>(ablk + j * g.a_stride)->d;
+    for (int u = 0; u < 16; ++u) {
+      const uint8_t* sub = sb + u * P::kSub;
+      _tile_loadd(0, ablk + offsetof(block_q8_k, qs) + 16 * u, g.a_stride);
+      _tile_loadd(1, sub, 64);
+      int32_t* cb = cbuf[u & 1];
+      if (u & 1) {
+        _tile_zero(3);
+        _tile_dpbssd(3, 0, 1);
+        _tile_stored(3, cb, 64);
+      } else {
+        _tile_zero(2);
+        _tile_dpbssd(2, 0, 1);
+        _tile_stored(2, cb, 64);
+      }
+      const __m512 dsc = _mm512_load_ps(reinterpret_cast<const float*>(sub + kUnitBytes / 2));
+      for (int j = 0; j < kTile; ++j) {
+        const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(cb + 16 * j)), dsc);
+        acc[j] = _mm512_fmadd_ps(v, _mm512_set1_ps(da[j]), acc[j]);
+      }
+    }
+  }
+  for (int j = 0; j < kTile; ++j) _mm512_storeu_ps(g.y + (t + j) * g.ldy + r, acc[j]);
+}
+
 // --- driver -----------------------------------------------------------------------------------------
 
 // [r0, r1) x [t0, t1): whole 16 x 16 tiles on AMX (each 16-row panel unpacked once and passed over
 // every activation tile), the rest on the avx512_vnni kernel.
-template <typename Panel, void (*Tile)(const GemmArgs&, const uint8_t*, int64_t, int64_t), GemmFn kFallback>
+template <typename Panel, void (*Tile)(const GemmArgs&, const uint8_t*, int64_t, int64_t), GemmFn kFallback,
+          int kUnitK = 32>
 void gemm_amx(const GemmArgs& g, int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
   const int64_t r16 = r0 + (r1 - r0) / kTile * kTile, t16 = t0 + (t1 - t0) / kTile * kTile;
   if (r16 > r0 && t16 > t0) {
-    TileScope tiles;
+    TileScope<kUnitK> tiles;
     uint8_t* panel = panel_buffer(size_t(g.nb) * Panel::kBlockBytes);
     for (int64_t r = r0; r < r16; r += kTile) {
       Panel::build(g, r, panel);
@@ -259,7 +335,7 @@ constexpr GemmFn kKVnni = &gemm_tiles<tile_k<K, true, 2, 4>, 2, 4, tile_k<K, tru
 bool amx_covers(int type) {
   switch (QType(type)) {
     case QType::Q4_0: case QType::Q4_1: case QType::Q5_0: case QType::Q5_1: case QType::Q8_0:
-    case QType::Q4_K: case QType::Q5_K:
+    case QType::Q3_K: case QType::Q4_K: case QType::Q5_K: case QType::Q6_K:
       return true;
     default:
       return false;
@@ -278,6 +354,8 @@ GemmFn gemm_kernel_amx(int type) {
 #undef SELFEXT_AMX_LEGACY
     case QType::Q4_K: return &gemm_amx<KPanel<KQ4_K>, amx_tile_k<KQ4_K>, kKVnni<KQ4_K>>;
     case QType::Q5_K: return &gemm_amx<KPanel<KQ5_K>, amx_tile_k<KQ5_K>, kKVnni<KQ5_K>>;
+    case QType::Q3_K: return &gemm_amx<KPanel16<KQ3_K, 4>, amx_tile_k16<KQ3_K, 4>, kKVnni<KQ3_K>, 16>;
+    case QType::Q6_K: return &gemm_amx<KPanel16<KQ6_K, 32>, amx_tile_k16<KQ6_K, 32>, kKVnni<KQ6_K>, 16>;
     default: return x86_kernel</*kVnni=*/true, /*kRegs32=*/true>(type);
   }
 }
