@@ -24,7 +24,7 @@ from reference import attention_ref, cope_ref, inv_freq_ref, rope_ref, self_exte
 # output: the rounding of the output itself (2^-11 relative) dominates.
 REL_TOL = {np.float32: 1e-5, np.float16: 1e-3}
 
-LEVELS = ["scalar", "avx2", "avx512"]
+LEVELS = ["scalar", "avx2", "avx512", "avx512_vnni", "amx"]
 
 
 def cope_tol(q, k, e, dtype=np.float32) -> float:

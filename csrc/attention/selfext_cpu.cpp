@@ -37,14 +37,22 @@ const AttnCpuKernels* attn_kernels_scalar(int head_dim) {
 
 const AttnCpuKernels& attn_cpu_kernels(int head_dim) {
   const AttnCpuKernels* k = nullptr;
+  // Every level is named (no default), so a new level not mapped here is a -Wswitch warning rather
+  // than a silent fall back to the scalar kernels.
+  int width = 0;  // vector kernels: 512 (the AVX-512 table), 256 (AVX2), 0 (scalar)
   switch (simd_level()) {
-#if defined(SELFEXT_HAVE_X86_SIMD)
     case SimdLevel::kAVX512:
-    case SimdLevel::kAVX512VNNI: k = attn_kernels_avx512(head_dim); break;
-    case SimdLevel::kAVX2: k = attn_kernels_avx2(head_dim); break;
-#endif
-    default: k = attn_kernels_scalar(head_dim); break;
+    case SimdLevel::kAVX512VNNI:
+    case SimdLevel::kAMX: width = 512; break;  // VNNI and AMX add nothing attention uses
+    case SimdLevel::kAVX2: width = 256; break;
+    case SimdLevel::kScalar:
+    case SimdLevel::kNEON: width = 0; break;
   }
+#if defined(SELFEXT_HAVE_X86_SIMD)
+  if (width == 512) k = attn_kernels_avx512(head_dim);
+  if (width == 256) k = attn_kernels_avx2(head_dim);
+#endif
+  if (width == 0) k = attn_kernels_scalar(head_dim);
   SELFEXT_CHECK(k != nullptr, ArgumentError, "head_dim ", head_dim,
                 " is not supported by the CPU attention kernels; supported: 64, 80, 96, 128");
   return *k;

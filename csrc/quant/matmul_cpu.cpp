@@ -146,16 +146,32 @@ namespace {
 
 GemmFn pick_kernel(int type) {
   GemmFn fn = nullptr;
+  // Every level is named (no default): a level not mapped here is a -Wswitch warning, not a silent
+  // fall back to the scalar kernels.
   switch (simd_level()) {
+    case SimdLevel::kAVX2:
 #if defined(SELFEXT_HAVE_X86_SIMD)
-    case SimdLevel::kAVX2: fn = gemm_kernel_avx2(type); break;
-    case SimdLevel::kAVX512: fn = gemm_kernel_avx512(type, false); break;
-    case SimdLevel::kAVX512VNNI: fn = gemm_kernel_avx512(type, true); break;
+      fn = gemm_kernel_avx2(type);
+#endif
+      break;
+    case SimdLevel::kAVX512:
+#if defined(SELFEXT_HAVE_X86_SIMD)
+      fn = gemm_kernel_avx512(type, false);
+#endif
+      break;
+    case SimdLevel::kAVX512VNNI:
+#if defined(SELFEXT_HAVE_X86_SIMD)
+      fn = gemm_kernel_avx512(type, true);
+#endif
+      break;
+    case SimdLevel::kAMX:
 #if defined(SELFEXT_HAVE_AMX)
-    case SimdLevel::kAMX: fn = gemm_kernel_amx(type); break;
+      fn = gemm_kernel_amx(type);
 #endif
-#endif
-    default: break;
+      break;
+    case SimdLevel::kScalar:
+    case SimdLevel::kNEON:  // no NEON kernels yet
+      break;
   }
   return fn ? fn : gemm_kernel_scalar(type);
 }
