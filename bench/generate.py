@@ -10,7 +10,8 @@ the Python loop). The decode step's weight bytes over its time give the bandwidt
 device-to-device copy measured in the same run (torch). llama.cpp is not on the device machine: its
 H100 figures are in ../shared/ANCHORS.md (tg128 934-953 t/s, pp4096 46-53k t/s on SmolLM2 Q4_1).
 
-Each (system, model) runs in its own subprocess so peak RSS is its own. llama-cpp-python is optional
+Each (system, model) runs in its own subprocess so peak RSS is its own; --rounds (default 3) repeats
+each pair in alternating order and reports medians, and the JSON records the steal time of the run. llama-cpp-python is optional
 (`pip install llama-cpp-python==0.3.36`); without it only our rows are printed. Random-weight models
 with Llama-3.2-1B's shapes and SmolLM2's vocabulary are written once to bench/.models/ (git-ignored)."""
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from statistics import median
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -231,6 +233,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--models", default=None)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="cpu: rounds per model, alternating the systems' order; medians are reported")
     ap.add_argument("--compare-fusion", action="store_true",
                     help="cuda: measure each model with the fused and the unfused decode path (SELFEXT_CUDA_FUSED=1/0)")
     ap.add_argument("--child", nargs=2, metavar=("SYSTEM", "PATH"))
@@ -253,14 +257,23 @@ def main() -> None:
         llama_version = llama_cpp.__version__
     except ImportError:
         systems, llama_version = ["selfext"], None
-    rows = []
+    rows, rounds_log = [], []
+    steal0 = _common.cpu_steal_ticks()
     for name in args.models.split(","):
         path = model_path(name)
-        result = {}
-        for system in systems:
-            out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--child", system, path],
-                                 capture_output=True, text=True, check=True)
-            result[system] = json.loads(out.stdout.strip().splitlines()[-1])
+        # Rounds alternate the order of the systems (A B, B A, A B, ...) and each system's figure is the
+        # median over rounds: on a shared host whose load changes by the minute (steal time), one run of
+        # each, back to back, measures the neighbours as much as the code.
+        runs = {system: [] for system in systems}
+        for rnd in range(args.rounds):
+            for system in (systems if rnd % 2 == 0 else systems[::-1]):
+                out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--child", system,
+                                      path], capture_output=True, text=True, check=True)
+                runs[system].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rounds_log.append({"model": name, "runs": runs})
+        result = {system: {"prefill_tps": median([r["prefill_tps"] for r in rs]),
+                           "decode_tps": median([r["decode_tps"] for r in rs]),
+                           "peak_rss_mib": max(r["peak_rss_mib"] for r in rs)} for system, rs in runs.items()}
         row = {"model": name}
         for system, r in result.items():
             row[f"{system} prefill t/s"] = round(r["prefill_tps"], 1)
@@ -273,8 +286,10 @@ def main() -> None:
         print(row, flush=True)
     cols = list(rows[0].keys())
     cpu = _common.cpu_name()
+    steal = _common.cpu_steal_fraction(steal0, _common.cpu_steal_ticks())
     print(f"\nCPU: {cpu}, {args.threads} threads, prefill {N_PREFILL} / decode {N_DECODE} tokens, "
-          f"llama-cpp-python {llama_version}\n")
+          f"llama-cpp-python {llama_version}; median of {args.rounds} alternating rounds; steal time during "
+          f"the run {'n/a' if steal is None else f'{100 * steal:.0f}%'} of CPU time\n")
     print(_common.markdown_table(rows, cols))
     import selfext_native
 
@@ -282,8 +297,8 @@ def main() -> None:
         "device": cpu, "commit": _common.git_commit(), "versions": {**_common.versions(),
                                                                    "selfext_native": selfext_native.__version__,
                                                                    "llama_cpp_python": llama_version},
-        "threads": args.threads, "n_prefill": N_PREFILL, "n_decode": N_DECODE,
-        "load_average": _common.load_average(), "rows": rows})
+        "threads": args.threads, "n_prefill": N_PREFILL, "n_decode": N_DECODE, "rounds": args.rounds,
+        "load_average": _common.load_average(), "steal_fraction": steal, "rows": rows, "all_runs": rounds_log})
     print(f"\nwrote {path}")
 
 
