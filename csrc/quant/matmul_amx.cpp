@@ -87,6 +87,30 @@ uint8_t* panel_buffer(size_t bytes) {
   return reinterpret_cast<uint8_t*>((p + 63) & ~uintptr_t(63));
 }
 
+// One unit's 16 x 16 product of tiles 0 (A) and 1 (B) into C tile 2 or 3 (alternating with the unit's
+// parity, so the next unit's product can start while this one is widened), stored to cb.
+template <bool kSignedB>
+inline void unit_product(bool odd, int32_t* cb) {
+  if (odd) {
+    _tile_zero(3);
+    if constexpr (kSignedB) _tile_dpbssd(3, 0, 1); else _tile_dpbsud(3, 0, 1);
+    _tile_stored(3, cb, 64);
+  } else {
+    _tile_zero(2);
+    if constexpr (kSignedB) _tile_dpbssd(2, 0, 1); else _tile_dpbsud(2, 0, 1);
+    _tile_stored(2, cb, 64);
+  }
+}
+
+// acc[j] += C[j] * scale * da[j]: a stored int32 tile (row j = activation row j) widened and scaled by
+// the weight rows' scales (lanes) and the activation rows' scales (da).
+inline void widen_scaled(const int32_t* cb, __m512 scale, const float* da, __m512* acc) {
+  for (int j = 0; j < kTile; ++j) {
+    const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(cb + 16 * j)), scale);
+    acc[j] = _mm512_fmadd_ps(v, _mm512_set1_ps(da[j]), acc[j]);
+  }
+}
+
 // --- legacy 32-element formats --------------------------------------------------------------------
 
 // Panel of 16 weight rows: per block u, the B tile (512 bytes), then 16 scales d and 16 mins m.
@@ -128,24 +152,17 @@ void amx_tile_legacy(const GemmArgs& g, const uint8_t* panel, int64_t r, int64_t
     _tile_loadd(0, aq, g.a_stride);
     _tile_loadd(1, unit, 64);
     int32_t* c = cbuf[u & 1];
-    if (u & 1) {
-      _tile_zero(3);
-      if constexpr (P::kSignedCodes) _tile_dpbssd(3, 0, 1); else _tile_dpbsud(3, 0, 1);
-      _tile_stored(3, c, 64);
-    } else {
-      _tile_zero(2);
-      if constexpr (P::kSignedCodes) _tile_dpbssd(2, 0, 1); else _tile_dpbsud(2, 0, 1);
-      _tile_stored(2, c, 64);
-    }
-    const __m512 dw = _mm512_load_ps(reinterpret_cast<const float*>(unit + kUnitBytes));
-    const __m512 mw = _mm512_load_ps(reinterpret_cast<const float*>(unit + kUnitBytes + 64));
-    const block_q8_act* ab = reinterpret_cast<const block_q8_act*>(a0) + u;
+    unit_product<P::kSignedCodes>(u & 1, c);
+    alignas(64) float da[kTile], sa[kTile];
     for (int j = 0; j < kTile; ++j) {
-      const block_q8_act& a = *reinterpret_cast<const block_q8_act*>(reinterpret_cast<const uint8_t*>(ab) +
-                                                                      j * g.a_stride);
-      const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c + 16 * j)), dw);
-      acc[j] = _mm512_fmadd_ps(v, _mm512_set1_ps(a.d), acc[j]);
-      if constexpr (L::kMin) acc[j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(a.s), acc[j]);
+      const block_q8_act& a = *reinterpret_cast<const block_q8_act*>(aq - offsetof(block_q8_act, qs) + j * g.a_stride);
+      da[j] = a.d;
+      sa[j] = a.s;
+    }
+    widen_scaled(c, _mm512_load_ps(reinterpret_cast<const float*>(unit + kUnitBytes)), da, acc);
+    if constexpr (L::kMin) {
+      const __m512 mw = _mm512_load_ps(reinterpret_cast<const float*>(unit + kUnitBytes + 64));
+      for (int j = 0; j < kTile; ++j) acc[j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(sa[j]), acc[j]);
     }
   }
   for (int j = 0; j < kTile; ++j) _mm512_storeu_ps(g.y + (t + j) * g.ldy + r, acc[j]);
@@ -210,27 +227,11 @@ void amx_tile_k(const GemmArgs& g, const uint8_t* panel, int64_t r, int64_t t) {
       _tile_loadd(4, sub + kUnitBytes, 64);
       _tile_dpbsud(5, 0, 4);  // sum over the sub-block of a, times m_j: the mins, all 8 sub-blocks
       int32_t* cb = cbuf[c & 1];
-      if (c & 1) {
-        _tile_zero(3);
-        _tile_dpbsud(3, 0, 1);
-        _tile_stored(3, cb, 64);
-      } else {
-        _tile_zero(2);
-        _tile_dpbsud(2, 0, 1);
-        _tile_stored(2, cb, 64);
-      }
-      const __m512 dsc = _mm512_load_ps(reinterpret_cast<const float*>(sub + 2 * kUnitBytes));
-      for (int j = 0; j < kTile; ++j) {
-        const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(cb + 16 * j)), dsc);
-        acc[j] = _mm512_fmadd_ps(v, _mm512_set1_ps(da[j]), acc[j]);
-      }
+      unit_product</*kSignedB=*/false>(c & 1, cb);
+      widen_scaled(cb, _mm512_load_ps(reinterpret_cast<const float*>(sub + 2 * kUnitBytes)), da, acc);
     }
     _tile_stored(5, mbuf, 64);
-    const __m512 ndm = _mm512_load_ps(reinterpret_cast<const float*>(sb + 8 * P::kSub));
-    for (int j = 0; j < kTile; ++j) {
-      const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(mbuf + 16 * j)), ndm);
-      acc[j] = _mm512_fmadd_ps(v, _mm512_set1_ps(da[j]), acc[j]);
-    }
+    widen_scaled(mbuf, _mm512_load_ps(reinterpret_cast<const float*>(sb + 8 * P::kSub)), da, acc);
   }
   for (int j = 0; j < kTile; ++j) _mm512_storeu_ps(g.y + (t + j) * g.ldy + r, acc[j]);
 }
@@ -284,20 +285,8 @@ void amx_tile_k16(const GemmArgs& g, const uint8_t* panel, int64_t r, int64_t t)
       _tile_loadd(0, ablk + offsetof(block_q8_k, qs) + 16 * u, g.a_stride);
       _tile_loadd(1, sub, 64);
       int32_t* cb = cbuf[u & 1];
-      if (u & 1) {
-        _tile_zero(3);
-        _tile_dpbssd(3, 0, 1);
-        _tile_stored(3, cb, 64);
-      } else {
-        _tile_zero(2);
-        _tile_dpbssd(2, 0, 1);
-        _tile_stored(2, cb, 64);
-      }
-      const __m512 dsc = _mm512_load_ps(reinterpret_cast<const float*>(sub + kUnitBytes / 2));
-      for (int j = 0; j < kTile; ++j) {
-        const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(cb + 16 * j)), dsc);
-        acc[j] = _mm512_fmadd_ps(v, _mm512_set1_ps(da[j]), acc[j]);
-      }
+      unit_product</*kSignedB=*/true>(u & 1, cb);
+      widen_scaled(cb, _mm512_load_ps(reinterpret_cast<const float*>(sub + kUnitBytes / 2)), da, acc);
     }
   }
   for (int j = 0; j < kTile; ++j) _mm512_storeu_ps(g.y + (t + j) * g.ldy + r, acc[j]);
