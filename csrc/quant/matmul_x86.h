@@ -214,12 +214,17 @@ struct KPrep16 : Scales16 {
   float d, dm;
   __m256i mins;
 };
-// Per-32 scales (Q4_K, Q5_K): chunk c has one scale.
+// Per-32 scales (Q4_K, Q5_K): chunk c has one scale. sc16 holds the 8 scales as int16 in both 128-bit
+// lanes, so chunk c's broadcast is one byte shuffle (a constant control once the chunk loop is
+// unrolled) instead of a load, a move and a broadcast.
 struct KPrep32 {
   uint8_t sc[8];
   float d, dm;
   __m256i mins;
-  __m256i scale(int c) const { return _mm256_set1_epi16(sc[c]); }
+  __m256i sc16;
+  __m256i scale(int c) const {
+    return _mm256_shuffle_epi8(sc16, _mm256_set1_epi16(int16_t(0x0100 + 0x0202 * c)));  // bytes 2c, 2c + 1
+  }
 };
 
 // Q4_K / Q5_K 6-bit scales and mins with three 32-bit masks (llama.cpp's utmp unpacking):
@@ -234,6 +239,7 @@ inline void k4_prep(const uint8_t* scales, uint16_t d, uint16_t dmin, KPrep32& p
   u[2] = m_lo;
   u[0] &= kmask1;
   std::memcpy(p.sc, u, 8);
+  p.sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(u))));
   const __m128i m8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(u + 2));
   p.mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));  // m_j for both 16-halves of sub-block j
   p.d = h2f(d);
@@ -338,6 +344,8 @@ inline void tile_k(const GemmArgs& g, int64_t r, int nr, int64_t t, int nt) {
     __m256i iacc[RW][RA], iacc2[RW][RA];
     for (int i = 0; i < RW; ++i)
       for (int j = 0; j < RA; ++j) iacc[i][j] = iacc2[i][j] = _mm256_setzero_si256();
+    // Unrolled, so every chunk's shift count and scale lane are constants.
+#pragma GCC unroll 8
     for (int c = 0; c < 8; ++c) {
       __m256i wc[RW], sv[RW];
       for (int i = 0; i < RW; ++i) {
