@@ -199,14 +199,15 @@ inline void tile_legacy(const GemmArgs& g, int64_t r, int nr, int64_t t, int nt)
 // of chunk c (lanes 0-7: sub-block 2c, lanes 8-15: sub-block 2c + 1, as maddubs keeps element order).
 
 // Per-16 scales kept as int16[16]; chunk c's pair (sc[2c], sc[2c+1]) broadcast and spread to the halves.
+// The pair is dword c of the 16 scales (one vector: the compiler keeps it in a register across the
+// unrolled chunks), spread by a dword permute and a byte shuffle.
 struct Scales16 {
   alignas(32) int16_t sc[16];
   __m256i scale(int c) const {
-    int32_t pair;
-    std::memcpy(&pair, sc + 2 * c, 4);
     const __m256i ctrl = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,  //
                                           2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
-    return _mm256_shuffle_epi8(_mm256_set1_epi32(pair), ctrl);
+    const __m256i all = _mm256_load_si256(reinterpret_cast<const __m256i*>(sc));
+    return _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(all, _mm256_set1_epi32(c)), ctrl);
   }
 };
 
