@@ -58,13 +58,26 @@ inline SplitPlan plan_splits(int64_t n_blocks, int64_t n_key_tiles, int sms) {
   return sp;
 }
 
+// Split-K scratch: the merge counters (one int per (query tile, kv head) group, used only when the
+// merge runs in the split kernel), then the partial accumulators and the (max, sum) pairs.
+struct SplitWorkspace {
+  size_t o_offset, ml_offset, total;
+};
+inline SplitWorkspace split_workspace(int n_splits, int64_t T_q, int n_heads, int head_dim, int64_t groups) {
+  auto up = [](size_t b) { return (b + 255) / 256 * 256; };
+  SplitWorkspace w;
+  w.o_offset = up(size_t(groups) * sizeof(int));
+  w.ml_offset = w.o_offset + up(size_t(n_splits) * T_q * n_heads * head_dim * sizeof(float));
+  w.total = w.ml_offset + up(size_t(n_splits) * T_q * n_heads * 2 * sizeof(float));
+  return w;
+}
+
 template <typename T>
 void launch_merge(const float* ws_o, const float* ws_ml, int n_splits, int64_t T_q, int n_heads, int head_dim,
                   void* out, int64_t stride_t, int64_t stride_h, cudaStream_t stream) {
   const int64_t n_rows = T_q * n_heads;
-  merge_splits_kernel<T><<<unsigned(n_rows), head_dim, 0, stream>>>(ws_o, ws_ml, n_splits, n_rows, head_dim, n_heads,
-                                                                    static_cast<T*>(out), stride_t, stride_h);
-  SELFEXT_CUDA_CHECK_LAUNCH();
+  launch_kernel(merge_splits_kernel<T>, dim3(unsigned(n_rows)), dim3(head_dim), 0, stream, ws_o, ws_ml, n_splits,
+                n_rows, head_dim, n_heads, static_cast<T*>(out), stride_t, stride_h);
 }
 
 }  // namespace attn_cuda

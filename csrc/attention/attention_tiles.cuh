@@ -19,6 +19,7 @@
 
 #include "attention/rope.h"
 #include "attention/softmax.h"
+#include "core/cuda_launch.cuh"
 #include "core/half.h"
 
 namespace selfext {
@@ -356,26 +357,59 @@ __device__ __forceinline__ void store_rows(const OutArgs& oa, const RowMap& rm, 
   }
 }
 
-// Split-K merge (flash-decoding): one block per (query, head), one thread per element of head_dim; the
-// partial states combine by log-sum-exp through softmax_merge (softmax.h).
+// Element d of merged row `row` (t * n_heads + head) from the split-K partial states: they combine by
+// log-sum-exp through softmax_merge (softmax.h). The loads bypass L1 (written by other blocks).
+template <typename T>
+__device__ __forceinline__ uint16_t merge_split_elem(const float* ws_o, const float* ws_ml, int n_splits,
+                                                     int64_t n_rows, int head_dim, int64_t row, int d) {
+  float M = -INFINITY, Lsum = 0.f, acc = 0.f;
+  for (int s = 0; s < n_splits; ++s) {
+    const int64_t r = int64_t(s) * n_rows + row;
+    float alpha, beta;
+    softmax_merge(M, Lsum, __ldcg(ws_ml + r * 2), __ldcg(ws_ml + r * 2 + 1), alpha, beta);
+    acc = acc * alpha + __ldcg(ws_o + r * head_dim + d) * beta;
+  }
+  return st_bits<T>(Lsum > 0.f ? acc / Lsum : 0.f);
+}
+
+// Split-K merge (flash-decoding) as its own kernel: one block per (query, head), one thread per element
+// of head_dim.
 template <typename T>
 __global__ void merge_splits_kernel(const float* __restrict__ ws_o, const float* __restrict__ ws_ml, int n_splits,
                                     int64_t n_rows, int head_dim, int n_heads, T* out, int64_t stride_t,
                                     int64_t stride_h) {
+  kernel_prologue();
   const int64_t row = blockIdx.x;  // t * n_heads + head
-  float M = -INFINITY, Lsum = 0.f;
-  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-    float acc = 0.f;
-    M = -INFINITY;
-    Lsum = 0.f;
-    for (int s = 0; s < n_splits; ++s) {
-      const int64_t r = int64_t(s) * n_rows + row;
-      float alpha, beta;
-      softmax_merge(M, Lsum, ws_ml[r * 2], ws_ml[r * 2 + 1], alpha, beta);
-      acc = acc * alpha + ws_o[r * head_dim + d] * beta;
-    }
-    const int64_t t = row / n_heads, h = row % n_heads;
-    out[t * stride_t + h * stride_h + d].bits = st_bits<T>(Lsum > 0.f ? acc / Lsum : 0.f);
+  const int64_t t = row / n_heads, h = row % n_heads;
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
+    out[t * stride_t + h * stride_h + d].bits = merge_split_elem<T>(ws_o, ws_ml, n_splits, n_rows, head_dim, row, d);
+}
+
+// The same merge inside the split kernel: each block of a (query tile, kv head) group counts itself done
+// on counters[group]; the last one to finish merges the group's rows and resets the counter to zero, so
+// the counters stay zero between calls (stream order keeps calls apart). One kernel fewer per call.
+template <typename T, int kHeadDim, int kThreads>
+__device__ __forceinline__ void merge_splits_in_last_block(const OutArgs& oa, const RowMap& rm, int64_t m0, int bm,
+                                                           int kvh, int* counters, int group, int n_splits) {
+  __shared__ int is_last;
+  __threadfence();  // this block's partial states are visible before it counts itself done
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const int done = atomicAdd(counters + group, 1);
+    is_last = done == n_splits - 1;
+    if (is_last) counters[group] = 0;
+  }
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  const int64_t n_rows = int64_t(rm.T_q) * oa.n_heads;
+  for (int e = threadIdx.x; e < bm * kHeadDim; e += kThreads) {
+    const int64_t R = m0 + e / kHeadDim;
+    const int d = e % kHeadDim;
+    if (R >= rm.rows) break;  // e grows with R
+    const int64_t t = R / rm.n_rep, head = int64_t(kvh) * rm.n_rep + R % rm.n_rep;
+    T* dst = static_cast<T*>(oa.out) + t * oa.stride_t + head * oa.stride_h + d;
+    dst->bits = merge_split_elem<T>(oa.ws_o, oa.ws_ml, n_splits, n_rows, kHeadDim, t * oa.n_heads + head, d);
   }
 }
 

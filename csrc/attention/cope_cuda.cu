@@ -65,6 +65,7 @@ size_t cope_smem_bytes(int npos, bool l_in_smem) {
 
 template <typename T, int kHeadDim, int kMode>
 __global__ void __launch_bounds__(kThreads) cope_attention_kernel(const CopeArgs a) {
+  kernel_prologue();
   using Lay = Layout<kHeadDim>;
   constexpr int S = Lay::kStride;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -271,8 +272,7 @@ void launch_cope(const CopeArgs& a, int64_t n_mtiles, int n_kv_heads, int n_spli
   const size_t smem = cope_smem_bytes<kHeadDim>(a.npos, a.l_in_smem);
   SELFEXT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   SELFEXT_CHECK(n_mtiles <= INT_MAX, ArgumentError, "cope_attention: too many query rows");
-  kernel<<<dim3(unsigned(n_mtiles), unsigned(n_kv_heads), unsigned(n_splits)), kThreads, smem, stream>>>(a);
-  SELFEXT_CUDA_CHECK_LAUNCH();
+  launch_kernel(kernel, dim3(unsigned(n_mtiles), unsigned(n_kv_heads), unsigned(n_splits)), dim3(kThreads), smem, stream, a);
 }
 
 struct CopePlan {

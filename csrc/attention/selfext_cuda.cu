@@ -45,6 +45,7 @@ struct SeArgs {
   int tiles_per_split;
   OutArgs oa;
   const int32_t* T_k_dev;  // the key count at run time (<= rm.T_k, the planned bound), or null
+  int* counters;           // split with the merge in the last block: one zeroed int per (query tile, kv head)
 };
 
 template <int kHeadDim, int kWarps>
@@ -58,6 +59,7 @@ struct SeShape {
 
 template <typename T, int kHeadDim, int kWarps, bool kSplit>
 __global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs a) {
+  kernel_prologue();
   constexpr int kThreads = kWarps * 32;
   using Sh = SeShape<kHeadDim, kWarps>;
   constexpr int kBM = Sh::kBM, S = Sh::kStride;
@@ -163,6 +165,11 @@ __global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs 
     }
   }
   store_rows<T, kHeadDim>(a.oa, rm, m0, warp, lane, kvh, o, m, l, kSplit, blockIdx.z);
+  if constexpr (kSplit) {
+    if (a.counters)
+      merge_splits_in_last_block<T, kHeadDim, kThreads>(a.oa, rm, m0, kBM, kvh, a.counters, mt * gridDim.y + kvh,
+                                                        int(gridDim.z));
+  }
 }
 
 template <typename T, int kHeadDim, int kWarps, bool kSplit>
@@ -171,8 +178,7 @@ void launch_se(const SeArgs& a, int64_t n_mtiles, int n_kv_heads, int n_splits, 
   const size_t smem = SeShape<kHeadDim, kWarps>::kSmemBytes;
   SELFEXT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   SELFEXT_CHECK(n_mtiles <= INT_MAX, ArgumentError, "self_extend_attention: too many query rows");
-  kernel<<<dim3(unsigned(n_mtiles), unsigned(n_kv_heads), unsigned(n_splits)), kWarps * 32, smem, stream>>>(a);
-  SELFEXT_CUDA_CHECK_LAUNCH();
+  launch_kernel(kernel, dim3(unsigned(n_mtiles), unsigned(n_kv_heads), unsigned(n_splits)), dim3(kWarps * 32), smem, stream, a);
 }
 
 }  // namespace
@@ -240,11 +246,23 @@ void run_se(const AttentionParams& p) {
     launch_se<T, kHeadDim, kSmallWarps, false>(a, small_tiles, p.n_kv_heads, 1, stream);
     return;
   }
-  const size_t o_bytes = size_t(sp.n_splits) * p.T_q * p.n_heads * kHeadDim * sizeof(float);
-  const size_t ml_bytes = size_t(sp.n_splits) * p.T_q * p.n_heads * 2 * sizeof(float);
-  DeviceScratch ws(o_bytes + ml_bytes, stream);
+  const SplitWorkspace wl = split_workspace(sp.n_splits, p.T_q, p.n_heads, kHeadDim, small_tiles * p.n_kv_heads);
+  if (p.workspace) {
+    // The caller's workspace (zeroed once): no allocation, and the merge runs in the split kernel.
+    SELFEXT_CHECK(p.workspace_bytes >= wl.total, ArgumentError, "self_extend_attention: the workspace has ",
+                  p.workspace_bytes, " bytes, this call needs ", wl.total);
+    SELFEXT_CHECK(reinterpret_cast<uintptr_t>(p.workspace) % 256 == 0, ArgumentError,
+                  "self_extend_attention: the workspace must be 256-byte aligned");
+    char* base = static_cast<char*>(p.workspace);
+    a.counters = reinterpret_cast<int*>(base);
+    a.oa.ws_o = reinterpret_cast<float*>(base + wl.o_offset);
+    a.oa.ws_ml = reinterpret_cast<float*>(base + wl.ml_offset);
+    launch_se<T, kHeadDim, kSmallWarps, true>(a, small_tiles, p.n_kv_heads, sp.n_splits, stream);
+    return;
+  }
+  DeviceScratch ws(wl.total - wl.o_offset, stream);
   a.oa.ws_o = ws.as<float>();
-  a.oa.ws_ml = ws.as<float>(o_bytes);
+  a.oa.ws_ml = ws.as<float>(wl.ml_offset - wl.o_offset);
   launch_se<T, kHeadDim, kSmallWarps, true>(a, small_tiles, p.n_kv_heads, sp.n_splits, stream);
   launch_merge<T>(a.oa.ws_o, a.oa.ws_ml, sp.n_splits, p.T_q, p.n_heads, kHeadDim, p.out, p.out_stride_t,
                   p.out_stride_h, stream);
@@ -256,6 +274,7 @@ struct InvFreq {
 };
 
 __global__ void rope_table_kernel(const InvFreq inv, int n_pairs, double mscale, int64_t n_pos, float* table) {
+  kernel_prologue();
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= n_pos * n_pairs) return;
   const int64_t pos = idx / n_pairs;
@@ -277,9 +296,8 @@ void build_rope_table_cuda(const double* inv_freq_host, int n_pairs, double msca
   for (int p = 0; p < n_pairs; ++p) inv.f[p] = inv_freq_host[p];
   const int64_t n = n_pos * n_pairs;
   const int threads = 256;
-  rope_table_kernel<<<unsigned((n + threads - 1) / threads), threads, 0, static_cast<cudaStream_t>(stream)>>>(
-      inv, n_pairs, mscale, n_pos, table_dev);
-  SELFEXT_CUDA_CHECK_LAUNCH();
+  launch_kernel(rope_table_kernel, dim3(unsigned((n + threads - 1) / threads)), dim3(threads), 0,
+                static_cast<cudaStream_t>(stream), inv, n_pairs, mscale, n_pos, table_dev);
 }
 
 void self_extend_attention_cuda(const AttentionParams& p) {
@@ -322,9 +340,10 @@ int64_t self_extend_attention_cuda_workspace_bytes(const AttentionParams& p) {
   const int64_t rows = p.T_q * n_rep;
   const int sms = attn_cuda::multiprocessor_count();
   if ((rows + 127) / 128 * p.n_kv_heads >= sms) return table;
-  const attn_cuda::SplitPlan sp = attn_cuda::plan_splits((rows + 63) / 64 * p.n_kv_heads, (p.T_k + 63) / 64, sms);
+  const int64_t groups = (rows + 63) / 64 * p.n_kv_heads;
+  const attn_cuda::SplitPlan sp = attn_cuda::plan_splits(groups, (p.T_k + 63) / 64, sms);
   if (sp.n_splits == 1) return table;
-  return table + int64_t(sp.n_splits) * p.T_q * p.n_heads * (p.head_dim + 2) * int64_t(sizeof(float));
+  return table + int64_t(attn_cuda::split_workspace(sp.n_splits, p.T_q, p.n_heads, p.head_dim, groups).total);
 }
 
 int cuda_exchange_device(int device) {

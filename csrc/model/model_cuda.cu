@@ -20,6 +20,7 @@
 #include "attention/params.h"
 #include "attention/rope.h"
 #include "core/cuda_check.cuh"
+#include "core/cuda_launch.cuh"
 #include "core/cuda_info.h"
 #include "core/half.h"
 #include "model/model_cuda.h"
@@ -119,6 +120,7 @@ struct QkvPostArgs {
 
 template <typename T>
 __global__ void qkv_post_kernel(const QkvPostArgs a) {
+  kernel_prologue();
   const int64_t t = blockIdx.x;
   const int hd = a.head_dim;
   const int QD = a.n_head * hd, KD = a.n_kv * hd;
@@ -154,12 +156,14 @@ __global__ void qkv_post_kernel(const QkvPostArgs a) {
 
 template <typename T>
 __global__ void to_float_kernel(const T* __restrict__ in, float* __restrict__ out, int64_t n) {
+  kernel_prologue();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) out[i] = to_float(in[i]);
 }
 
 // out[t, i] = SiLU(ff[t, i]) * ff[t, F + i]: ff holds gate and up side by side, (n, 2F).
 __global__ void swiglu_kernel(const float* __restrict__ ff, float* __restrict__ out, int64_t n, int64_t F) {
+  kernel_prologue();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n * F) return;
   const int64_t t = i / F, c = i % F;
@@ -181,7 +185,7 @@ struct DeviceLayer {
 
 // Scratch of one chunk, by part: float32 unless noted. B = n_batch.
 struct ScratchLayout {
-  int64_t ids, pos, x, xb, qkv, q16, att16, ff, ffa, logits, matmul_ws, attn_ws, total;
+  int64_t ids, pos, x, xb, qkv, q16, att16, ff, ffa, logits, matmul_ws, attn_ws, attn_decode_ws, attn_decode_bytes, total;
 };
 
 ScratchLayout scratch_layout(const ModelConfig& c, const ModelWeights& w) {
@@ -225,6 +229,15 @@ ScratchLayout scratch_layout(const ModelConfig& c, const ModelWeights& w) {
     attn = std::max(attn, c.cope ? cope_attention_cuda_workspace_bytes(p) : self_extend_attention_cuda_workspace_bytes(p));
   }
   s.attn_ws = attn;
+  // Decode steps (SelfExtend) take their split-K workspace from the scratch instead: no per-step
+  // allocation (no memory nodes in the decode graphs) and the merge runs inside the attention kernel.
+  s.attn_decode_bytes = 0;
+  if (!c.cope) {
+    p.T_q = 1;
+    p.T_k = c.n_ctx;
+    s.attn_decode_bytes = self_extend_attention_cuda_workspace_bytes(p);
+  }
+  s.attn_decode_ws = take(s.attn_decode_bytes);
   s.total = off;
   return s;
 }
@@ -375,6 +388,7 @@ ModelCuda::ModelCuda(ModelConfig config, ModelWeights weights, int device)
   v_cache_.reset(int64_t(cache_bytes), "the V cache");
   sl_ = scratch_layout(c, w_);
   scratch_.reset(sl_.total, "activations");
+  SELFEXT_CUDA_CHECK(cudaMemsetAsync(scratch_.as<char>(sl_.attn_decode_ws), 0, size_t(std::max<int64_t>(sl_.attn_decode_bytes, 1)), stream_));
   if (c.rope_dim > 0) {
     rope_table_.reset(c.n_ctx * (c.rope_dim / 2) * 2 * 4, "the RoPE table");
     build_rope_table_cuda(c.inv_freq.data(), c.rope_dim / 2, c.mscale, c.n_ctx, rope_table_.as<float>(), stream_);
@@ -496,8 +510,7 @@ void ModelCuda::layer(int il, int64_t n, int64_t pos0, int64_t graph_bound) {
   const int32_t* dpos = graph_bound > 0 ? scratch_.as<int32_t>(sl_.pos) : nullptr;
   QkvPostArgs qa{qkv, QKVD, l.bq, l.bk, l.bv, q16, kc, vc, c.n_ctx, pos0, dpos, c.n_head, c.n_head_kv, c.head_dim,
                  (c.cope && c.rope_dim > 0) ? rope_table_.as<float>() : nullptr, c.rope_dim, c.rope_style};
-  qkv_post_kernel<T><<<unsigned(n), 256, 0, stream_>>>(qa);
-  SELFEXT_CUDA_CHECK_LAUNCH();
+  launch_kernel(qkv_post_kernel<T>, dim3(unsigned(n)), dim3(256), 0, stream_, qa);
 
   // A decode graph plans for graph_bound keys and reads the run-time count from the device.
   AttentionParams ap = layer_attention_params(c, q16, kc, vc, att16, n, graph_bound > 0 ? graph_bound : pos0 + n,
@@ -513,11 +526,14 @@ void ModelCuda::layer(int il, int64_t n, int64_t pos0, int64_t graph_bound) {
     ap.scale_pos_logits = c.cope_scale_pos_logits;
     cope_attention_cuda(ap);
   } else {
+    if (n == 1 && sl_.attn_decode_bytes > 0) {
+      ap.workspace = scratch_.as<void>(sl_.attn_decode_ws);
+      ap.workspace_bytes = sl_.attn_decode_bytes;
+    }
     self_extend_attention_cuda(ap);
   }
   if (!fuse) {
-    to_float_kernel<T><<<blocks_for(n * QD, 256), 256, 0, stream_>>>(att16, xb, n * QD);
-    SELFEXT_CUDA_CHECK_LAUNCH();
+    launch_kernel(to_float_kernel<T>, dim3(blocks_for(n * QD, 256)), dim3(256), 0, stream_, att16, xb, n * QD);
   }
   const MatvecInput att_in{c.kv_dtype == DType::kBFloat16 ? MatvecInput::kBF16 : MatvecInput::kF16, att16, QD};
   product(l.wo, att_in, xb, QD, x, E, true);  // x += attn · Wo^T
@@ -532,8 +548,7 @@ void ModelCuda::layer(int il, int64_t n, int64_t pos0, int64_t graph_bound) {
     product(l.w_up, ffn_in, xb, E, ff + F, 2 * F, false);
   }
   if (!fuse) {
-    swiglu_kernel<<<blocks_for(n * F, 256), 256, 0, stream_>>>(ff, ffa, n, F);
-    SELFEXT_CUDA_CHECK_LAUNCH();
+    launch_kernel(swiglu_kernel, dim3(blocks_for(n * F, 256)), dim3(256), 0, stream_, ff, ffa, n, F);
   }
   product(l.w_down, MatvecInput{MatvecInput::kSwiGlu, ff, 2 * F}, ffa, F, x, E, true);  // x += down(SwiGLU)
 }

@@ -1,4 +1,5 @@
 #include "core/cuda_check.cuh"
+#include "core/cuda_launch.cuh"
 #include "core/half.h"
 #include "model/rms_norm.h"
 
@@ -10,6 +11,7 @@ constexpr int kThreads = 256;
 template <typename T>
 __global__ void rms_norm_kernel(const T* __restrict__ x, const float* __restrict__ w, T* __restrict__ y,
                                 int64_t n, int64_t x_stride, int64_t y_stride, float eps) {
+  kernel_prologue();
   const int64_t row = blockIdx.x;
   const T* xr = x + row * x_stride;
   T* yr = y + row * y_stride;
@@ -38,9 +40,8 @@ template <typename T>
 void rms_norm_cuda(const RmsNormParams& p) {
   if (p.rows == 0) return;
   SELFEXT_CHECK(p.rows <= 0x7fffffff, ArgumentError, "rms_norm: too many rows (", p.rows, ")");
-  rms_norm_kernel<T><<<unsigned(p.rows), kThreads, 0, static_cast<cudaStream_t>(p.stream)>>>(
-      static_cast<const T*>(p.x), p.w, static_cast<T*>(p.y), p.n, p.x_stride, p.y_stride, p.eps);
-  SELFEXT_CUDA_CHECK_LAUNCH();
+  launch_kernel(rms_norm_kernel<T>, dim3(unsigned(p.rows)), dim3(kThreads), 0, static_cast<cudaStream_t>(p.stream),
+                static_cast<const T*>(p.x), p.w, static_cast<T*>(p.y), p.n, p.x_stride, p.y_stride, p.eps);
 }
 
 template void rms_norm_cuda<float>(const RmsNormParams&);

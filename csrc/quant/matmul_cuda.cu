@@ -39,6 +39,7 @@
 #include <cstring>
 
 #include "core/cuda_check.cuh"
+#include "core/cuda_launch.cuh"
 #include "core/errors.h"
 #include "quant/formats.h"
 #include "quant/matmul_cuda.h"
@@ -235,6 +236,7 @@ __device__ __forceinline__ void load_in_run(const ProductArgs& a, const float* _
 
 template <typename F, int NR, int NT, int U, int kIn = kInFloat>
 __global__ void __launch_bounds__(kMvWarps * 32) matvec_kernel(ProductArgs a) {
+  kernel_prologue();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t r0 = int64_t(blockIdx.x) * NR;
   const int64_t t0 = int64_t(blockIdx.y) * NT;
@@ -362,8 +364,7 @@ void launch_matvec_nt(const ProductArgs& a, cudaStream_t s) {
   constexpr int NR = NT == 1 ? 4 : (NT <= 4 ? 2 : 1);
   constexpr int U = NT <= 2 ? 4 : 1;  // runs per lane unit; more activation rows would not fit registers
   const dim3 grid(unsigned((a.rows + NR - 1) / NR), unsigned((a.n + NT - 1) / NT));
-  matvec_kernel<F, NR, NT, U, kIn><<<grid, kMvWarps * 32, 0, s>>>(a);
-  SELFEXT_CUDA_CHECK_LAUNCH();
+  launch_kernel(matvec_kernel<F, NR, NT, U, kIn>, grid, dim3(kMvWarps * 32), 0, s, a);
 }
 
 template <typename F>
@@ -471,6 +472,7 @@ __device__ __forceinline__ void mma_store(const MmaStage& st, MmaTiles& sm) {
 
 template <typename F>
 __global__ void __launch_bounds__(kMmaThreads) mma_kernel(ProductArgs a) {
+  kernel_prologue();
   using namespace nvcuda;
   __shared__ __align__(128) MmaShared sm;
   const int warp = threadIdx.x >> 5;
@@ -526,8 +528,7 @@ __global__ void __launch_bounds__(kMmaThreads) mma_kernel(ProductArgs a) {
 template <typename F>
 void launch_mma(const ProductArgs& a, cudaStream_t s) {
   const dim3 grid(unsigned((a.rows + kBM - 1) / kBM), unsigned((a.n + kBN - 1) / kBN));
-  mma_kernel<F><<<grid, kMmaThreads, 0, s>>>(a);
-  SELFEXT_CUDA_CHECK_LAUNCH();
+  launch_kernel(mma_kernel<F>, grid, dim3(kMmaThreads), 0, s, a);
 }
 
 // --- embedding rows -------------------------------------------------------------------------------
@@ -541,6 +542,7 @@ __global__ void __launch_bounds__(kEmbedThreads) embed_kernel(const uint8_t* __r
                                                               int64_t rows, int64_t cols,
                                                               const int32_t* __restrict__ ids,
                                                               float* __restrict__ out, int64_t ldo, bool vec) {
+  kernel_prologue();
   const int j = int(blockIdx.x) * kEmbedThreads + threadIdx.x;
   if (j >= F::runs(cols)) return;
   const int64_t t = blockIdx.y;
@@ -660,9 +662,8 @@ void embed_rows_cuda(const QMatrix& w, const int32_t* ids, int64_t n, float* out
   const dim3 grid(unsigned((n_runs + kEmbedThreads - 1) / kEmbedThreads), unsigned(n));
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   SELFEXT_CUDA_FORMAT_SWITCH(w.type, F, {
-    embed_kernel<F><<<grid, kEmbedThreads, 0, s>>>(static_cast<const uint8_t*>(w.data), w.row_bytes, w.rows,
-                                                   w.cols, ids, out, ldo, vec);
-    SELFEXT_CUDA_CHECK_LAUNCH();
+    launch_kernel(embed_kernel<F>, grid, dim3(kEmbedThreads), 0, s, static_cast<const uint8_t*>(w.data), w.row_bytes,
+                  w.rows, w.cols, ids, out, ldo, vec);
   });
 }
 

@@ -1,0 +1,65 @@
+// Kernel launches with programmatic dependent launch (PDL, compute capability 9.0 and later).
+//
+// A decode step is a chain of ~150-300 small kernels, each waiting for the one before. Launched plainly,
+// every boundary costs the full drain of one grid and the launch of the next (a few microseconds, most of
+// a small kernel's time). With PDL the next kernel is launched while the current one still runs, its
+// blocks become resident and wait in `griddepcontrol.wait` until the current grid has completed and its
+// memory is visible, so only the wait's release remains on the critical path.
+//
+// The contract every kernel launched through launch_kernel keeps (kernel_prologue() as its first
+// statement does it):
+//   - pdl_wait() before its first global-memory access that may depend on an earlier kernel (reads of
+//     earlier results and every write: a write before the wait could race with the earlier grid's reads);
+//     it must run in every block, including blocks that then find nothing to do, or the grid could
+//     complete before its predecessor and release the kernel after it too early;
+//   - pdl_launch_dependents() after that wait, so at most one grid waits behind the running one.
+// On devices before 9.0, or with SELFEXT_CUDA_PDL=0 in the environment, launches are plain (both
+// instructions are no-ops for a grid not launched with the attribute). Works in stream capture: the
+// graph keeps the programmatic edges.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <utility>
+
+#include "core/cuda_check.cuh"
+
+namespace selfext {
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+// The first statement of every kernel launched through launch_kernel.
+__device__ __forceinline__ void kernel_prologue() {
+  pdl_wait();
+  pdl_launch_dependents();
+}
+
+// Whether launches on the current device use PDL (cached per device; SELFEXT_CUDA_PDL=0 turns it off).
+bool pdl_enabled_on_current_device();
+
+template <typename... KArgs, typename... Args>
+void launch_kernel(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                   Args&&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  if (pdl_enabled_on_current_device()) {
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+  }
+  SELFEXT_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
+
+}  // namespace selfext
