@@ -81,6 +81,7 @@ def main():
     ap.add_argument("--types", default=",".join(TYPES))
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--decode-only", action="store_true", help="skip the matrix-matrix part")
     args = ap.parse_args()
     types = args.types.split(",")
     dev = torch.device("cuda")
@@ -109,8 +110,23 @@ def main():
                 "us": round(t * 1e6, 1), "GB/s": round(gbs), "copy GB/s": round(copy_gbs),
                 "ratio": round(gbs / copy_gbs, 3), "target": TARGET_BW,
             })
+            if name in ("Q4_0", "Q4_K"):
+                # The model's decode path for these types: the activation row prepared into 16-bit codes
+                # (its own kernel, timed with the product) and the dp4a product (matvec_q_cuda).
+                from selfext_native import _native
+
+                wsq = torch.empty(_native.activation_q_bytes(cols), dtype=torch.uint8, device=dev)
+                qt, stream = int(quant.qtype_id(name)), torch.cuda.current_stream().cuda_stream
+                t_q = cuda_time(lambda i: _native.matvec_q_cuda(ws[i], qt, rows, cols, x, y, False, wsq, "float", None,
+                                                                0.0, None, stream), copies, args.reps, 2 * copies)
+                decode_rows[-1].update({"mvq us": round(t_q * 1e6, 1), "mvq GB/s": round(nbytes / t_q / 1e9),
+                                        "mvq ratio": round(nbytes / t_q / copy_gbs / 1e9, 3)})
             del dsts
             # (b) prefill
+            if args.decode_only:
+                del ws, w0
+                torch.cuda.empty_cache()
+                continue
             w16 = torch.from_numpy(quant.dequantize(host, name, (rows, cols))).to(dev).half()
             for n in PREFILL_N:
                 xs = torch.randn(n, cols, device=dev)
@@ -130,7 +146,8 @@ def main():
             torch.cuda.empty_cache()
 
     print(f"## matrix-vector (n = 1), {props.name}\n")
-    print(_common.markdown_table(decode_rows, ["type", "rows", "cols", "weight_MB", "us", "GB/s", "copy GB/s", "ratio"]))
+    print(_common.markdown_table(decode_rows, ["type", "rows", "cols", "weight_MB", "us", "GB/s", "copy GB/s", "ratio",
+                                               "mvq us", "mvq GB/s", "mvq ratio"]))
     print(f"\n## matrix-matrix, {props.name}\n")
     print(_common.markdown_table(prefill_rows, ["type", "n", "rows", "cols", "ms", "TFLOP/s", "torch fp16 TFLOP/s",
                                                 "ratio"]))

@@ -52,6 +52,10 @@ for st in $stages; do
     bench)
       timeout 330 python3 bench/attention_cuda.py --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -40 || rc=1
       ;;
+    quantbench)
+      timeout ${QB_TIMEOUT:-200} python3 bench/quant_cuda.py ${QB_ARGS:---decode-only --types Q4_0,Q4_K,Q6_K} \
+        --out "$OUT/quant_cuda.json" 2>&1 | tee "$OUT/quantbench.log" | tail -20 || rc=1
+      ;;
     quickbench)
       timeout 120 python3 bench/attention_cuda.py --quick --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -30 || rc=1
       ;;

@@ -146,6 +146,94 @@ def test_matmul_cuda_current_stream(rng):
     assert ((z.to(torch.float64) - ref).abs() <= tolerance(w, w0, x.to(torch.float64), 3)).all()
 
 
+# --- the 16-bit-activation decode product (matvec_q_cuda: Q4_0, Q4_K) -----------------------------
+#
+# The activation row is prepared (float, RMSNorm, SwiGLU, or 16-bit widening) and quantized per 32
+# elements to x ~ d v with |v| <= 32512, d = amax / 32512, then multiplied with integer dot products.
+# Bound, per output r, against the float64 product of the dequantized weights and the float64 prepared
+# row p: sum_c |w_rc| (0.51 d_b(c) + e |p_c|) -- the rounding of v (half a step, the float32 scaling in
+# front of it adds < 0.01 step) and the float32 preparation (e = 8 u32 for expf and the products; 48 u32
+# for RMSNorm, whose float32 sum of squares over <= 4096 terms, in 16-term thread chains, a 5-level
+# shuffle tree and an 8-term chain, moves 1/rms by <= ~20 u32 with rsqrtf's 2 ulp) -- plus the float32
+# accumulation of the float matvec, (cols / 1024 + 40) u32 M.
+
+KINDS = ["float", "rmsnorm", "swiglu", "f16", "bf16"]
+
+
+def _prepared(kind, rng, cols):
+    """(x as the kernel takes it, norm weight or None, the prepared row in float64)."""
+    if kind in ("float", "rmsnorm"):
+        x = rng.standard_normal(cols).astype(np.float32)
+        x[::7] *= 4
+        if kind == "float":
+            return torch.from_numpy(x).to(_dev()), None, torch.from_numpy(x.astype(np.float64)).to(_dev())
+        nw = (0.5 + rng.random(cols)).astype(np.float32)
+        x64 = x.astype(np.float64)
+        p = x64 / np.sqrt(np.mean(x64 * x64) + 1e-5) * nw.astype(np.float64)
+        return (torch.from_numpy(x).to(_dev()), torch.from_numpy(nw).to(_dev()), torch.from_numpy(p).to(_dev()))
+    if kind == "swiglu":
+        x = (rng.standard_normal(2 * cols) * 2).astype(np.float32)
+        g, u = x[:cols].astype(np.float64), x[cols:].astype(np.float64)
+        p = g / (1 + np.exp(-g)) * u
+        return torch.from_numpy(x).to(_dev()), None, torch.from_numpy(p).to(_dev())
+    dt = torch.float16 if kind == "f16" else torch.bfloat16
+    x = torch.from_numpy(rng.standard_normal(cols).astype(np.float32)).to(_dev()).to(dt)
+    return x, None, x.to(torch.float64)
+
+
+def check_q(name, kind, rng, rows, cols, accumulate=False):
+    data = weights(name, rng, rows, cols)
+    w = torch.from_numpy(dequantize(data, name, (rows, cols)).astype(np.float64)).to(_dev())
+    w0 = torch.from_numpy(dequantize(zero_codes(name, data, rows, cols), name, (rows, cols)).astype(np.float64)).to(_dev())
+    x, nw, p = _prepared(kind, rng, cols)
+    ws = torch.full((_native.activation_q_bytes(cols),), 0x7F, dtype=torch.uint8, device=_dev())
+    prepared = torch.full((cols,), float("nan"), dtype=torch.float32, device=_dev())
+    ref = w @ p
+    y0 = torch.from_numpy(rng.standard_normal(rows).astype(np.float32)).to(_dev())
+    out = y0.clone() if accumulate else torch.full((rows,), float("nan"), dtype=torch.float32, device=_dev())
+    _native.matvec_q_cuda(torch.from_numpy(data).to(_dev()), int(QT[name]), rows, cols, x, out, accumulate, ws, kind,
+                          nw, 1e-5, prepared, torch.cuda.current_stream().cuda_stream)
+    torch.cuda.synchronize()
+    assert torch.isfinite(out).all(), "an output was not written"
+    e = (48 if kind == "rmsnorm" else 8) * U32
+    assert ((prepared.to(torch.float64) - p).abs() <= e * p.abs() + 1e-30).all(), "prepared row"
+    amax = p.abs().reshape(-1, 32).amax(dim=1).repeat_interleave(32)
+    aw = w.abs()
+    tol = aw @ (0.51 * amax / 32512 + e * p.abs()) + (cols / 1024 + 40) * U32 * ((aw + 2 * w0.abs()) @ p.abs())
+    if accumulate:
+        ref = ref + y0.to(torch.float64)
+        tol = tol + 2 * U32 * (y0.abs().to(torch.float64) + ref.abs())
+    err = (out.to(torch.float64) - ref).abs()
+    ratio = (err / (tol + 1e-30)).max().item()
+    assert ratio <= 1.0, f"{name} {kind} rows={rows} cols={cols}: max err {err.max().item():.3g}, err/tol {ratio:.3g}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_K"])
+def test_matvec_q_cuda(name, kind, rng):
+    """Rows 1, 17 (odd: a warp's second row missing), 300; Q4_0 with odd block counts, so rows start at
+    every 2-byte offset inside a 16-byte word; a column count past one 1 KiB chunk."""
+    shapes = [(1, 32), (17, 96), (300, 1184), (64, 4096)] if name == "Q4_0" else [(1, 256), (17, 768), (300, 2304), (64, 4096)]
+    for rows, cols in shapes:
+        check_q(name, kind, rng, rows, cols)
+    check_q(name, kind, rng, 33, shapes[2][1], accumulate=True)
+
+
+def test_matvec_q_cuda_nonfinite_input_gives_nan_rows(rng):
+    """An inf in the activations gives NaN outputs (as the float product would give inf/NaN), never a
+    finite wrong value."""
+    rows, cols = 8, 512
+    data = weights("Q4_K", rng, rows, cols)
+    x = torch.from_numpy(rng.standard_normal(cols).astype(np.float32)).to(_dev())
+    x[100] = float("inf")
+    ws = torch.zeros((_native.activation_q_bytes(cols),), dtype=torch.uint8, device=_dev())
+    out = torch.zeros(rows, dtype=torch.float32, device=_dev())
+    _native.matvec_q_cuda(torch.from_numpy(data).to(_dev()), int(QT["Q4_K"]), rows, cols, x, out, False, ws, "float",
+                          None, 0.0, None, torch.cuda.current_stream().cuda_stream)
+    torch.cuda.synchronize()
+    assert not torch.isfinite(out).any()
+
+
 # --- embedding rows -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ALL)

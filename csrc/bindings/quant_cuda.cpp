@@ -4,6 +4,7 @@
 //
 //   _native.matmul_quant_cuda(weight_bytes, qtype, rows, cols, x, out, accumulate, stream)
 //   _native.embed_rows_cuda(weight_bytes, qtype, rows, cols, ids, out, stream)
+//   _native.matvec_q_cuda(...), _native.activation_q_bytes(cols)   (the 16-bit-activation decode product)
 #include <cstdint>
 #include <string>
 
@@ -136,11 +137,100 @@ void embed_rows_cuda_op(py::object weight, int qtype, int64_t rows, int64_t cols
   });
 }
 
+// The 16-bit-activation decode product (matvec_q_cuda), for the tests: x prepared by `kind` ("float",
+// "rmsnorm" with norm_w and eps, "swiglu" with x = gate | up, "f16"/"bf16" 16-bit x) into `workspace`
+// (a CUDA uint8 array of at least activation_q_bytes(cols) bytes), `prepared` (nullable) receiving the
+// prepared float32 row, then out (rows,) float32 (= or +=) W x.
+void matvec_q_cuda_op(py::object weight, int qtype, int64_t rows, int64_t cols, py::object x_obj,
+                      py::object out_obj, bool accumulate, py::object ws_obj, const std::string& kind,
+                      py::object norm_obj, float eps, py::object prepared_obj, int64_t stream) {
+  const int dev = cuda_weight_device(weight, "matvec_q_cuda");
+  CudaWeight w = check_cuda_weight(weight, qtype, rows, cols, stream);
+  SELFEXT_CHECK(w.m.type == QType::Q4_0 || w.m.type == QType::Q4_K, ArgumentError,
+                "matvec_q_cuda takes Q4_0 or Q4_K weights");
+  MatvecInput in;
+  const bool half = kind == "f16" || kind == "bf16";
+  if (kind == "float") in.kind = MatvecInput::kFloat;
+  else if (kind == "rmsnorm") in.kind = MatvecInput::kRmsNorm;
+  else if (kind == "swiglu") in.kind = MatvecInput::kSwiGlu;
+  else if (kind == "f16") in.kind = MatvecInput::kF16;
+  else if (kind == "bf16") in.kind = MatvecInput::kBF16;
+  else SELFEXT_CHECK(false, ArgumentError, "kind must be float, rmsnorm, swiglu, f16 or bf16, got ", kind);
+  ArrayArg x = to_array(x_obj, "x", false, stream);
+  check_same_cuda(x.view, "x", dev);
+  check_contiguous(x.view, "x");
+  if (kind == "f16") check_dtype(x.view, "x", {DType::kFloat16});
+  else if (kind == "bf16") check_dtype(x.view, "x", {DType::kBFloat16});
+  else check_dtype(x.view, "x", {DType::kFloat32});
+  const int64_t want = (kind == "swiglu" ? 2 : 1) * cols;
+  SELFEXT_CHECK(x.view.numel() == want, ArgumentError, "x must hold ", want, " values, got ", x.view.numel());
+  (void)half;
+  in.x = x.view.data;
+  in.ldx = want;
+  in.eps = eps;
+  ArrayArg norm;
+  if (in.kind == MatvecInput::kRmsNorm) {
+    norm = to_array(norm_obj, "norm_w", false, stream);
+    check_same_cuda(norm.view, "norm_w", dev);
+    check_dtype(norm.view, "norm_w", {DType::kFloat32});
+    check_contiguous(norm.view, "norm_w");
+    SELFEXT_CHECK(norm.view.numel() == cols, ArgumentError, "norm_w must hold ", cols, " values");
+    in.norm_w = norm.view.ptr<float>();
+  }
+  ArrayArg ws = to_array(ws_obj, "workspace", true, stream);
+  check_same_cuda(ws.view, "workspace", dev);
+  check_contiguous(ws.view, "workspace");
+  float* prep = nullptr;
+  ArrayArg prepared;
+  if (!prepared_obj.is_none()) {
+    prepared = to_array(prepared_obj, "prepared", true, stream);
+    check_same_cuda(prepared.view, "prepared", dev);
+    check_dtype(prepared.view, "prepared", {DType::kFloat32});
+    check_contiguous(prepared.view, "prepared");
+    SELFEXT_CHECK(prepared.view.numel() == cols, ArgumentError, "prepared must hold ", cols, " values");
+    prep = prepared.view.ptr<float>();
+  }
+  ArrayArg out = to_array(out_obj, "out", true, stream);
+  check_same_cuda(out.view, "out", dev);
+  check_dtype(out.view, "out", {DType::kFloat32});
+  check_contiguous(out.view, "out");
+  SELFEXT_CHECK(out.view.numel() == rows, ArgumentError, "out must hold ", rows, " values");
+  float* yp = out.view.ptr<float>();
+  run_on_device(dev, [&] {
+#if defined(SELFEXT_WITH_CUDA)
+    SELFEXT_CHECK(size_t(ws.view.numel() * dtype_size(ws.view.dtype)) >= activation_q_bytes(cols), ArgumentError,
+                  "workspace must hold activation_q_bytes(cols) = ", activation_q_bytes(cols), " bytes");
+    prepare_activation_cuda(in, cols, prep, ws.view.data, reinterpret_cast<void*>(stream));
+    matvec_q_cuda(w.m, ws.view.data, yp, accumulate, reinterpret_cast<void*>(stream));
+#else
+    (void)yp;
+    (void)prep;
+#endif
+  });
+}
+
+int64_t activation_q_bytes_op(int64_t cols) {
+#if defined(SELFEXT_WITH_CUDA)
+  return int64_t(activation_q_bytes(cols));
+#else
+  (void)cols;
+  require_cuda();
+  return 0;
+#endif
+}
+
 void register_quant_cuda(py::module_& m) {
   m.def("matmul_quant_cuda", &matmul_quant_cuda_op, py::arg("weight_bytes"), py::arg("qtype"), py::arg("rows"),
         py::arg("cols"), py::arg("x"), py::arg("out"), py::arg("accumulate"), py::arg("stream"),
         "out (= or +=) x @ W.T on CUDA: weight_bytes a CUDA uint8 array of GGUF blocks (rows, cols), x (cols,) or "
         "(n, cols) float32, out (rows,) or (n, rows) float32; runs on `stream`.");
+  m.def("matvec_q_cuda", &matvec_q_cuda_op, py::arg("weight_bytes"), py::arg("qtype"), py::arg("rows"),
+        py::arg("cols"), py::arg("x"), py::arg("out"), py::arg("accumulate"), py::arg("workspace"), py::arg("kind"),
+        py::arg("norm_w"), py::arg("eps"), py::arg("prepared"), py::arg("stream"),
+        "The decode product over 16-bit activation codes (Q4_0, Q4_K; tests): x prepared by kind into workspace, "
+        "then out (= or +=) W x.");
+  m.def("activation_q_bytes", &activation_q_bytes_op, py::arg("cols"),
+        "Workspace bytes of one activation row prepared for matvec_q_cuda.");
   m.def("embed_rows_cuda", &embed_rows_cuda_op, py::arg("weight_bytes"), py::arg("qtype"), py::arg("rows"),
         py::arg("cols"), py::arg("ids"), py::arg("out"), py::arg("stream"),
         "out[t] = dequantized row ids[t] of W on CUDA: ids a CUDA int32 array (ids outside [0, rows) give NaN rows), "

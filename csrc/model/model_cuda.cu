@@ -185,7 +185,8 @@ struct DeviceLayer {
 
 // Scratch of one chunk, by part: float32 unless noted. B = n_batch.
 struct ScratchLayout {
-  int64_t ids, pos, x, xb, qkv, q16, att16, ff, ffa, logits, matmul_ws, attn_ws, attn_decode_ws, attn_decode_bytes, total;
+  int64_t ids, pos, x, xb, qkv, q16, att16, ff, ffa, logits, matmul_ws, xq, attn_ws, attn_decode_ws, attn_decode_bytes,
+      total;
 };
 
 ScratchLayout scratch_layout(const ModelConfig& c, const ModelWeights& w) {
@@ -214,6 +215,8 @@ ScratchLayout scratch_layout(const ModelConfig& c, const ModelWeights& w) {
   for (const LayerWeights& l : w.layers)
     for (const QMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) need(*m);
   s.matmul_ws = take(int64_t(ws));
+  // One decode row prepared for the 16-bit-activation products (matvec_q_cuda).
+  s.xq = take(int64_t(activation_q_bytes(std::max({E, QD, F}))));
   // The attention kernels take their split-K partial states from the stream-ordered pool; the plan
   // counts the largest call (a full chunk at the end of the cache, or one token over all of it).
   AttentionParams p;
@@ -289,6 +292,10 @@ class ModelCuda final : public Model {
   // SELFEXT_CUDA_FUSED=0 / =1 force either path (tests/test_llm_cuda.py compares the two).
   static constexpr int64_t kFuseMaxEmbd = 1024;
   bool fuse_decode_ = false;
+  // Unfused decode rows: the step before each product group (RMSNorm, the attention output's widening,
+  // SwiGLU) is prepare_activation_cuda, which writes the float row and its 16-bit codes, and the Q4_0 /
+  // Q4_K products run matvec_q_cuda on the codes (SELFEXT_CUDA_MVQ=0 turns it off).
+  bool decode_q_ = false;
   std::map<std::tuple<int64_t, int64_t, int64_t>, cudaGraphExec_t> graphs_;
   QMatrix token_embd_, output_;
   const float* output_norm_ = nullptr;
@@ -402,6 +409,11 @@ ModelCuda::ModelCuda(ModelConfig config, ModelWeights weights, int device)
   fuse_decode_ = fenv && (std::strcmp(fenv, "0") == 0 || std::strcmp(fenv, "1") == 0) ? fenv[0] == '1'
                                                                                       : c.n_embd <= kFuseMaxEmbd;
   host_logits_.reset(std::min<int64_t>(c.n_batch, kLogitRows) * c.n_vocab * 4);
+  bool any_q = matvec_q_supported(output_);
+  for (const DeviceLayer& l : layers_)
+    for (const QMatrix* m : {&l.wqkv, &l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate_up, &l.w_gate, &l.w_up, &l.w_down})
+      any_q = any_q || (m->data && matvec_q_supported(*m));
+  decode_q_ = !fuse_decode_ && any_q && c.n_embd % 32 == 0 && c.q_dim() % 32 == 0 && c.n_ff % 32 == 0;
   sync();
 }
 
@@ -491,15 +503,26 @@ void ModelCuda::layer(int il, int64_t n, int64_t pos0, int64_t graph_bound) {
   // Each product reads either the separate kernel's float output (plain: xb, ffa) or, fused, the step's
   // input through matvec_cuda_fused, which skips that kernel.
   const bool fuse = fuse_decode_ && n == 1;
+  // decode_q: each elementwise step writes its float row and the 16-bit codes (xq) the Q4_0 / Q4_K
+  // products read; the other products read the float row.
+  const bool dq = decode_q_ && n == 1;
+  void* xq = scratch_.as<void>(sl_.xq);
   auto product = [&](const QMatrix& w, const MatvecInput& fused_in, const float* plain_x, int64_t ldx, float* y,
                      int64_t ldy, bool accumulate) {
     if (fuse) matvec_cuda_fused(w, fused_in, y, accumulate, stream_);
+    else if (dq && matvec_q_supported(w)) matvec_q_cuda(w, xq, y, accumulate, stream_);
     else matmul_cuda(w, plain_x, n, ldx, y, ldy, accumulate, ws, stream_);
+  };
+  // The separate step before a product group, writing `out` (n rows of cols floats).
+  auto step = [&](const MatvecInput& in, int64_t cols, float* out, auto&& plain) {
+    if (fuse) return;
+    if (dq) prepare_activation_cuda(in, cols, out, xq, stream_);
+    else plain();
   };
 
   // --- attention ---
   const MatvecInput attn_in{MatvecInput::kRmsNorm, x, E, l.attn_norm, c.rms_eps};
-  if (!fuse) rms_norm_cuda<float>(RmsNormParams{x, l.attn_norm, xb, n, E, E, E, c.rms_eps, stream_});
+  step(attn_in, E, xb, [&] { rms_norm_cuda<float>(RmsNormParams{x, l.attn_norm, xb, n, E, E, E, c.rms_eps, stream_}); });
   if (l.wqkv.data) {
     product(l.wqkv, attn_in, xb, E, qkv, QKVD, false);
   } else {
@@ -532,25 +555,24 @@ void ModelCuda::layer(int il, int64_t n, int64_t pos0, int64_t graph_bound) {
     }
     self_extend_attention_cuda(ap);
   }
-  if (!fuse) {
-    launch_kernel(to_float_kernel<T>, dim3(blocks_for(n * QD, 256)), dim3(256), 0, stream_, att16, xb, n * QD);
-  }
   const MatvecInput att_in{c.kv_dtype == DType::kBFloat16 ? MatvecInput::kBF16 : MatvecInput::kF16, att16, QD};
+  step(att_in, QD, xb, [&] {
+    launch_kernel(to_float_kernel<T>, dim3(blocks_for(n * QD, 256)), dim3(256), 0, stream_, att16, xb, n * QD);
+  });
   product(l.wo, att_in, xb, QD, x, E, true);  // x += attn · Wo^T
 
   // --- feed-forward (SwiGLU) ---
   const MatvecInput ffn_in{MatvecInput::kRmsNorm, x, E, l.ffn_norm, c.rms_eps};
-  if (!fuse) rms_norm_cuda<float>(RmsNormParams{x, l.ffn_norm, xb, n, E, E, E, c.rms_eps, stream_});
+  step(ffn_in, E, xb, [&] { rms_norm_cuda<float>(RmsNormParams{x, l.ffn_norm, xb, n, E, E, E, c.rms_eps, stream_}); });
   if (l.w_gate_up.data) {
     product(l.w_gate_up, ffn_in, xb, E, ff, 2 * F, false);
   } else {
     product(l.w_gate, ffn_in, xb, E, ff, 2 * F, false);
     product(l.w_up, ffn_in, xb, E, ff + F, 2 * F, false);
   }
-  if (!fuse) {
-    launch_kernel(swiglu_kernel, dim3(blocks_for(n * F, 256)), dim3(256), 0, stream_, ff, ffa, n, F);
-  }
-  product(l.w_down, MatvecInput{MatvecInput::kSwiGlu, ff, 2 * F}, ffa, F, x, E, true);  // x += down(SwiGLU)
+  const MatvecInput down_in{MatvecInput::kSwiGlu, ff, 2 * F};
+  step(down_in, F, ffa, [&] { launch_kernel(swiglu_kernel, dim3(blocks_for(n * F, 256)), dim3(256), 0, stream_, ff, ffa, n, F); });
+  product(l.w_down, down_in, ffa, F, x, E, true);  // x += down(SwiGLU)
 }
 
 void ModelCuda::head(int64_t r0, int64_t rows) {
@@ -562,6 +584,11 @@ void ModelCuda::head(int64_t r0, int64_t rows) {
   if (fuse_decode_ && rows == 1) {
     matvec_cuda_fused(output_, MatvecInput{MatvecInput::kRmsNorm, x + r0 * E, E, output_norm_, c.rms_eps}, dlog,
                       false, stream_);
+  } else if (decode_q_ && rows == 1 && matvec_q_supported(output_)) {
+    void* xq = scratch_.as<void>(sl_.xq);
+    prepare_activation_cuda(MatvecInput{MatvecInput::kRmsNorm, x + r0 * E, E, output_norm_, c.rms_eps}, E, xb, xq,
+                            stream_);
+    matvec_q_cuda(output_, xq, dlog, false, stream_);
   } else {
     rms_norm_cuda<float>(RmsNormParams{x + r0 * E, output_norm_, xb, rows, E, E, E, c.rms_eps, stream_});
     matmul_cuda(output_, xb, rows, E, dlog, V, false, scratch_.as<void>(sl_.matmul_ws), stream_);

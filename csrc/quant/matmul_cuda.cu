@@ -36,6 +36,7 @@
 #include <mma.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/cuda_check.cuh"
@@ -375,6 +376,256 @@ void launch_matvec(const ProductArgs& a, cudaStream_t s) {
   else launch_matvec_nt<F, 8>(a, s);
 }
 
+// --- decode products over 16-bit activation codes ---------------------------------------------------
+//
+// The float matvec above is bound by its L1 traffic (each lane's narrow loads scatter over ~5 cache
+// lines per warp instruction). These kernels read every weight block with 16-byte loads and multiply
+// with integer dot products: the activation row is prepared once per product (prepare_activation_cuda)
+// into 16-bit codes v = 256 h + l per element with one float scale d per 32 elements (x ~ d v, |v| <=
+// 32512), so sum_c q_c v_c = 256 dp4a(q, h) + dp4a(q, l), exact in int32. The only new error is the
+// activation's rounding, |x - d v| <= d / 2 = amax / 65024 per element.
+//
+// Layout of a prepared row (cols rounded up to 256: Kp): h[Kp] bytes, l[Kp] bytes, d[Kp / 32] floats,
+// s16[Kp / 16] ints (sums of v over 16 elements: the offset / min terms).
+
+constexpr int kActVMax = 32512;  // 127 * 256: h = (v + 128) >> 8 stays in [-127, 127], l in [-128, 127]
+
+__host__ __device__ inline int64_t act_q_cols(int64_t cols) { return (cols + 255) / 256 * 256; }
+
+struct ActQ {
+  const int8_t* h;
+  const int8_t* l;
+  const float* d;
+  const int* s16;
+};
+struct ActQOut {
+  int8_t* h;
+  int8_t* l;
+  float* d;
+  int* s16;
+};
+template <typename P>
+__host__ __device__ inline void act_q_layout(P* base, int64_t cols, P** h, P** l, P** d, P** s) {
+  const int64_t kp = act_q_cols(cols);
+  *h = base;
+  *l = base + kp;
+  *d = base + 2 * kp;
+  *s = base + 2 * kp + kp / 32 * 4;
+}
+
+constexpr int kPrepThreads = 256;
+
+struct PrepArgs {
+  int kind;  // MvIn
+  const void* x;
+  const float* norm_w;
+  float eps;
+  bool x_bf16;
+  int64_t cols;
+  float* out_f;
+  ActQOut q;
+};
+
+__global__ void __launch_bounds__(kPrepThreads) prepare_activation_kernel(const PrepArgs a) {
+  kernel_prologue();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const float* xf = static_cast<const float*>(a.x);
+  float inv = 1.0f;
+  if (a.kind == kInRmsNorm) {  // the row's 1/rms, as rms_norm_cuda computes it (same terms, summed in another order)
+    __shared__ float part[kPrepThreads / 32];
+    float ss = 0.0f;
+    for (int64_t c = threadIdx.x; c < a.cols; c += kPrepThreads) ss += xf[c] * xf[c];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if (lane == 0) part[warp] = ss;
+    __syncthreads();
+    ss = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kPrepThreads / 32; ++k) ss += part[k];
+    inv = rsqrtf(ss / float(a.cols) + a.eps);
+  }
+  // Block b quantizes elements [256 b, 256 b + 256), one per thread (RMSNorm: every block sums the row).
+  for (int64_t c0 = int64_t(blockIdx.x) * kPrepThreads + warp * 32; c0 < a.cols; c0 += int64_t(gridDim.x) * kPrepThreads) {
+    const int64_t c = c0 + lane;
+    float v;
+    if (a.kind == kInFloat) {
+      v = xf[c];
+    } else if (a.kind == kInRmsNorm) {
+      v = xf[c] * inv * a.norm_w[c];
+    } else if (a.kind == kInSwiGlu) {
+      const float g = xf[c];
+      v = g / (1.f + expf(-g)) * xf[a.cols + c];
+    } else {
+      const uint16_t hb = static_cast<const uint16_t*>(a.x)[c];
+      v = a.x_bf16 ? __uint_as_float(uint32_t(hb) << 16) : __half2float(__ushort_as_half(hb));
+    }
+    if (a.out_f) a.out_f[c] = v;
+    float amax = fabsf(v);
+    const bool bad = __any_sync(0xffffffffu, !(amax <= 3.0e38f));  // inf or NaN in the block
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float d = amax / float(kActVMax);
+    int q = amax > 0.0f && !bad ? __float2int_rn(v * (float(kActVMax) / amax)) : 0;
+    q = max(-kActVMax, min(kActVMax, q));
+    const int hi = (q + 128) >> 8;
+    a.q.h[c] = int8_t(hi);
+    a.q.l[c] = int8_t(q - 256 * hi);
+    int sum = q;
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);  // within each half-warp
+    if ((lane & 15) == 0) a.q.s16[c / 16] = sum;
+    // A block holding inf or NaN gets a NaN scale: its products come out NaN, as the float path's would.
+    if (lane == 0) a.q.d[c / 32] = bad ? __int_as_float(0x7fc00000) : d;
+  }
+}
+
+__device__ __forceinline__ int dp4a(uint32_t a, uint32_t b, int c) { return __dp4a(int(a), int(b), c); }
+
+// sum over 16 elements of q * v, q in the bytes of qw[0..3] (each < 128), v = 256 h + l.
+__device__ __forceinline__ int dot16(const uint32_t (&qw)[4], const uint4& h, const uint4& l) {
+  int sh = dp4a(qw[0], h.x, 0), sl = dp4a(qw[0], l.x, 0);
+  sh = dp4a(qw[1], h.y, sh); sl = dp4a(qw[1], l.y, sl);
+  sh = dp4a(qw[2], h.z, sh); sl = dp4a(qw[2], l.z, sl);
+  sh = dp4a(qw[3], h.w, sh); sl = dp4a(qw[3], l.w, sl);
+  return 256 * sh + sl;
+}
+
+constexpr int kMvqWarps = 8;
+
+template <int NR>
+__device__ __forceinline__ void mvq_store(const float (&acc)[NR], int64_t r0, int64_t rows, float* y, bool accumulate,
+                                          int lane) {
+#pragma unroll
+  for (int r = 0; r < NR; ++r) {
+    float v = acc[r];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0 && r0 + r < rows) y[r0 + r] = accumulate ? y[r0 + r] + v : v;
+  }
+}
+
+// Q4_0 (18-byte blocks, 2-byte aligned): a warp owns NR rows; lane b takes block b of each 32 (a 1 KiB
+// column chunk), loading the two aligned 16-byte words around its 18 bytes (they never reach past the
+// 16-byte granule of the block's last byte) and shifting the scale and the 16 code bytes out of them.
+template <int NR>
+__global__ void __launch_bounds__(kMvqWarps * 32) mvq_q4_0_kernel(const uint8_t* __restrict__ w, int64_t row_bytes,
+                                                                  int64_t rows, int64_t cols, ActQ x, float* y,
+                                                                  bool accumulate) {
+  kernel_prologue();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t r0 = (int64_t(blockIdx.x) * kMvqWarps + warp) * NR;
+  if (r0 >= rows) return;
+  const int nb = int(cols / 32);
+  float acc[NR];
+#pragma unroll
+  for (int r = 0; r < NR; ++r) acc[r] = 0.0f;
+#pragma unroll 2
+  for (int b = lane; b < nb; b += 32) {
+    const uint4 h0 = reinterpret_cast<const uint4*>(x.h)[2 * b], h1 = reinterpret_cast<const uint4*>(x.h)[2 * b + 1];
+    const uint4 l0 = reinterpret_cast<const uint4*>(x.l)[2 * b], l1 = reinterpret_cast<const uint4*>(x.l)[2 * b + 1];
+    const float da = x.d[b];
+    const int sv = x.s16[2 * b] + x.s16[2 * b + 1];
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+      if (r0 + r >= rows) break;
+      const uintptr_t p = reinterpret_cast<uintptr_t>(w + (r0 + r) * row_bytes + int64_t(18) * b);
+      const uint4* a16 = reinterpret_cast<const uint4*>(p & ~uintptr_t(15));
+      const uint4 A = a16[0], B = a16[1];
+      const uint32_t W[8] = {A.x, A.y, A.z, A.w, B.x, B.y, B.z, B.w};
+      const int o = int(p & 15), wi = o >> 2;
+      const bool odd = (o & 2) != 0;  // the block starts in the upper half of word wi
+      uint32_t X[5];
+#pragma unroll
+      for (int t = 0; t < 5; ++t) {
+        const uint32_t w0 = W[t], w1 = W[t + 1], w2 = W[t + 2], w3 = t + 3 < 8 ? W[t + 3] : 0u;
+        X[t] = wi == 0 ? w0 : wi == 1 ? w1 : wi == 2 ? w2 : w3;
+      }
+      const uint32_t dbits = (odd ? X[0] >> 16 : X[0]) & 0xFFFFu;
+      uint32_t lo[4], hi[4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const uint32_t qs = __funnelshift_rc(X[k], X[k + 1], odd ? 32u : 16u);  // code bytes 4k..4k+3
+        lo[k] = qs & 0x0F0F0F0Fu;         // elements 4k..4k+3
+        hi[k] = (qs >> 4) & 0x0F0F0F0Fu;  // elements 16+4k..
+      }
+      const int S = dot16(lo, h0, l0) + dot16(hi, h1, l1) - 8 * sv;
+      acc[r] = fmaf(__half2float(__ushort_as_half(uint16_t(dbits))) * da, float(S), acc[r]);
+    }
+  }
+  mvq_store<NR>(acc, r0, rows, y, accumulate, lane);
+}
+
+// Q4_K (144-byte super-blocks, 16-byte multiples): a warp owns NR rows; 8 lanes share a super-block, four
+// super-blocks (a 1 KiB column chunk) per step. Lane i of a group loads the 16-byte header (d, dmin,
+// scales) and code bytes 16 i .. 16 i + 15: elements 64 (i/2) + 16 (i%2) + [0, 16) in the low nibbles
+// (sub-block 2 (i/2)) and 32 further in the high nibbles (sub-block 2 (i/2) + 1).
+template <int NR>
+__global__ void __launch_bounds__(kMvqWarps * 32) mvq_q4_k_kernel(const uint8_t* __restrict__ w, int64_t row_bytes,
+                                                                  int64_t rows, int64_t cols, ActQ x, float* y,
+                                                                  bool accumulate) {
+  kernel_prologue();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t r0 = (int64_t(blockIdx.x) * kMvqWarps + warp) * NR;
+  if (r0 >= rows) return;
+  const int g = lane >> 3, i = lane & 7;
+  const int nsb = int(cols / 256);
+  const int jlo = 2 * (i >> 1);  // sub-block of the low nibbles; jlo + 1 of the high ones
+  float acc[NR];
+#pragma unroll
+  for (int r = 0; r < NR; ++r) acc[r] = 0.0f;
+#pragma unroll 2
+  for (int sb = g; sb < nsb; sb += 4) {
+    const int64_t e = int64_t(256) * sb + 64 * (i >> 1) + 16 * (i & 1);
+    const uint4 hl = *reinterpret_cast<const uint4*>(x.h + e), hh = *reinterpret_cast<const uint4*>(x.h + e + 32);
+    const uint4 ll = *reinterpret_cast<const uint4*>(x.l + e), lh = *reinterpret_cast<const uint4*>(x.l + e + 32);
+    const float da_lo = x.d[e / 32], da_hi = x.d[e / 32 + 1];
+    const float sv_lo = float(x.s16[e / 16]), sv_hi = float(x.s16[e / 16 + 2]);
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+      if (r0 + r >= rows) break;
+      const uint8_t* blk = w + (r0 + r) * row_bytes + int64_t(144) * sb;
+      const uint4 hdr = *reinterpret_cast<const uint4*>(blk);
+      const uint4 q = *reinterpret_cast<const uint4*>(blk + 16 + 16 * i);
+      // k4_scale_min for sub-blocks jlo (< 8) and jlo + 1, from the 12 scale bytes in hdr.y..hdr.w.
+      int sc[2], mn[2];
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int j = jlo + u;
+        if (j < 4) {
+          sc[u] = int((hdr.y >> (8 * j)) & 63u);
+          mn[u] = int((hdr.z >> (8 * j)) & 63u);
+        } else {
+          const int jj = 8 * (j - 4);
+          const uint32_t s8 = (hdr.w >> jj) & 0xFFu, s0 = (hdr.y >> jj) & 0xFFu, s4 = (hdr.z >> jj) & 0xFFu;
+          sc[u] = int((s8 & 0xFu) | ((s0 >> 6) << 4));
+          mn[u] = int((s8 >> 4) | ((s4 >> 6) << 4));
+        }
+      }
+      const float d = __half2float(__ushort_as_half(uint16_t(hdr.x & 0xFFFFu)));
+      const float dmin = __half2float(__ushort_as_half(uint16_t(hdr.x >> 16)));
+      const uint32_t qw[4] = {q.x, q.y, q.z, q.w};
+      uint32_t lo[4], hi[4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        lo[k] = qw[k] & 0x0F0F0F0Fu;
+        hi[k] = (qw[k] >> 4) & 0x0F0F0F0Fu;
+      }
+      const float s_lo = float(dot16(lo, hl, ll)), s_hi = float(dot16(hi, hh, lh));
+      acc[r] = fmaf(da_lo, d * float(sc[0]) * s_lo - dmin * float(mn[0]) * sv_lo, acc[r]);
+      acc[r] = fmaf(da_hi, d * float(sc[1]) * s_hi - dmin * float(mn[1]) * sv_hi, acc[r]);
+    }
+  }
+  mvq_store<NR>(acc, r0, rows, y, accumulate, lane);
+}
+
+bool mvq_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("SELFEXT_CUDA_MVQ");
+    return !(e && std::strcmp(e, "0") == 0);
+  }();
+  return on;
+}
+
 // --- matrix-matrix with tensor cores: prefill -----------------------------------------------------
 
 constexpr int kBM = 64;    // weight rows per block
@@ -649,6 +900,66 @@ void matvec_cuda_fused(const QMatrix& w, const MatvecInput& in, float* y, bool a
       default: launch_matvec_nt<F, 1, kInHalf>(a, s); break;
     }
   });
+}
+
+bool matvec_q_supported(const QMatrix& w) {
+  return mvq_enabled() && (w.type == QType::Q4_0 || w.type == QType::Q4_K);
+}
+
+size_t activation_q_bytes(int64_t cols) {
+  SELFEXT_CHECK(cols > 0, ArgumentError, "cols must be positive, got ", cols);
+  const int64_t kp = act_q_cols(cols);
+  return size_t(2 * kp + kp / 32 * 4 + kp / 16 * 4);
+}
+
+void prepare_activation_cuda(const MatvecInput& in, int64_t cols, float* out_f, void* xq, void* stream) {
+  SELFEXT_CHECK(cols > 0 && cols % 32 == 0, ArgumentError, "prepare_activation: cols must be a positive multiple "
+                "of 32, got ", cols);
+  SELFEXT_CHECK(in.x != nullptr && xq != nullptr, ArgumentError, "x and xq must not be null");
+  SELFEXT_CHECK(reinterpret_cast<uintptr_t>(xq) % 256 == 0, ArgumentError, "xq must be 256-byte aligned");
+  SELFEXT_CHECK(in.kind != MatvecInput::kRmsNorm || in.norm_w != nullptr, ArgumentError,
+                "an RMSNorm input needs its weight");
+  PrepArgs a{};
+  a.kind = in.kind == MatvecInput::kFloat ? kInFloat : in.kind == MatvecInput::kRmsNorm ? kInRmsNorm
+         : in.kind == MatvecInput::kSwiGlu ? kInSwiGlu : kInHalf;
+  a.x = in.x;
+  a.norm_w = in.norm_w;
+  a.eps = in.eps;
+  a.x_bf16 = in.kind == MatvecInput::kBF16;
+  a.cols = cols;
+  a.out_f = out_f;
+  act_q_layout(static_cast<int8_t*>(xq), cols, &a.q.h, &a.q.l, reinterpret_cast<int8_t**>(&a.q.d),
+               reinterpret_cast<int8_t**>(&a.q.s16));
+  launch_kernel(prepare_activation_kernel, dim3(unsigned((cols + kPrepThreads - 1) / kPrepThreads)), dim3(kPrepThreads),
+                0, static_cast<cudaStream_t>(stream), a);
+}
+
+void matvec_q_cuda(const QMatrix& w, const void* xq, float* y, bool accumulate, void* stream) {
+  check_matrix(w);
+  SELFEXT_CHECK(w.type == QType::Q4_0 || w.type == QType::Q4_K, ArgumentError,
+                "matvec_q takes Q4_0 or Q4_K weights, got ", qtype_name(w.type));
+  SELFEXT_CHECK(xq != nullptr && y != nullptr, ArgumentError, "xq and y must not be null");
+  SELFEXT_CHECK(reinterpret_cast<uintptr_t>(xq) % 256 == 0, ArgumentError, "xq must be 256-byte aligned");
+  ActQ x{};
+  const int8_t* base = static_cast<const int8_t*>(xq);
+  const int8_t *h, *l, *d, *s16;
+  act_q_layout(base, w.cols, &h, &l, &d, &s16);
+  x.h = h;
+  x.l = l;
+  x.d = reinterpret_cast<const float*>(d);
+  x.s16 = reinterpret_cast<const int*>(s16);
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  // NR = 2 rows per warp: every activation load serves two rows, and 4096-row matrices still give
+  // 256 blocks of 8 warps.
+  constexpr int NR = 2;
+  const dim3 grid(unsigned((w.rows + NR * kMvqWarps - 1) / (NR * kMvqWarps)));
+  const uint8_t* wp = static_cast<const uint8_t*>(w.data);
+  if (w.type == QType::Q4_0)
+    launch_kernel(mvq_q4_0_kernel<NR>, grid, dim3(kMvqWarps * 32), 0, s, wp, w.row_bytes, w.rows, w.cols, x, y,
+                  accumulate);
+  else
+    launch_kernel(mvq_q4_k_kernel<NR>, grid, dim3(kMvqWarps * 32), 0, s, wp, w.row_bytes, w.rows, w.cols, x, y,
+                  accumulate);
 }
 
 void embed_rows_cuda(const QMatrix& w, const int32_t* ids, int64_t n, float* out, int64_t ldo, void* stream) {

@@ -39,6 +39,20 @@ struct MatvecInput {
 };
 void matvec_cuda_fused(const QMatrix& w, const MatvecInput& in, float* y, bool accumulate, void* stream);
 
+// --- decode products over 16-bit activation codes (Q4_0, Q4_K) ---------------------------------------
+// One activation row is first prepared (prepare_activation_cuda: the MatvecInput step applied, then
+// quantized per 32 elements to x ~ d * v, v = 256 h + l, |v| <= 32512, h and l signed bytes, so a
+// 16-bit code split in two bytes), and the product then runs on integer dot products (dp4a) of the
+// weight codes with h and l: every weight byte is read once with 16-byte loads. The codes' error is
+// at most d / 2 = amax / 65024 per element (amax of its 32-element block), against fp16's 2^-11 relative.
+// Prepared rows live in caller scratch of activation_q_bytes(cols) bytes (256-byte aligned).
+bool matvec_q_supported(const QMatrix& w);  // Q4_0 or Q4_K (and SELFEXT_CUDA_MVQ is not 0)
+size_t activation_q_bytes(int64_t cols);
+// in.x as MatvecInput (cols values, cols % 32 == 0); out_f (nullable): the prepared float32 row as well.
+void prepare_activation_cuda(const MatvecInput& in, int64_t cols, float* out_f, void* xq, void* stream);
+// y[r] = (accumulate ? y[r] : 0) + sum_c W[r, c] x[c], x the row prepared in xq (w.cols values).
+void matvec_q_cuda(const QMatrix& w, const void* xq, float* y, bool accumulate, void* stream);
+
 // Embedding lookup: out[t, :] = dequantized row ids[t] of w, for t < n (ids: device int32, each in
 // [0, w.rows) -- the caller checks them on the host); out (n, w.cols) float32, row stride ldo.
 void embed_rows_cuda(const QMatrix& w, const int32_t* ids, int64_t n, float* out, int64_t ldo, void* stream);
