@@ -116,9 +116,10 @@ def main():
                 from selfext_native import _native
 
                 wsq = torch.empty(_native.activation_q_bytes(cols), dtype=torch.uint8, device=dev)
-                qt, stream = int(quant.qtype_id(name)), torch.cuda.current_stream().cuda_stream
+                qt = int(quant.qtype_id(name))
                 t_q = cuda_time(lambda i: _native.matvec_q_cuda(ws[i], qt, rows, cols, x, y, False, wsq, "float", None,
-                                                                0.0, None, stream), copies, args.reps, 2 * copies)
+                                                                0.0, None, torch.cuda.current_stream().cuda_stream),
+                                copies, args.reps, 2 * copies)
                 decode_rows[-1].update({"mvq us": round(t_q * 1e6, 1), "mvq GB/s": round(nbytes / t_q / 1e9),
                                         "mvq ratio": round(nbytes / t_q / copy_gbs / 1e9, 3)})
             del dsts
