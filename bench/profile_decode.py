@@ -23,6 +23,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
     ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--torch-profile", action="store_true",
+                    help="trace the steps with torch.profiler (CUPTI) and print the per-kernel table")
     args = ap.parse_args()
     from selfext_native import LLM
 
@@ -34,11 +36,34 @@ def main() -> None:
     for _ in range(8):  # graph capture and warm-up
         one[0] = tok
         tok = int(np.argmax(model.forward(one, False)[0]))
+    def steps():
+        nonlocal tok
+        for _ in range(args.steps):
+            one[0] = tok
+            tok = int(np.argmax(model.forward(one, False)[0]))
+
     t = time.perf_counter()
-    for _ in range(args.steps):
-        one[0] = tok
-        tok = int(np.argmax(model.forward(one, False)[0]))
+    steps()
     print(f"{args.model}: {(time.perf_counter() - t) / args.steps * 1e3:.3f} ms per decode step (end to end)")
+    if args.torch_profile:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            steps()
+            torch.cuda.synchronize()
+        rows = []
+        for e in prof.key_averages():
+            t_us = getattr(e, "device_time_total", None)
+            if t_us is None:
+                t_us = getattr(e, "cuda_time_total", 0)
+            if t_us and e.count:
+                rows.append((t_us / args.steps, e.count / args.steps, e.key))
+        rows.sort(reverse=True)
+        total = sum(r[0] for r in rows if not r[2].startswith("cuda"))
+        print(f"per decode step, device time by kernel (sum {total:.1f} us; launches/step, us/step, us/launch):")
+        for us, n, key in rows[:25]:
+            print(f"{n:7.1f} {us:9.1f} {us / max(n, 1e-9):8.2f}  {key[:120]}")
 
 
 if __name__ == "__main__":

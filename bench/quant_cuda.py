@@ -110,7 +110,7 @@ def main():
                 "us": round(t * 1e6, 1), "GB/s": round(gbs), "copy GB/s": round(copy_gbs),
                 "ratio": round(gbs / copy_gbs, 3), "target": TARGET_BW,
             })
-            if name in ("Q4_0", "Q4_K"):
+            if name in ("Q4_0", "Q4_K", "Q6_K"):
                 # The model's decode path for these types: the activation row prepared into 16-bit codes
                 # (its own kernel, timed with the product) and the dp4a product (matvec_q_cuda).
                 from selfext_native import _native

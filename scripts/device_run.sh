@@ -75,6 +75,13 @@ for st in $stages; do
       timeout ${BENCHGEN_TIMEOUT:-420} python3 bench/generate.py --device cuda ${BENCHGEN_ARGS:-} 2>&1 | tee "$OUT/benchgen.log" | tail -30 || rc=1
       cp bench/results/generate-cuda-*.json "$OUT/" 2>/dev/null
       ;;
+    tprof)
+      # Per-kernel device time of decode steps through torch.profiler (CUPTI): TPROF_MODELS.
+      for m in ${TPROF_MODELS:-smollm2}; do
+        timeout ${TPROF_TIMEOUT:-120} python3 bench/profile_decode.py $m --steps ${TPROF_STEPS:-16} --torch-profile 2>&1 \
+          | tee "$OUT/tprof_$m.log" | tail -30 || rc=1
+      done
+      ;;
     nsys)
       # Per-kernel times of decode steps: NSYS_MODELS (bench/generate.py names), one profile each.
       if ! command -v nsys >/dev/null; then echo "no nsys on this machine"; else

@@ -146,7 +146,7 @@ def test_matmul_cuda_current_stream(rng):
     assert ((z.to(torch.float64) - ref).abs() <= tolerance(w, w0, x.to(torch.float64), 3)).all()
 
 
-# --- the 16-bit-activation decode product (matvec_q_cuda: Q4_0, Q4_K) -----------------------------
+# --- the 16-bit-activation decode product (matvec_q_cuda: Q4_0, Q4_K, Q6_K) -----------------------
 #
 # The activation row is prepared (float, RMSNorm, SwiGLU, or 16-bit widening) and quantized per 32
 # elements to x ~ d v with |v| <= 32512, d = amax / 32512, then multiplied with integer dot products.
@@ -209,7 +209,7 @@ def check_q(name, kind, rng, rows, cols, accumulate=False):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("name", ["Q4_0", "Q4_K"])
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_K", "Q6_K"])
 def test_matvec_q_cuda(name, kind, rng):
     """Rows 1, 17 (odd: a warp's second row missing), 300; Q4_0 with odd block counts, so rows start at
     every 2-byte offset inside a 16-byte word; a column count past one 1 KiB chunk."""

@@ -38,6 +38,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "core/cuda_check.cuh"
 #include "core/cuda_launch.cuh"
@@ -618,6 +619,90 @@ __global__ void __launch_bounds__(kMvqWarps * 32) mvq_q4_k_kernel(const uint8_t*
   mvq_store<NR>(acc, r0, rows, y, accumulate, lane);
 }
 
+// 16 bytes at a 2-byte aligned shared-memory offset, as four words (five aligned word reads).
+__device__ __forceinline__ void smem_16_a2(const uint8_t* base, int off, uint32_t (&v)[4]) {
+  const uint32_t* w = reinterpret_cast<const uint32_t*>(base + (off & ~3));
+  const uint32_t sh = uint32_t(off & 2) * 8u;
+  uint32_t a = w[0];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const uint32_t b = w[k + 1];
+    v[k] = __funnelshift_r(a, b, sh);
+    a = b;
+  }
+}
+
+constexpr int kQ6Bytes = 210;
+constexpr int kQ6ChunkWords = (4 * kQ6Bytes + 15 + 15) / 16;  // 16-byte words covering 4 super-blocks, any alignment
+
+// Q6_K (210-byte super-blocks, 2-byte aligned): a warp stages 4 consecutive super-blocks of each of its NR
+// rows through shared memory with aligned 16-byte loads (the whole 840-byte span in two warp loads), then
+// 8 lanes share a super-block: lane i takes half h = i / 4 (128 elements) and t = i % 4: ql bytes
+// 64 h + 16 t .. +15 (low nibbles: elements 128 h + 16 t + [0, 16); high nibbles: 64 further) and qh bytes
+// 32 h + 16 (t % 2) .. +15 (bit pairs t / 2 and t / 2 + 2 of the same elements).
+template <int NR>
+__global__ void __launch_bounds__(kMvqWarps * 32) mvq_q6_k_kernel(const uint8_t* __restrict__ w, int64_t row_bytes,
+                                                                  int64_t rows, int64_t cols, ActQ x, float* y,
+                                                                  bool accumulate) {
+  kernel_prologue();
+  __shared__ __align__(16) uint8_t stage[kMvqWarps][NR][kQ6ChunkWords * 16];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t r0 = (int64_t(blockIdx.x) * kMvqWarps + warp) * NR;
+  if (r0 >= rows) return;
+  const int g = lane >> 3, i = lane & 7, hh = i >> 2, t = i & 3;
+  const int nsb = int(cols / 256);
+  float acc[NR];
+#pragma unroll
+  for (int r = 0; r < NR; ++r) acc[r] = 0.0f;
+  for (int sb0 = 0; sb0 < nsb; sb0 += 4) {
+    const int nsb_here = min(4, nsb - sb0);
+    int skew[NR];
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+      const uintptr_t start = reinterpret_cast<uintptr_t>(w + min(r0 + r, rows - 1) * row_bytes + int64_t(kQ6Bytes) * sb0);
+      const uintptr_t a16 = start & ~uintptr_t(15);
+      const int n_words = int((start + uintptr_t(kQ6Bytes) * nsb_here + 15 - a16) / 16);
+      skew[r] = int(start - a16);
+      const uint4* src = reinterpret_cast<const uint4*>(a16);
+      uint4* dst = reinterpret_cast<uint4*>(stage[warp][r]);
+      for (int k = lane; k < n_words; k += 32) dst[k] = src[k];
+    }
+    __syncwarp();
+    const int sb = sb0 + g;
+    if (sb < nsb) {
+      const int64_t e = int64_t(256) * sb + 128 * hh + 16 * t;  // low-nibble elements; +64: high
+      const uint4 hl = *reinterpret_cast<const uint4*>(x.h + e), hx = *reinterpret_cast<const uint4*>(x.h + e + 64);
+      const uint4 ll = *reinterpret_cast<const uint4*>(x.l + e), lx = *reinterpret_cast<const uint4*>(x.l + e + 64);
+      const float da_lo = x.d[e / 32], da_hi = x.d[(e + 64) / 32];
+      const int sv_lo = x.s16[e / 16], sv_hi = x.s16[(e + 64) / 16];
+      const int s_pair = 2 * (t >> 1);
+#pragma unroll
+      for (int r = 0; r < NR; ++r) {
+        if (r0 + r >= rows) break;
+        const uint8_t* blk = stage[warp][r];
+        const int b0 = skew[r] + kQ6Bytes * g;
+        uint32_t ql[4], qh[4];
+        smem_16_a2(blk, b0 + 64 * hh + 16 * t, ql);
+        smem_16_a2(blk, b0 + 128 + 32 * hh + 16 * (t & 1), qh);
+        const int sc_lo = int(int8_t(blk[b0 + 192 + 8 * hh + t])), sc_hi = int(int8_t(blk[b0 + 196 + 8 * hh + t]));
+        const uint16_t dbits = uint16_t(blk[b0 + 208] | (uint32_t(blk[b0 + 209]) << 8));
+        uint32_t clo[4], chi[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          clo[k] = (ql[k] & 0x0F0F0F0Fu) | (((qh[k] >> s_pair) & 0x03030303u) << 4);
+          chi[k] = ((ql[k] >> 4) & 0x0F0F0F0Fu) | (((qh[k] >> (s_pair + 4)) & 0x03030303u) << 4);
+        }
+        const float s_lo = float(dot16(clo, hl, ll) - 32 * sv_lo), s_hi = float(dot16(chi, hx, lx) - 32 * sv_hi);
+        const float d = __half2float(__ushort_as_half(dbits));
+        acc[r] = fmaf(d * float(sc_lo) * da_lo, s_lo, acc[r]);
+        acc[r] = fmaf(d * float(sc_hi) * da_hi, s_hi, acc[r]);
+      }
+    }
+    __syncwarp();  // the stage is rewritten by the next chunk
+  }
+  mvq_store<NR>(acc, r0, rows, y, accumulate, lane);
+}
+
 bool mvq_enabled() {
   static const bool on = [] {
     const char* e = std::getenv("SELFEXT_CUDA_MVQ");
@@ -903,7 +988,7 @@ void matvec_cuda_fused(const QMatrix& w, const MatvecInput& in, float* y, bool a
 }
 
 bool matvec_q_supported(const QMatrix& w) {
-  return mvq_enabled() && (w.type == QType::Q4_0 || w.type == QType::Q4_K);
+  return mvq_enabled() && (w.type == QType::Q4_0 || w.type == QType::Q4_K || w.type == QType::Q6_K);
 }
 
 size_t activation_q_bytes(int64_t cols) {
@@ -936,8 +1021,8 @@ void prepare_activation_cuda(const MatvecInput& in, int64_t cols, float* out_f, 
 
 void matvec_q_cuda(const QMatrix& w, const void* xq, float* y, bool accumulate, void* stream) {
   check_matrix(w);
-  SELFEXT_CHECK(w.type == QType::Q4_0 || w.type == QType::Q4_K, ArgumentError,
-                "matvec_q takes Q4_0 or Q4_K weights, got ", qtype_name(w.type));
+  SELFEXT_CHECK(w.type == QType::Q4_0 || w.type == QType::Q4_K || w.type == QType::Q6_K, ArgumentError,
+                "matvec_q takes Q4_0, Q4_K or Q6_K weights, got ", qtype_name(w.type));
   SELFEXT_CHECK(xq != nullptr && y != nullptr, ArgumentError, "xq and y must not be null");
   SELFEXT_CHECK(reinterpret_cast<uintptr_t>(xq) % 256 == 0, ArgumentError, "xq must be 256-byte aligned");
   ActQ x{};
@@ -949,17 +1034,30 @@ void matvec_q_cuda(const QMatrix& w, const void* xq, float* y, bool accumulate, 
   x.d = reinterpret_cast<const float*>(d);
   x.s16 = reinterpret_cast<const int*>(s16);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  // NR = 2 rows per warp: every activation load serves two rows, and 4096-row matrices still give
-  // 256 blocks of 8 warps.
-  constexpr int NR = 2;
-  const dim3 grid(unsigned((w.rows + NR * kMvqWarps - 1) / (NR * kMvqWarps)));
   const uint8_t* wp = static_cast<const uint8_t*>(w.data);
-  if (w.type == QType::Q4_0)
-    launch_kernel(mvq_q4_0_kernel<NR>, grid, dim3(kMvqWarps * 32), 0, s, wp, w.row_bytes, w.rows, w.cols, x, y,
-                  accumulate);
-  else
-    launch_kernel(mvq_q4_k_kernel<NR>, grid, dim3(kMvqWarps * 32), 0, s, wp, w.row_bytes, w.rows, w.cols, x, y,
-                  accumulate);
+  // NR rows per warp: every activation load serves NR rows; fewer rows per warp give more, smaller
+  // blocks (the tail of the grid is more even). SELFEXT_CUDA_MVQ_NR=1|2|4 forces it (the benches' A/B).
+  static const int nr_env = [] {
+    const char* e = std::getenv("SELFEXT_CUDA_MVQ_NR");
+    return e ? std::atoi(e) : 0;
+  }();
+  const int nr = nr_env == 1 || nr_env == 2 || nr_env == 4 ? nr_env : 2;
+  auto go = [&](auto nr_const) {
+    constexpr int NR = decltype(nr_const)::value;
+    const dim3 grid(unsigned((w.rows + NR * kMvqWarps - 1) / (NR * kMvqWarps)));
+    if (w.type == QType::Q4_0)
+      launch_kernel(mvq_q4_0_kernel<NR>, grid, dim3(kMvqWarps * 32), 0, s, wp, w.row_bytes, w.rows, w.cols, x, y,
+                    accumulate);
+    else if (w.type == QType::Q4_K)
+      launch_kernel(mvq_q4_k_kernel<NR>, grid, dim3(kMvqWarps * 32), 0, s, wp, w.row_bytes, w.rows, w.cols, x, y,
+                    accumulate);
+    else
+      launch_kernel(mvq_q6_k_kernel<NR>, grid, dim3(kMvqWarps * 32), 0, s, wp, w.row_bytes, w.rows, w.cols, x, y,
+                    accumulate);
+  };
+  if (nr == 1) go(std::integral_constant<int, 1>{});
+  else if (nr == 4) go(std::integral_constant<int, 4>{});
+  else go(std::integral_constant<int, 2>{});
 }
 
 void embed_rows_cuda(const QMatrix& w, const int32_t* ids, int64_t n, float* out, int64_t ldo, void* stream) {

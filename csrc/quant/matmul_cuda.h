@@ -39,14 +39,14 @@ struct MatvecInput {
 };
 void matvec_cuda_fused(const QMatrix& w, const MatvecInput& in, float* y, bool accumulate, void* stream);
 
-// --- decode products over 16-bit activation codes (Q4_0, Q4_K) ---------------------------------------
+// --- decode products over 16-bit activation codes (Q4_0, Q4_K, Q6_K) ---------------------------------
 // One activation row is first prepared (prepare_activation_cuda: the MatvecInput step applied, then
 // quantized per 32 elements to x ~ d * v, v = 256 h + l, |v| <= 32512, h and l signed bytes, so a
 // 16-bit code split in two bytes), and the product then runs on integer dot products (dp4a) of the
 // weight codes with h and l: every weight byte is read once with 16-byte loads. The codes' error is
 // at most d / 2 = amax / 65024 per element (amax of its 32-element block), against fp16's 2^-11 relative.
 // Prepared rows live in caller scratch of activation_q_bytes(cols) bytes (256-byte aligned).
-bool matvec_q_supported(const QMatrix& w);  // Q4_0 or Q4_K (and SELFEXT_CUDA_MVQ is not 0)
+bool matvec_q_supported(const QMatrix& w);  // Q4_0, Q4_K or Q6_K (and SELFEXT_CUDA_MVQ is not 0)
 size_t activation_q_bytes(int64_t cols);
 // in.x as MatvecInput (cols values, cols % 32 == 0); out_f (nullable): the prepared float32 row as well.
 void prepare_activation_cuda(const MatvecInput& in, int64_t cols, float* out_f, void* xq, void* stream);
