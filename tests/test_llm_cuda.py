@@ -136,7 +136,7 @@ def test_decode_graphs_equal_eager_decode_across_length_buckets(model_dir, rng, 
                                   "untied-Q5_1-f16"])
 def test_fused_decode_equals_unfused(model_dir, rng, monkeypatch, case):
     # SELFEXT_CUDA_FUSED=1 folds RMSNorm, SwiGLU and the attention output's widening into the decode
-    # products' loads. The formulas are the separate kernels' own; only the RMS sum runs in another
+    # products' loads; the unfused path runs with the float products and with the 16-bit-code ones. The formulas are the separate kernels' own; only the RMS sum runs in another
     # order, so the two agree to float32 rounding (which can move one float16 rounding of q/k/v by an
     # ulp, 2^-11 relative): bounded like graphs vs eager.
     name, kv = case.rsplit("-", 1)
@@ -152,8 +152,14 @@ def test_fused_decode_equals_unfused(model_dir, rng, monkeypatch, case):
     path = _model(model_dir, f"fused-{name}", n_ctx_train=1024, **kw)
     toks = _tokens(rng, 300)  # crosses a 256-key graph bucket
     args = dict(n_ctx=1024, self_extend=(4, 64), device="cuda", kv_type=kv)
+    # The unfused path with the float products (SELFEXT_CUDA_MVQ=0): the same formulas as the fused one.
     monkeypatch.setenv("SELFEXT_CUDA_FUSED", "0")
+    monkeypatch.setenv("SELFEXT_CUDA_MVQ", "0")
     plain = _decode_rows(LLM(path, **args), toks).astype(np.float64)
+    # ... and with the 16-bit-code products for Q4_0 / Q4_K / Q6_K (matvec_q_cuda): other roundings,
+    # judged against the reference below.
+    monkeypatch.setenv("SELFEXT_CUDA_MVQ", "1")
+    codes = _decode_rows(LLM(path, **args), toks).astype(np.float64)
     monkeypatch.setenv("SELFEXT_CUDA_FUSED", "1")
     fused = _decode_rows(LLM(path, **args), toks).astype(np.float64)
     scale = np.abs(plain).max()
@@ -164,6 +170,7 @@ def test_fused_decode_equals_unfused(model_dir, rng, monkeypatch, case):
         q8 = reference_logits(path, toks, group=4, window=64, act_quant="q8")
         tol = max(tol, 0.25 * np.abs(q8 - ref).max() / np.abs(ref).max())
     assert np.abs(fused - ref).max() <= tol * np.abs(ref).max(), case
+    assert np.abs(codes - ref).max() <= tol * np.abs(ref).max(), case
 
 
 def test_selfextend_gpu_equals_cpu_on_quantized_weights(model_dir, rng):

@@ -703,12 +703,10 @@ __global__ void __launch_bounds__(kMvqWarps * 32) mvq_q6_k_kernel(const uint8_t*
   mvq_store<NR>(acc, r0, rows, y, accumulate, lane);
 }
 
+// Read at every call (not cached), so a process can build models with and without it (the tests do).
 bool mvq_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("SELFEXT_CUDA_MVQ");
-    return !(e && std::strcmp(e, "0") == 0);
-  }();
-  return on;
+  const char* e = std::getenv("SELFEXT_CUDA_MVQ");
+  return !(e && std::strcmp(e, "0") == 0);
 }
 
 // --- matrix-matrix with tensor cores: prefill -----------------------------------------------------
@@ -1035,13 +1033,16 @@ void matvec_q_cuda(const QMatrix& w, const void* xq, float* y, bool accumulate, 
   x.s16 = reinterpret_cast<const int*>(s16);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const uint8_t* wp = static_cast<const uint8_t*>(w.data);
-  // NR rows per warp: every activation load serves NR rows; fewer rows per warp give more, smaller
-  // blocks (the tail of the grid is more even). SELFEXT_CUDA_MVQ_NR=1|2|4 forces it (the benches' A/B).
+  // NR rows per warp: every activation load serves NR rows, but fewer rows per warp give more, smaller
+  // blocks and a more even grid. Measured on an H200 (bench/quant_cuda.py --decode-only, Llama-3-8B
+  // shapes, 2026-12-02, bench/results/quant_cuda-nvidia-h200-decode-mvq-nr*.json): NR = 1 is best
+  // everywhere (0.41-0.54 of the copy bandwidth) except Q4_0 with 14336 rows (NR = 2: 0.59 vs 0.54);
+  // NR = 4 is worse. SELFEXT_CUDA_MVQ_NR=1|2|4 forces it.
   static const int nr_env = [] {
     const char* e = std::getenv("SELFEXT_CUDA_MVQ_NR");
     return e ? std::atoi(e) : 0;
   }();
-  const int nr = nr_env == 1 || nr_env == 2 || nr_env == 4 ? nr_env : 2;
+  const int nr = nr_env == 1 || nr_env == 2 || nr_env == 4 ? nr_env : (w.type == QType::Q4_0 && w.rows >= 8192 ? 2 : 1);
   auto go = [&](auto nr_const) {
     constexpr int NR = decltype(nr_const)::value;
     const dim3 grid(unsigned((w.rows + NR * kMvqWarps - 1) / (NR * kMvqWarps)));
