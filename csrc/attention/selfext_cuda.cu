@@ -20,6 +20,8 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "attention/attention_cuda.h"
 #include "attention/attention_host.cuh"
@@ -247,6 +249,9 @@ void run_se(const AttentionParams& p) {
     return;
   }
   const SplitWorkspace wl = split_workspace(sp.n_splits, p.T_q, p.n_heads, kHeadDim, small_tiles * p.n_kv_heads);
+  // SELFEXT_CUDA_SPLIT_MERGE=kernel keeps the separate merge kernel even with a workspace (A/B).
+  const char* merge_env = std::getenv("SELFEXT_CUDA_SPLIT_MERGE");
+  const bool merge_kernel = merge_env && std::strcmp(merge_env, "kernel") == 0;
   if (p.workspace) {
     // The caller's workspace (zeroed once): no allocation, and the merge runs in the split kernel.
     SELFEXT_CHECK(p.workspace_bytes >= wl.total, ArgumentError, "self_extend_attention: the workspace has ",
@@ -254,10 +259,13 @@ void run_se(const AttentionParams& p) {
     SELFEXT_CHECK(reinterpret_cast<uintptr_t>(p.workspace) % 256 == 0, ArgumentError,
                   "self_extend_attention: the workspace must be 256-byte aligned");
     char* base = static_cast<char*>(p.workspace);
-    a.counters = reinterpret_cast<int*>(base);
+    a.counters = merge_kernel ? nullptr : reinterpret_cast<int*>(base);
     a.oa.ws_o = reinterpret_cast<float*>(base + wl.o_offset);
     a.oa.ws_ml = reinterpret_cast<float*>(base + wl.ml_offset);
     launch_se<T, kHeadDim, kSmallWarps, true>(a, small_tiles, p.n_kv_heads, sp.n_splits, stream);
+    if (merge_kernel)
+      launch_merge<T>(a.oa.ws_o, a.oa.ws_ml, sp.n_splits, p.T_q, p.n_heads, kHeadDim, p.out, p.out_stride_t,
+                      p.out_stride_h, stream);
     return;
   }
   DeviceScratch ws(wl.total - wl.o_offset, stream);
