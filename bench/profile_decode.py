@@ -3,7 +3,7 @@
     nsys profile --cuda-graph-trace=node -t cuda -o /tmp/prof python bench/profile_decode.py smollm2
     nsys stats --report cuda_gpu_kern_sum /tmp/prof.nsys-rep
 
-MODEL is a bench/generate.py model name (smollm2, llama-3-8b-q4_0, ...). Prints the mean step time; the
+MODEL is a bench/generate.py model name (smollm2, llama-3-8b-q4_0, ...) or one of SHAPES below. Prints the mean step time; the
 per-kernel table comes from the profiler (scripts/device_run.sh, stage nsys)."""
 from __future__ import annotations
 
@@ -19,6 +19,27 @@ import numpy as np  # noqa: E402
 import generate  # noqa: E402
 
 
+SHAPES = {  # random weights with a synthetic tokenizer: nothing to bring onto the device machine
+    "smollm2-shapes": ("smollm2-135m", {"default": "Q4_1", "token_embd": "Q8_0"}),
+    "llama-3-8b-q4_k_m-shapes": ("llama-3-8b", {"default": "Q4_K", "attn_v": "Q6_K", "ffn_down": "Q6_K",
+                                                "token_embd": "Q6_K"}),
+    "llama-3-8b-q4_0-shapes": ("llama-3-8b", "Q4_0"),
+}
+
+
+def model_path(name: str) -> str:
+    if name not in SHAPES:
+        return generate.model_path(name)
+    import gguf_factory
+
+    out = Path(__file__).resolve().parent / ".models" / f"{name}.gguf"
+    if not out.exists():
+        out.parent.mkdir(exist_ok=True)
+        preset, qtype = SHAPES[name]
+        gguf_factory.write_benchmark_model(out, preset, qtype, tokenizer="gpt2-padded")
+    return str(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -28,7 +49,7 @@ def main() -> None:
     args = ap.parse_args()
     from selfext_native import LLM
 
-    llm = LLM(generate.model_path(args.model), n_ctx=8192, device="cuda", n_batch=512)
+    llm = LLM(model_path(args.model), n_ctx=8192, device="cuda", n_batch=512)
     model = llm._model
     ids = np.random.default_rng(0).integers(100, 10000, size=512).astype(np.int32)
     tok = int(np.argmax(model.forward(ids, False)[0]))

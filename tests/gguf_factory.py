@@ -201,7 +201,9 @@ def tokenizer_kvs(kind: str, n_vocab: int, pre: Optional[str] = None) -> list[KV
     """tokenizer.* keys of a vocabulary with exactly n_vocab tokens (kind: gpt2, llama, smollm2)."""
     if kind == "smollm2":
         return smollm2_tokenizer_kvs(n_vocab)
-    if kind == "gpt2":
+    if kind in ("gpt2", "gpt2-padded"):
+        # gpt2-padded: any n_vocab, the vocabulary filled up with control tokens nothing produces (speed
+        # benches of real model shapes with no tokenizer file at hand).
         specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
         byte_chars = _gpt2_byte_chars()
         enc = {b: c for b, c in enumerate(byte_chars)}
@@ -209,10 +211,13 @@ def tokenizer_kvs(kind: str, n_vocab: int, pre: Optional[str] = None) -> list[KV
         texts = [w if i == 0 else " " + w for i, w in enumerate(_SAMPLE_TEXT.split(" "))]
         words = [[enc[b] for b in t.encode("utf-8")] for t in texts]
         merges = _train_bpe(words, n_vocab - 256 - len(specials))
-        if 256 + len(merges) + len(specials) != n_vocab:
+        pad = []
+        if kind == "gpt2-padded":
+            pad = [f"<|pad_{i}|>" for i in range(n_vocab - 256 - len(merges) - len(specials))]
+        if 256 + len(merges) + len(pad) + len(specials) != n_vocab:
             raise ValueError(f"gpt2 test vocabulary supports 259..{256 + len(merges) + 3} tokens, asked {n_vocab}")
-        tokens = byte_chars + [a + b for a, b in merges] + specials
-        types = [1] * (256 + len(merges)) + [3] * len(specials)
+        tokens = byte_chars + [a + b for a, b in merges] + pad + specials
+        types = [1] * (256 + len(merges)) + [3] * (len(pad) + len(specials))
         return [
             KV("tokenizer.ggml.model", "gpt2", VT.STRING),
             KV("tokenizer.ggml.pre", pre or "gpt-2", VT.STRING),
@@ -256,7 +261,7 @@ def tokenizer_kvs(kind: str, n_vocab: int, pre: Optional[str] = None) -> list[KV
         if pre is not None:
             kvs.insert(1, KV("tokenizer.ggml.pre", pre, VT.STRING))
         return kvs
-    raise ValueError(f"unknown tokenizer kind {kind!r} (gpt2, llama, smollm2)")
+    raise ValueError(f"unknown tokenizer kind {kind!r} (gpt2, gpt2-padded, llama, smollm2)")
 
 
 _SMOLLM2_KVS: Optional[list[KV]] = None
