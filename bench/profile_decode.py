@@ -84,7 +84,8 @@ def main() -> None:
         total = sum(r[0] for r in rows if not r[2].startswith("cuda"))
         print(f"per decode step, device time by kernel (sum {total:.1f} us; launches/step, us/step, us/launch):")
         for us, n, key in rows[:25]:
-            print(f"{n:7.1f} {us:9.1f} {us / max(n, 1e-9):8.2f}  {key[:120]}")
+            name = key.replace("selfext::(anonymous namespace)::", "").replace("selfext::", "").replace("(selfext", "(")
+            print(f"{n:7.1f} {us:9.1f} {us / max(n, 1e-9):8.2f}  {name[:160]}")
 
 
 if __name__ == "__main__":
