@@ -174,6 +174,195 @@ __global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs 
   }
 }
 
+// --- decode: one query row per head (T_q = 1) --------------------------------------------------------
+// The tile kernel above pads a decode step's n_rep query rows to 64 and runs ~10 dependent phases per
+// key tile (Q staging and rotation, K rotation, two MMA passes), ~17 us for 640 keys of SmolLM2 on an
+// H200 (CUPTI, 2026-12-02), the largest kernel of its decode step. Here each block takes one kv head and
+// a range of 64-key chunks: K and V chunks land in shared memory by cp.async, q is rotated once per
+// block at the normal and the grouped query position (scaled to base-2 logits) and kept in float;
+// two threads per key rotate the key at its normal or grouped position (the branch is per key: i - j <
+// W) and dot it with the n_rep rows; the chunk's softmax is online, in float32, and P V is accumulated
+// with one thread per (row, element) pair. Partial states go to the split-K workspace and the merge
+// kernel combines them.
+constexpr int kDecThreads = 128;
+constexpr int kDecKeys = kBN;  // 64 keys per chunk: two threads per key in the logit phase
+constexpr int kDecMaxRep = 8;  // query heads per kv head this kernel takes (GQA groups up to 8)
+
+template <typename T, int kHeadDim>
+__global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, int chunks_per_split) {
+  kernel_prologue();
+  using L = Layout<kHeadDim>;
+  constexpr int S = L::kStride;
+  constexpr int kOut = (kDecMaxRep * kHeadDim + kDecThreads - 1) / kDecThreads;
+  __shared__ __align__(16) T ks[kDecKeys * S];
+  __shared__ __align__(16) T vsm[kDecKeys * S];
+  __shared__ float qn[kDecMaxRep][kHeadDim], qg[kDecMaxRep][kHeadDim];
+  __shared__ float pr[kDecMaxRep][kDecKeys];
+  __shared__ float m_sh[kDecMaxRep], l_sh[kDecMaxRep], alpha_sh[kDecMaxRep];
+
+  const int kvh = blockIdx.x, split = blockIdx.y, tid = threadIdx.x;
+  const int warp = tid >> 5, lane = tid & 31;
+  const int n_rep = a.rm.n_rep;
+  const int T_k = a.T_k_dev ? *a.T_k_dev : a.rm.T_k;
+  const int i = T_k - 1;  // the query's position
+  const int G = a.group, W = a.window;
+  const int rd = a.rope.rope_dim, np = rd / 2;
+  const int j_begin = split * chunks_per_split * kDecKeys;
+  const int j_end = min(T_k, j_begin + chunks_per_split * kDecKeys);
+  const bool need_g = j_begin < j_end && i - j_begin >= W;  // some key of this block is outside the window
+  const uint16_t* kb = reinterpret_cast<const uint16_t*>(ks);
+  const uint16_t* vb = reinterpret_cast<const uint16_t*>(vsm);
+
+  // q of the n_rep heads, rotated at i and at the grouped query position, times scale * log2(e).
+  {
+    const uint16_t* q = static_cast<const uint16_t*>(a.q);
+    const int ig = int(se_grouped_query_pos(i, G, W));
+    for (int e = tid; e < n_rep * kHeadDim; e += kDecThreads) {
+      const int r = e / kHeadDim, d = e % kHeadDim;
+      const uint16_t* qr = q + int64_t(kvh * n_rep + r) * a.q_sh;
+      if (d >= rd) {
+        const float x = ld_float<T>(qr[d]) * a.scale2;
+        qn[r][d] = x;
+        qg[r][d] = x;
+        continue;
+      }
+      int p, ia, ib;
+      bool first;
+      rope_pair_of(d, rd, a.rope.style, p, first);
+      rope_pair(p, rd, a.rope.style, ia, ib);
+      float xa = ld_float<T>(qr[ia]), xb = ld_float<T>(qr[ib]);
+      float ya = xa, yb = xb;
+      const float* cs = a.rope.table + (int64_t(min(i, a.rope.n_pos - 1)) * np + p) * 2;
+      rope_rotate(xa, xb, cs[0], cs[1]);
+      qn[r][d] = (first ? xa : xb) * a.scale2;
+      if (need_g) {
+        const float* cg = a.rope.table + (int64_t(min(ig, a.rope.n_pos - 1)) * np + p) * 2;
+        rope_rotate(ya, yb, cg[0], cg[1]);
+        qg[r][d] = (first ? ya : yb) * a.scale2;
+      }
+    }
+    if (tid < kDecMaxRep) {
+      m_sh[tid] = -INFINITY;
+      l_sh[tid] = 0.f;
+    }
+  }
+  float o[kOut];
+#pragma unroll
+  for (int u = 0; u < kOut; ++u) o[u] = 0.f;
+
+  const T* k = static_cast<const T*>(a.k);
+  const T* v = static_cast<const T*>(a.v);
+  for (int j0 = j_begin; j0 < j_end; j0 += kDecKeys) {
+    __syncthreads();  // q ready (first chunk); every thread done with the previous chunk's buffers
+    load_kv_async<T, kHeadDim, kDecThreads>(ks, k, a.k_st, a.k_sh, kvh, j0, j_end);
+    load_kv_async<T, kHeadDim, kDecThreads>(vsm, v, a.v_st, a.v_sh, kvh, j0, j_end);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    // Logits: key kk = tid / 2; the two threads of a key take alternate pairs and the unrotated tail.
+    {
+      const int kk = tid >> 1, half = tid & 1, j = j0 + kk;
+      const bool valid = j < j_end;
+      const bool grouped = i - j >= W;
+      const int pos = grouped ? int(se_grouped_key_pos(j, G)) : j;
+      const float(*qq)[kHeadDim] = grouped ? qg : qn;
+      const uint16_t* kr = kb + kk * S;
+      float sc[kDecMaxRep];
+#pragma unroll
+      for (int r = 0; r < kDecMaxRep; ++r) sc[r] = 0.f;
+      const float* cs_row = a.rope.table + int64_t(min(pos, a.rope.n_pos - 1)) * np * 2;
+      for (int p = half; p < np; p += 2) {
+        int ia, ib;
+        rope_pair(p, rd, a.rope.style, ia, ib);
+        float xa = ld_float<T>(kr[ia]), xb = ld_float<T>(kr[ib]);
+        rope_rotate(xa, xb, cs_row[2 * p], cs_row[2 * p + 1]);
+#pragma unroll
+        for (int r = 0; r < kDecMaxRep; ++r)
+          if (r < n_rep) sc[r] = fmaf(qq[r][ia], xa, fmaf(qq[r][ib], xb, sc[r]));
+      }
+      for (int d = rd + half; d < kHeadDim; d += 2) {
+        const float x = ld_float<T>(kr[d]);
+#pragma unroll
+        for (int r = 0; r < kDecMaxRep; ++r)
+          if (r < n_rep) sc[r] = fmaf(qq[r][d], x, sc[r]);
+      }
+#pragma unroll
+      for (int r = 0; r < kDecMaxRep; ++r) {
+        sc[r] += __shfl_xor_sync(0xffffffffu, sc[r], 1);
+        if (half == 0 && r < n_rep) pr[r][kk] = valid ? sc[r] : -INFINITY;
+      }
+    }
+    __syncthreads();
+    // Online softmax of the chunk: warp w takes rows w, w + 4.
+    for (int r = warp; r < n_rep; r += kDecThreads / 32) {
+      const float x0 = pr[r][lane], x1 = pr[r][lane + 32];
+      float cmax = fmaxf(x0, x1);
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) cmax = fmaxf(cmax, __shfl_xor_sync(0xffffffffu, cmax, off));
+      const float m_old = m_sh[r];
+      const float m_new = fmaxf(m_old, cmax);
+      const float base = m_new == -INFINITY ? 0.f : m_new;  // a chunk with no valid key yet: p = 0
+      const float p0 = exp2f(x0 - base), p1 = exp2f(x1 - base);
+      pr[r][lane] = p0;
+      pr[r][lane + 32] = p1;
+      float psum = p0 + p1;
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) psum += __shfl_xor_sync(0xffffffffu, psum, off);
+      if (lane == 0) {
+        const float alpha = exp2f(m_old - base);  // m_old = -inf: 0
+        alpha_sh[r] = alpha;
+        l_sh[r] = l_sh[r] * alpha + psum;
+        m_sh[r] = m_new;
+      }
+    }
+    __syncthreads();
+    // P V: thread tid owns elements e = tid + 128 u of the (n_rep, head_dim) output.
+#pragma unroll
+    for (int u = 0; u < kOut; ++u) {
+      const int e = tid + u * kDecThreads;
+      if (e >= n_rep * kHeadDim) break;
+      const int r = e / kHeadDim, d = e % kHeadDim;
+      float acc = o[u] * alpha_sh[r];
+#pragma unroll 8
+      for (int kk = 0; kk < kDecKeys; ++kk) acc = fmaf(pr[r][kk], ld_float<T>(vb[kk * S + d]), acc);
+      o[u] = acc;
+    }
+  }
+  __syncthreads();
+  // The block's partial state: unnormalized accumulators, max in natural-log units, and the sum.
+  const int64_t row0 = int64_t(split) * a.oa.n_heads + int64_t(kvh) * n_rep;  // T_q = 1
+#pragma unroll
+  for (int u = 0; u < kOut; ++u) {
+    const int e = tid + u * kDecThreads;
+    if (e >= n_rep * kHeadDim) break;
+    a.oa.ws_o[(row0 + e / kHeadDim) * kHeadDim + e % kHeadDim] = o[u];
+  }
+  if (tid < n_rep) {
+    a.oa.ws_ml[(row0 + tid) * 2] = m_sh[tid] == -INFINITY ? -INFINITY : m_sh[tid] * kLn2;
+    a.oa.ws_ml[(row0 + tid) * 2 + 1] = l_sh[tid];
+  }
+}
+
+// Decode plan: 64-key chunks spread over up to 4 blocks per SM (at most 128 splits per kv head).
+struct DecodePlan {
+  int n_splits, chunks_per_split;
+};
+inline DecodePlan decode_plan(int64_t T_k, int n_kv_heads, int sms) {
+  const int64_t chunks = std::max<int64_t>(1, (T_k + kDecKeys - 1) / kDecKeys);
+  int64_t want = std::max<int64_t>(1, int64_t(4) * sms / std::max(1, n_kv_heads));
+  want = std::min<int64_t>({want, chunks, 128});
+  DecodePlan d;
+  d.chunks_per_split = int((chunks + want - 1) / want);
+  d.n_splits = int((chunks + d.chunks_per_split - 1) / d.chunks_per_split);
+  return d;
+}
+
+// Whether run_se takes the decode kernel (SELFEXT_CUDA_SE_DECODE=0 keeps the tile kernel).
+inline bool use_decode_kernel(int64_t T_q, int n_rep, int rope_dim) {
+  const char* e = std::getenv("SELFEXT_CUDA_SE_DECODE");
+  return T_q == 1 && n_rep <= kDecMaxRep && rope_dim > 0 && !(e && std::strcmp(e, "0") == 0);
+}
+
 template <typename T, int kHeadDim, int kWarps, bool kSplit>
 void launch_se(const SeArgs& a, int64_t n_mtiles, int n_kv_heads, int n_splits, cudaStream_t stream) {
   auto kernel = se_attention_kernel<T, kHeadDim, kWarps, kSplit>;
@@ -233,6 +422,21 @@ void run_se(const AttentionParams& p) {
   const int64_t rows = a.rm.rows;
   const int64_t n_key_tiles = (p.T_k + kBN - 1) / kBN;
   const int sms = multiprocessor_count();
+  if (use_decode_kernel(p.T_q, n_rep, p.rope_dim)) {
+    const DecodePlan dp = decode_plan(p.T_k, p.n_kv_heads, sms);
+    const SplitWorkspace wl = split_workspace(dp.n_splits, 1, p.n_heads, kHeadDim, 0);
+    DeviceScratch own(p.workspace ? 0 : wl.total, stream);
+    char* base = p.workspace ? static_cast<char*>(p.workspace) : own.as<char>();
+    SELFEXT_CHECK(!p.workspace || p.workspace_bytes >= int64_t(wl.total), ArgumentError,
+                  "self_extend_attention: the workspace has ", p.workspace_bytes, " bytes, this call needs ", wl.total);
+    a.oa.ws_o = reinterpret_cast<float*>(base + wl.o_offset);
+    a.oa.ws_ml = reinterpret_cast<float*>(base + wl.ml_offset);
+    launch_kernel(se_decode_kernel<T, kHeadDim>, dim3(unsigned(p.n_kv_heads), unsigned(dp.n_splits)),
+                  dim3(kDecThreads), 0, stream, a, dp.chunks_per_split);
+    launch_merge<T>(a.oa.ws_o, a.oa.ws_ml, dp.n_splits, 1, p.n_heads, kHeadDim, p.out, p.out_stride_t,
+                    p.out_stride_h, stream);
+    return;
+  }
   // Prefill: 8 warps (128 rows) per block amortize each K tile's rotation over more rows.
   constexpr int kBigWarps = 8, kSmallWarps = 4;
   const int64_t big_tiles = (rows + 16 * kBigWarps - 1) / (16 * kBigWarps);
@@ -249,9 +453,12 @@ void run_se(const AttentionParams& p) {
     return;
   }
   const SplitWorkspace wl = split_workspace(sp.n_splits, p.T_q, p.n_heads, kHeadDim, small_tiles * p.n_kv_heads);
-  // SELFEXT_CUDA_SPLIT_MERGE=kernel keeps the separate merge kernel even with a workspace (A/B).
+  // With a workspace the merge can run in the last block of each group (SELFEXT_CUDA_SPLIT_MERGE=last):
+  // one kernel fewer, but measured slower on an H200 (SmolLM2 shapes, decode step 1.39 vs 1.31 ms,
+  // 2026-12-02: the last block's dependent reads sit on the critical path), so the separate merge
+  // kernel stays the default.
   const char* merge_env = std::getenv("SELFEXT_CUDA_SPLIT_MERGE");
-  const bool merge_kernel = merge_env && std::strcmp(merge_env, "kernel") == 0;
+  const bool merge_kernel = !(merge_env && std::strcmp(merge_env, "last") == 0);
   if (p.workspace) {
     // The caller's workspace (zeroed once): no allocation, and the merge runs in the split kernel.
     SELFEXT_CHECK(p.workspace_bytes >= wl.total, ArgumentError, "self_extend_attention: the workspace has ",
@@ -347,11 +554,18 @@ int64_t self_extend_attention_cuda_workspace_bytes(const AttentionParams& p) {
   const int n_rep = p.n_heads / p.n_kv_heads;
   const int64_t rows = p.T_q * n_rep;
   const int sms = attn_cuda::multiprocessor_count();
-  if ((rows + 127) / 128 * p.n_kv_heads >= sms) return table;
+  // p.rope_dim == 0 here may mean "the caller passes its table" (the model), so the decode kernel's
+  // plan is counted whenever T_q = 1.
+  int64_t dec = 0;
+  if (use_decode_kernel(p.T_q, n_rep, 2)) {
+    const DecodePlan dp = decode_plan(p.T_k, p.n_kv_heads, sms);
+    dec = int64_t(attn_cuda::split_workspace(dp.n_splits, 1, p.n_heads, p.head_dim, 0).total);
+  }
+  if ((rows + 127) / 128 * p.n_kv_heads >= sms) return table + dec;
   const int64_t groups = (rows + 63) / 64 * p.n_kv_heads;
   const attn_cuda::SplitPlan sp = attn_cuda::plan_splits(groups, (p.T_k + 63) / 64, sms);
-  if (sp.n_splits == 1) return table;
-  return table + int64_t(attn_cuda::split_workspace(sp.n_splits, p.T_q, p.n_heads, p.head_dim, groups).total);
+  if (sp.n_splits == 1) return table + dec;
+  return table + std::max(dec, int64_t(attn_cuda::split_workspace(sp.n_splits, p.T_q, p.n_heads, p.head_dim, groups).total));
 }
 
 int cuda_exchange_device(int device) {
