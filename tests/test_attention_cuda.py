@@ -177,6 +177,31 @@ def test_self_extend_full(rng, T_q, T_k, H, H_kv, D, G, W, style, rope_dim, dtyp
     assert _rel(out, ref) <= SE_TOL[dtype]
 
 
+DECODE_CASES = [
+    # (T_k, H, H_kv, D, G, W, style, rope_dim, dtype): one query row; both decode kernels
+    (1000, 8, 2, 64, 4, 64, "norm", None, torch.float16),
+    (2500, 10, 5, 80, 3, 200, "neox", None, torch.bfloat16),
+    (1777, 6, 6, 96, 4, 512, "neox", 64, torch.float16),  # MHA, partial rotary
+    (3000, 16, 2, 128, 8, 1024, "norm", None, torch.bfloat16),  # n_rep = 8
+    (130, 9, 3, 64, 1, 64, "norm", None, torch.float16),  # G = 1: plain RoPE
+    (65, 4, 1, 128, 2, 16, "norm", 96, torch.bfloat16),  # one chunk and one key of the next
+]
+
+
+@pytest.mark.parametrize("kernel", ["1", "0"])
+@pytest.mark.parametrize("T_k, H, H_kv, D, G, W, style, rope_dim, dtype", DECODE_CASES)
+def test_self_extend_decode_kernels(rng, monkeypatch, kernel, T_k, H, H_kv, D, G, W, style, rope_dim, dtype):
+    """T_q = 1 through the decode kernel (SELFEXT_CUDA_SE_DECODE=1) and through the tile kernel (=0)."""
+    monkeypatch.setenv("SELFEXT_CUDA_SE_DECODE", kernel)
+    q = _randn(rng, (1, H, D), dtype, 1.5)
+    k = _randn(rng, (T_k, H_kv, D), dtype, 1.5)
+    v = _randn(rng, (T_k, H_kv, D), dtype)
+    out, a = run_se(q, k, v, group=G, window=W, rope_dim=rope_dim, style=style)
+    torch.cuda.synchronize()
+    ref = se_reference(q, k, v, torch.arange(1, device=_dev()), group=G, window=W, **a)
+    assert _rel(out, ref) <= SE_TOL[dtype]
+
+
 def test_self_extend_plain_equivalences(rng):
     """G = 1 and W >= T_k both equal plain causal RoPE attention (the neighbor branch everywhere)."""
     T, H, D = 600, 4, 64

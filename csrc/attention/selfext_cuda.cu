@@ -357,10 +357,14 @@ inline DecodePlan decode_plan(int64_t T_k, int n_kv_heads, int sms) {
   return d;
 }
 
-// Whether run_se takes the decode kernel (SELFEXT_CUDA_SE_DECODE=0 keeps the tile kernel).
+// Whether run_se takes the decode kernel: only with SELFEXT_CUDA_SE_DECODE=1 for now. It passed the CUDA
+// attention and loop tests as the default on an H200 (2026-12-02) but was not faster end to end:
+// decode step 1.25 vs 1.27 ms (SmolLM2 shapes), 3.96 vs 3.86 ms (Llama-3-8B shapes, D = 128). Likely
+// cause, not yet measured: each thread's RoPE table reads (two floats per pair, from L2) sit in a
+// dependent loop of D / 4 pairs; staging the chunk's table rows in shared memory is the next step.
 inline bool use_decode_kernel(int64_t T_q, int n_rep, int rope_dim) {
   const char* e = std::getenv("SELFEXT_CUDA_SE_DECODE");
-  return T_q == 1 && n_rep <= kDecMaxRep && rope_dim > 0 && !(e && std::strcmp(e, "0") == 0);
+  return T_q == 1 && n_rep <= kDecMaxRep && rope_dim > 0 && e && std::strcmp(e, "1") == 0;
 }
 
 template <typename T, int kHeadDim, int kWarps, bool kSplit>
