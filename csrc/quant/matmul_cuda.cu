@@ -1,5 +1,5 @@
 // Quantized weight products on CUDA, straight from the GGUF blocks (layouts and run accessors of
-// csrc/quant/<fmt>.h and runs.h, shared with the CPU). Three kernels, each a template over the format:
+// csrc/quant/<fmt>.h and runs.h, shared with the CPU). The kernels, templates over the format:
 //
 //   matvec  (n <= kMatvecMaxN activation rows: decode). Every weight byte is read once. A block of
 //           kMvWarps = 4 warps owns NR weight rows (4 for n = 1); its 128 lanes take consecutive units
@@ -13,6 +13,9 @@
 //           DRAM 25%): the lanes' 8-byte weight loads are scattered over ~5 cache lines per warp
 //           instruction. The next step is staging each warp's contiguous row bytes through shared
 //           memory with 16-byte loads (or llama.cpp's int8 activations + dp4a), not more rows per block.
+//   matvec_q (Q4_0, Q4_K, Q6_K decode rows, the model's unfused path): the activation row prepared into
+//           16-bit codes and multiplied with dp4a over 16-byte weight loads; 0.40-0.59 of the copy
+//           bandwidth on the same H200 (see "decode products over 16-bit activation codes" below).
 //   mma     (n > kMatvecMaxN: prefill). Tensor cores through nvcuda::wmma 16x16x16, fp16 inputs, fp32
 //           accumulation. A block of 4 warps computes a kBM x kBN = 64 weight rows x 128 activation rows
 //           tile, stepping K by kBK = 32: the weights are dequantized to float32 (dl * q - ml), rounded
