@@ -107,6 +107,14 @@ def bench_se_prefill(H, H_kv, D, T, G, W, flex, reps):
     ms = time_ms(ours, reps)
     row["ours_ms"] = ms
     row["ours_tflops"] = flops / ms / 1e9
+    # The same call with K rotated once per call (SELFEXT_CUDA_SE_PREROT=1: opt-in until measured here).
+    os.environ["SELFEXT_CUDA_SE_PREROT"] = "1"
+    try:
+        ms_p = time_ms(ours, reps)
+    finally:
+        del os.environ["SELFEXT_CUDA_SE_PREROT"]
+    row["prerot_ms"] = ms_p
+    row["prerot_tflops"] = flops / ms_p / 1e9
 
     pos = torch.arange(T, device=DEV)
     qn, kn = rotate(q, pos, table), rotate(k, pos, table)
@@ -197,9 +205,16 @@ def bench_se_decode(H, H_kv, D, T, G, W, l2_bytes):
 
     ms = time_ms(batch, 5, warmup=1) / n_calls
     gbs = per / ms / 1e6
+    # The T_q = 1 kernel (SELFEXT_CUDA_SE_DECODE=1: opt-in until it is faster)
+    os.environ["SELFEXT_CUDA_SE_DECODE"] = "1"
+    try:
+        ms_d = time_ms(batch, 5, warmup=1) / n_calls
+    finally:
+        del os.environ["SELFEXT_CUDA_SE_DECODE"]
     rb, cb = read_bandwidth()
     return {"op": "self_extend_decode", "H": H, "H_kv": H_kv, "D": D, "T": T, "G": G, "W": W, "dtype": "bf16",
             "kv_sets": n_sets, "kv_bytes_per_call": per, "ours_us": ms * 1e3, "ours_GBps": gbs,
+            "decode_kernel_us": ms_d * 1e3, "decode_kernel_GBps": per / ms_d / 1e6,
             "read_GBps_torch_sum": rb, "copy_GBps_read_plus_write": cb, "ours_vs_read_bw": gbs / rb,
             "workspace_bytes": _native.self_extend_attention_cuda_workspace_bytes(1, T, H, H_kv, D, D, True)}
 
@@ -343,10 +358,10 @@ def main():
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)
     se = [r for r in rows if r["op"] == "self_extend_prefill"]
-    print(md_table(se, ["H", "H_kv", "D", "T", "ours_tflops", "sdpa_flash_tflops", "flex_two_pass_tflops",
+    print(md_table(se, ["H", "H_kv", "D", "T", "ours_tflops", "prerot_tflops", "sdpa_flash_tflops", "flex_two_pass_tflops",
                         "ours_vs_sdpa_flash", "ours_vs_flex", "flex_vs_ours_rel_diff"]))
     dec = [r for r in rows if r["op"] == "self_extend_decode"]
-    print(md_table(dec, ["T", "ours_us", "ours_GBps", "read_GBps_torch_sum", "ours_vs_read_bw", "kv_sets"]))
+    print(md_table(dec, ["T", "ours_us", "ours_GBps", "decode_kernel_us", "read_GBps_torch_sum", "ours_vs_read_bw", "kv_sets"]))
     cp = [r for r in rows if r["op"] == "cope_prefill"]
     print(md_table(cp, ["H", "D", "T", "ours_ms", "ours_tflops", "sdpa_flash_ms", "paper_ms", "ours_vs_paper",
                         "ours_time_vs_sdpa_flash", "ours_extra_bytes", "paper_peak_extra_bytes",

@@ -165,8 +165,11 @@ SE_CASES = [
 ]
 
 
+@pytest.mark.parametrize("prerot", ["0", "1"])
 @pytest.mark.parametrize("T_q, T_k, H, H_kv, D, G, W, style, rope_dim, dtype", SE_CASES)
-def test_self_extend_full(rng, T_q, T_k, H, H_kv, D, G, W, style, rope_dim, dtype):
+def test_self_extend_full(rng, monkeypatch, prerot, T_q, T_k, H, H_kv, D, G, W, style, rope_dim, dtype):
+    # prerot = 1: K rotated once per call (SELFEXT_CUDA_SE_PREROT=1) instead of per query block and tile
+    monkeypatch.setenv("SELFEXT_CUDA_SE_PREROT", prerot)
     q = _randn(rng, (T_q, H, D), dtype, 1.5)
     k = _randn(rng, (T_k, H_kv, D), dtype, 1.5)
     v = _randn(rng, (T_k, H_kv, D), dtype)
@@ -229,9 +232,11 @@ def test_self_extend_strided_views(rng):
     assert torch.isnan(big[:, 0]).all() and torch.isnan(big[:, H + 1:]).all(), "wrote outside out"
 
 
+@pytest.mark.parametrize("prerot", ["0", "1"])
 @pytest.mark.parametrize("chunk", [1, 7, 64])
-def test_self_extend_chunked_prefill(rng, chunk):
+def test_self_extend_chunked_prefill(rng, monkeypatch, prerot, chunk):
     """A prefill split into chunks (each chunk's queries against all keys so far) equals one prefill."""
+    monkeypatch.setenv("SELFEXT_CUDA_SE_PREROT", prerot)
     T, H, H_kv, D, G, W = 333, 8, 2, 64, 4, 50
     dtype = torch.bfloat16
     q = _randn(rng, (T, H, D), dtype, 1.5)

@@ -48,6 +48,10 @@ struct SeArgs {
   OutArgs oa;
   const int32_t* T_k_dev;  // the key count at run time (<= rm.T_k, the planned bound), or null
   int* counters;           // split with the merge in the last block: one zeroed int per (query tile, kv head)
+  // kPre kernels: K rotated once per call at normal (kn_rot) and grouped (kg_rot) positions, layout
+  // (T_k, n_kv_heads, head_dim) contiguous; kg_rot is null when no pair reaches the grouped branch.
+  const void* kn_rot;
+  const void* kg_rot;
 };
 
 template <int kHeadDim, int kWarps>
@@ -59,7 +63,10 @@ struct SeShape {
   static_assert(kBM <= 2 * kBN, "raw Q is staged in the raw K buffers");
 };
 
-template <typename T, int kHeadDim, int kWarps, bool kSplit>
+// kPre: K comes pre-rotated (rotate_k_kernel, once per call) and its tiles land by cp.async straight in
+// double-buffered Kn / Kg buffers: no rotation and one barrier fewer per tile. The same shared memory:
+// Qn, Qg; Kn and Kg (2 x kBN rows each) in place of Kn, Kg and the two raw K tiles; V.
+template <typename T, int kHeadDim, int kWarps, bool kSplit, bool kPre = false>
 __global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs a) {
   kernel_prologue();
   constexpr int kThreads = kWarps * 32;
@@ -68,10 +75,14 @@ __global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* qn = reinterpret_cast<T*>(smem_raw);  // (kBM, S) Q at normal positions
   T* qg = qn + kBM * S;                    // (kBM, S) Q at grouped positions
-  T* kn = qg + kBM * S;                    // (kBN, S) K tile at normal positions
-  T* kg = kn + kBN * S;                    // (kBN, S) K tile at grouped positions
-  T* kraw = kg + kBN * S;                  // (2, kBN, S) K tiles as read
+  T* kn = qg + kBM * S;                    // (kBN, S) K tile at normal positions (kPre: (2, kBN, S))
+  T* kg = kn + (kPre ? 2 : 1) * kBN * S;   // (kBN, S) K tile at grouped positions (kPre: (2, kBN, S))
+  T* kraw = kg + kBN * S;                  // (2, kBN, S) K tiles as read (kPre: Kg's second buffer, then V)
   T* vs = kraw + 2 * kBN * S;              // (2, kBN, S) V tiles
+  if constexpr (kPre) {
+    kraw = kn;  // Q's staging area
+    vs = kg + 2 * kBN * S;
+  }
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int mt = gridDim.x - 1 - blockIdx.x;  // longest causal rows first: less tail imbalance
@@ -113,7 +124,23 @@ __global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs 
       });
     __syncthreads();  // the raw Q staging area becomes the first K tile
 
-    load_kv_async<T, kHeadDim, kThreads>(kraw, k, a.k_st, a.k_sh, kvh, kt_begin * kBN, rm.T_k);
+    // Which branches the block's rows need on tile kt (min and max of i - j over causal pairs).
+    auto tile_needs_n = [&](int kt) { return max(0, i_lo - (kt * kBN + kBN - 1)) < W; };
+    auto tile_needs_g = [&](int kt) { return i_hi - kt * kBN >= W; };
+    const T* kn_rot = static_cast<const T*>(a.kn_rot);
+    const T* kg_rot = static_cast<const T*>(a.kg_rot);
+    const int64_t rot_st = int64_t(gridDim.y) * kHeadDim;  // (T_k, n_kv_heads, head_dim) contiguous
+    auto load_k_tile = [&](int kt, int b) {
+      if constexpr (kPre) {
+        if (tile_needs_n(kt))
+          load_kv_async<T, kHeadDim, kThreads>(kn + b * kBN * S, kn_rot, rot_st, kHeadDim, kvh, kt * kBN, rm.T_k);
+        if (tile_needs_g(kt))
+          load_kv_async<T, kHeadDim, kThreads>(kg + b * kBN * S, kg_rot, rot_st, kHeadDim, kvh, kt * kBN, rm.T_k);
+      } else {
+        load_kv_async<T, kHeadDim, kThreads>(kraw + b * kBN * S, k, a.k_st, a.k_sh, kvh, kt * kBN, rm.T_k);
+      }
+    };
+    load_k_tile(kt_begin, 0);
     load_kv_async<T, kHeadDim, kThreads>(vs, v, a.v_st, a.v_sh, kvh, kt_begin * kBN, rm.T_k);
     cp_async_commit();
     for (int kt = kt_begin; kt < kt_end; ++kt) {
@@ -121,18 +148,24 @@ __global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs 
       cp_async_wait<0>();
       __syncthreads();  // tile kt landed; every warp is done with tile kt-1 (its buffers and Kn/Kg)
       if (kt + 1 < kt_end) {
-        load_kv_async<T, kHeadDim, kThreads>(kraw + (buf ^ 1) * kBN * S, k, a.k_st, a.k_sh, kvh, (kt + 1) * kBN, rm.T_k);
+        load_k_tile(kt + 1, buf ^ 1);
         load_kv_async<T, kHeadDim, kThreads>(vs + (buf ^ 1) * kBN * S, v, a.v_st, a.v_sh, kvh, (kt + 1) * kBN, rm.T_k);
         cp_async_commit();
       }
       const int j0 = kt * kBN, j1 = j0 + kBN - 1;
-      const T* kr = kraw + buf * kBN * S;
-      // Which branches the block's rows need on this tile (min and max of i - j over causal pairs).
-      if (max(0, i_lo - j1) < W)
-        rope_tile<T, kHeadDim, kThreads, kBN>(kr, kn, a.rope, [&](int r) { return j0 + r; });
-      if (i_hi - j0 >= W)
-        rope_tile<T, kHeadDim, kThreads, kBN>(kr, kg, a.rope, [&](int r) { return int(se_grouped_key_pos(j0 + r, G)); });
-      __syncthreads();
+      const T* knb = kn;
+      const T* kgb = kg;
+      if constexpr (kPre) {
+        knb = kn + buf * kBN * S;
+        kgb = kg + buf * kBN * S;
+      } else {
+        const T* kr = kraw + buf * kBN * S;
+        if (tile_needs_n(kt))
+          rope_tile<T, kHeadDim, kThreads, kBN>(kr, kn, a.rope, [&](int r) { return j0 + r; });
+        if (tile_needs_g(kt))
+          rope_tile<T, kHeadDim, kThreads, kBN>(kr, kg, a.rope, [&](int r) { return int(se_grouped_key_pos(j0 + r, G)); });
+        __syncthreads();
+      }
 
       if (warp_has_rows && j0 <= wi_hi) {
         const bool wn = max(0, wi_lo - j1) < W;
@@ -140,8 +173,8 @@ __global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs 
         float x[8][4];
         if (wn && wg) {  // boundary tile: both branches, select per element
           float xg[8][4];
-          qk_tile<T, kHeadDim>(qn, kn, warp, lane, x);
-          qk_tile<T, kHeadDim>(qg, kg, warp, lane, xg);
+          qk_tile<T, kHeadDim>(qn, knb, warp, lane, x);
+          qk_tile<T, kHeadDim>(qg, kgb, warp, lane, xg);
 #pragma unroll
           for (int nb = 0; nb < 8; ++nb)
 #pragma unroll
@@ -150,9 +183,9 @@ __global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs 
               if (!se_is_neighbor(row_i[c >> 1], j, W)) x[nb][c] = xg[nb][c];
             }
         } else if (wg) {
-          qk_tile<T, kHeadDim>(qg, kg, warp, lane, x);
+          qk_tile<T, kHeadDim>(qg, kgb, warp, lane, x);
         } else {
-          qk_tile<T, kHeadDim>(qn, kn, warp, lane, x);
+          qk_tile<T, kHeadDim>(qn, knb, warp, lane, x);
         }
         const bool need_mask = j1 > wi_lo;
 #pragma unroll
@@ -367,9 +400,51 @@ inline bool use_decode_kernel(int64_t T_q, int n_rep, int rope_dim) {
   return T_q == 1 && n_rep <= kDecMaxRep && rope_dim > 0 && e && std::strcmp(e, "1") == 0;
 }
 
-template <typename T, int kHeadDim, int kWarps, bool kSplit>
+// K rotated once per call (kPre kernels): kn = RoPE(k, j), kg = RoPE(k, j / G) when want_g, rounded to
+// the storage type exactly as rope_tile rounds its tiles, so both kernels see the same K.
+template <typename T>
+__global__ void rotate_k_kernel(const uint16_t* __restrict__ k, int64_t k_st, int64_t k_sh, int T_k, int n_kv,
+                                int head_dim, RopeArgs rope, int G, bool want_g, uint16_t* kn, uint16_t* kg) {
+  kernel_prologue();
+  const int64_t n = int64_t(T_k) * n_kv * head_dim;
+  const int rd = rope.rope_dim, np = rd / 2;
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += int64_t(gridDim.x) * blockDim.x) {
+    const int d = int(idx % head_dim);
+    const int h = int((idx / head_dim) % n_kv);
+    const int t = int(idx / (int64_t(head_dim) * n_kv));
+    const uint16_t* kr = k + int64_t(t) * k_st + int64_t(h) * k_sh;
+    if (d >= rd) {
+      kn[idx] = kr[d];
+      if (want_g) kg[idx] = kr[d];
+      continue;
+    }
+    int p, ia, ib;
+    bool first;
+    rope_pair_of(d, rd, rope.style, p, first);
+    rope_pair(p, rd, rope.style, ia, ib);
+    const float xa = ld_float<T>(kr[ia]), xb = ld_float<T>(kr[ib]);
+    float na = xa, nb = xb;
+    const float* cs = rope.table + (int64_t(min(t, rope.n_pos - 1)) * np + p) * 2;
+    rope_rotate(na, nb, cs[0], cs[1]);
+    kn[idx] = st_bits<T>(first ? na : nb);
+    if (want_g) {
+      float ga = xa, gb = xb;
+      const float* cg = rope.table + (int64_t(min(int(se_grouped_key_pos(t, G)), rope.n_pos - 1)) * np + p) * 2;
+      rope_rotate(ga, gb, cg[0], cg[1]);
+      kg[idx] = st_bits<T>(first ? ga : gb);
+    }
+  }
+}
+
+// Pre-rotated K for prefill and chunks: SELFEXT_CUDA_SE_PREROT=1 (opt-in until measured on a GPU).
+inline bool use_prerotated_k(const AttentionParams& p) {
+  const char* e = std::getenv("SELFEXT_CUDA_SE_PREROT");
+  return p.rope_dim > 0 && p.T_k_dev == nullptr && e && std::strcmp(e, "1") == 0;
+}
+
+template <typename T, int kHeadDim, int kWarps, bool kSplit, bool kPre = false>
 void launch_se(const SeArgs& a, int64_t n_mtiles, int n_kv_heads, int n_splits, cudaStream_t stream) {
-  auto kernel = se_attention_kernel<T, kHeadDim, kWarps, kSplit>;
+  auto kernel = se_attention_kernel<T, kHeadDim, kWarps, kSplit, kPre>;
   const size_t smem = SeShape<kHeadDim, kWarps>::kSmemBytes;
   SELFEXT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   SELFEXT_CHECK(n_mtiles <= INT_MAX, ArgumentError, "self_extend_attention: too many query rows");
@@ -443,17 +518,34 @@ void run_se(const AttentionParams& p) {
   }
   // Prefill: 8 warps (128 rows) per block amortize each K tile's rotation over more rows.
   constexpr int kBigWarps = 8, kSmallWarps = 4;
+  // Pre-rotated K (opt-in): both copies rotated once here instead of once per query block and tile.
+  const bool pre = use_prerotated_k(p);
+  const size_t rot_bytes = size_t(p.T_k) * p.n_kv_heads * kHeadDim * 2;
+  const bool want_g = a.window < p.T_k;  // some pair can be outside the neighbor window
+  DeviceScratch rot(pre ? rot_bytes * (want_g ? 2 : 1) : 0, stream);
+  if (pre) {
+    a.kn_rot = rot.as<void>();
+    a.kg_rot = want_g ? rot.as<void>(rot_bytes) : nullptr;
+    const int64_t n = p.T_k * p.n_kv_heads * kHeadDim;
+    const unsigned blocks = unsigned(std::min<int64_t>((n + 255) / 256, int64_t(sms) * 16));
+    launch_kernel(rotate_k_kernel<T>, dim3(blocks), dim3(256), 0, stream, static_cast<const uint16_t*>(p.k),
+                  p.k_stride_t, p.k_stride_h, int(p.T_k), p.n_kv_heads, kHeadDim, a.rope, a.group, want_g,
+                  static_cast<uint16_t*>(rot.as<void>()),
+                  want_g ? static_cast<uint16_t*>(rot.as<void>(rot_bytes)) : nullptr);
+  }
   const int64_t big_tiles = (rows + 16 * kBigWarps - 1) / (16 * kBigWarps);
   if (big_tiles * p.n_kv_heads >= sms) {
     a.tiles_per_split = int(n_key_tiles);
-    launch_se<T, kHeadDim, kBigWarps, false>(a, big_tiles, p.n_kv_heads, 1, stream);
+    if (pre) launch_se<T, kHeadDim, kBigWarps, false, true>(a, big_tiles, p.n_kv_heads, 1, stream);
+    else launch_se<T, kHeadDim, kBigWarps, false>(a, big_tiles, p.n_kv_heads, 1, stream);
     return;
   }
   const int64_t small_tiles = (rows + 16 * kSmallWarps - 1) / (16 * kSmallWarps);
   const SplitPlan sp = plan_splits(small_tiles * p.n_kv_heads, n_key_tiles, sms);
   a.tiles_per_split = sp.tiles_per_split;
   if (sp.n_splits == 1) {
-    launch_se<T, kHeadDim, kSmallWarps, false>(a, small_tiles, p.n_kv_heads, 1, stream);
+    if (pre) launch_se<T, kHeadDim, kSmallWarps, false, true>(a, small_tiles, p.n_kv_heads, 1, stream);
+    else launch_se<T, kHeadDim, kSmallWarps, false>(a, small_tiles, p.n_kv_heads, 1, stream);
     return;
   }
   const SplitWorkspace wl = split_workspace(sp.n_splits, p.T_q, p.n_heads, kHeadDim, small_tiles * p.n_kv_heads);
@@ -482,7 +574,8 @@ void run_se(const AttentionParams& p) {
   DeviceScratch ws(wl.total - wl.o_offset, stream);
   a.oa.ws_o = ws.as<float>();
   a.oa.ws_ml = ws.as<float>(wl.ml_offset - wl.o_offset);
-  launch_se<T, kHeadDim, kSmallWarps, true>(a, small_tiles, p.n_kv_heads, sp.n_splits, stream);
+  if (pre) launch_se<T, kHeadDim, kSmallWarps, true, true>(a, small_tiles, p.n_kv_heads, sp.n_splits, stream);
+  else launch_se<T, kHeadDim, kSmallWarps, true>(a, small_tiles, p.n_kv_heads, sp.n_splits, stream);
   launch_merge<T>(a.oa.ws_o, a.oa.ws_ml, sp.n_splits, p.T_q, p.n_heads, kHeadDim, p.out, p.out_stride_t,
                   p.out_stride_h, stream);
 }
@@ -564,6 +657,9 @@ int64_t self_extend_attention_cuda_workspace_bytes(const AttentionParams& p) {
   if (use_decode_kernel(p.T_q, n_rep, 2)) {
     const DecodePlan dp = decode_plan(p.T_k, p.n_kv_heads, sms);
     dec = int64_t(attn_cuda::split_workspace(dp.n_splits, 1, p.n_heads, p.head_dim, 0).total);
+  }
+  if (use_prerotated_k(p) && p.T_q > 1) {  // the rotated K copies (both, at most)
+    dec += int64_t(2) * p.T_k * p.n_kv_heads * p.head_dim * 2;
   }
   if ((rows + 127) / 128 * p.n_kv_heads >= sms) return table + dec;
   const int64_t groups = (rows + 63) / 64 * p.n_kv_heads;
