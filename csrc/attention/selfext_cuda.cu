@@ -304,11 +304,23 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
 #pragma unroll
       for (int r = 0; r < kDecMaxRep; ++r) sc[r] = 0.f;
       const float* cs_row = a.rope.table + int64_t(min(pos, a.rope.n_pos - 1)) * np * 2;
-      for (int p = half; p < np; p += 2) {
+      // Every (cos, sin) of this thread's pairs loaded before any is used: one L2 latency per key,
+      // not one per pair.
+      constexpr int kPT = kHeadDim / 4;  // pairs per thread at rope_dim = head_dim
+      float2 csv[kPT];
+#pragma unroll
+      for (int u = 0; u < kPT; ++u) {
+        const int p = half + 2 * u;
+        csv[u] = p < np ? __ldg(reinterpret_cast<const float2*>(cs_row) + p) : make_float2(1.f, 0.f);
+      }
+#pragma unroll
+      for (int u = 0; u < kPT; ++u) {
+        const int p = half + 2 * u;
+        if (p >= np) break;
         int ia, ib;
         rope_pair(p, rd, a.rope.style, ia, ib);
         float xa = ld_float<T>(kr[ia]), xb = ld_float<T>(kr[ib]);
-        rope_rotate(xa, xb, cs_row[2 * p], cs_row[2 * p + 1]);
+        rope_rotate(xa, xb, csv[u].x, csv[u].y);
 #pragma unroll
         for (int r = 0; r < kDecMaxRep; ++r)
           if (r < n_rep) sc[r] = fmaf(qq[r][ia], xa, fmaf(qq[r][ib], xb, sc[r]));
@@ -393,8 +405,8 @@ inline DecodePlan decode_plan(int64_t T_k, int n_kv_heads, int sms) {
 // Whether run_se takes the decode kernel: only with SELFEXT_CUDA_SE_DECODE=1 for now. It passed the CUDA
 // attention and loop tests as the default on an H200 (2026-12-02) but was not faster end to end:
 // decode step 1.25 vs 1.27 ms (SmolLM2 shapes), 3.96 vs 3.86 ms (Llama-3-8B shapes, D = 128). Likely
-// cause, not yet measured: each thread's RoPE table reads (two floats per pair, from L2) sit in a
-// dependent loop of D / 4 pairs; staging the chunk's table rows in shared memory is the next step.
+// cause: each thread's RoPE table reads (two floats per pair, from L2) sat in a loop of D / 4 pairs;
+// they are now all issued before the loop (compile-checked, not yet measured).
 inline bool use_decode_kernel(int64_t T_q, int n_rep, int rope_dim) {
   const char* e = std::getenv("SELFEXT_CUDA_SE_DECODE");
   return T_q == 1 && n_rep <= kDecMaxRep && rope_dim > 0 && e && std::strcmp(e, "1") == 0;
