@@ -58,16 +58,15 @@ inline SplitPlan plan_splits(int64_t n_blocks, int64_t n_key_tiles, int sms) {
   return sp;
 }
 
-// Split-K scratch: the merge counters (one int per (query tile, kv head) group, used only when the
-// merge runs in the split kernel), then the partial accumulators and the (max, sum) pairs.
+// Split-K scratch: the partial accumulators, then the (max, sum) pairs, each 256-byte aligned.
 struct SplitWorkspace {
   size_t o_offset, ml_offset, total;
 };
-inline SplitWorkspace split_workspace(int n_splits, int64_t T_q, int n_heads, int head_dim, int64_t groups) {
+inline SplitWorkspace split_workspace(int n_splits, int64_t T_q, int n_heads, int head_dim) {
   auto up = [](size_t b) { return (b + 255) / 256 * 256; };
   SplitWorkspace w;
-  w.o_offset = up(size_t(groups) * sizeof(int));
-  w.ml_offset = w.o_offset + up(size_t(n_splits) * T_q * n_heads * head_dim * sizeof(float));
+  w.o_offset = 0;
+  w.ml_offset = up(size_t(n_splits) * T_q * n_heads * head_dim * sizeof(float));
   w.total = w.ml_offset + up(size_t(n_splits) * T_q * n_heads * 2 * sizeof(float));
   return w;
 }

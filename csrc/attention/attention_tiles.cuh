@@ -385,33 +385,5 @@ __global__ void merge_splits_kernel(const float* __restrict__ ws_o, const float*
     out[t * stride_t + h * stride_h + d].bits = merge_split_elem<T>(ws_o, ws_ml, n_splits, n_rows, head_dim, row, d);
 }
 
-// The same merge inside the split kernel: each block of a (query tile, kv head) group counts itself done
-// on counters[group]; the last one to finish merges the group's rows and resets the counter to zero, so
-// the counters stay zero between calls (stream order keeps calls apart). One kernel fewer per call.
-template <typename T, int kHeadDim, int kThreads>
-__device__ __forceinline__ void merge_splits_in_last_block(const OutArgs& oa, const RowMap& rm, int64_t m0, int bm,
-                                                           int kvh, int* counters, int group, int n_splits) {
-  __shared__ int is_last;
-  __threadfence();  // this block's partial states are visible before it counts itself done
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    const int done = atomicAdd(counters + group, 1);
-    is_last = done == n_splits - 1;
-    if (is_last) counters[group] = 0;
-  }
-  __syncthreads();
-  if (!is_last) return;
-  __threadfence();
-  const int64_t n_rows = int64_t(rm.T_q) * oa.n_heads;
-  for (int e = threadIdx.x; e < bm * kHeadDim; e += kThreads) {
-    const int64_t R = m0 + e / kHeadDim;
-    const int d = e % kHeadDim;
-    if (R >= rm.rows) break;  // e grows with R
-    const int64_t t = R / rm.n_rep, head = int64_t(kvh) * rm.n_rep + R % rm.n_rep;
-    T* dst = static_cast<T*>(oa.out) + t * oa.stride_t + head * oa.stride_h + d;
-    dst->bits = merge_split_elem<T>(oa.ws_o, oa.ws_ml, n_splits, n_rows, kHeadDim, t * oa.n_heads + head, d);
-  }
-}
-
 }  // namespace attn_cuda
 }  // namespace selfext

@@ -47,7 +47,6 @@ struct SeArgs {
   int tiles_per_split;
   OutArgs oa;
   const int32_t* T_k_dev;  // the key count at run time (<= rm.T_k, the planned bound), or null
-  int* counters;           // split with the merge in the last block: one zeroed int per (query tile, kv head)
   // kPre kernels: K rotated once per call at normal (kn_rot) and grouped (kg_rot) positions, layout
   // (T_k, n_kv_heads, head_dim) contiguous; kg_rot is null when no pair reaches the grouped branch.
   const void* kn_rot;
@@ -200,11 +199,6 @@ __global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs 
     }
   }
   store_rows<T, kHeadDim>(a.oa, rm, m0, warp, lane, kvh, o, m, l, kSplit, blockIdx.z);
-  if constexpr (kSplit) {
-    if (a.counters)
-      merge_splits_in_last_block<T, kHeadDim, kThreads>(a.oa, rm, m0, kBM, kvh, a.counters, mt * gridDim.y + kvh,
-                                                        int(gridDim.z));
-  }
 }
 
 // --- decode: one query row per head (T_q = 1) --------------------------------------------------------
@@ -515,7 +509,7 @@ void run_se(const AttentionParams& p) {
   const int sms = multiprocessor_count();
   if (use_decode_kernel(p.T_q, n_rep, p.rope_dim)) {
     const DecodePlan dp = decode_plan(p.T_k, p.n_kv_heads, sms);
-    const SplitWorkspace wl = split_workspace(dp.n_splits, 1, p.n_heads, kHeadDim, 0);
+    const SplitWorkspace wl = split_workspace(dp.n_splits, 1, p.n_heads, kHeadDim);
     DeviceScratch own(p.workspace ? 0 : wl.total, stream);
     char* base = p.workspace ? static_cast<char*>(p.workspace) : own.as<char>();
     SELFEXT_CHECK(!p.workspace || p.workspace_bytes >= int64_t(wl.total), ArgumentError,
@@ -560,32 +554,19 @@ void run_se(const AttentionParams& p) {
     else launch_se<T, kHeadDim, kSmallWarps, false>(a, small_tiles, p.n_kv_heads, 1, stream);
     return;
   }
-  const SplitWorkspace wl = split_workspace(sp.n_splits, p.T_q, p.n_heads, kHeadDim, small_tiles * p.n_kv_heads);
-  // With a workspace the merge can run in the last block of each group (SELFEXT_CUDA_SPLIT_MERGE=last):
-  // one kernel fewer, but measured slower on an H200 (SmolLM2 shapes, decode step 1.39 vs 1.31 ms,
-  // 2026-12-02: the last block's dependent reads sit on the critical path), so the separate merge
-  // kernel stays the default.
-  const char* merge_env = std::getenv("SELFEXT_CUDA_SPLIT_MERGE");
-  const bool merge_kernel = !(merge_env && std::strcmp(merge_env, "last") == 0);
+  // Partial states in the caller's workspace when given (the model's decode steps: no allocation, so
+  // no memory nodes in its graphs), else in the stream-ordered pool.
+  const SplitWorkspace wl = split_workspace(sp.n_splits, p.T_q, p.n_heads, kHeadDim);
   if (p.workspace) {
-    // The caller's workspace (zeroed once): no allocation, and the merge runs in the split kernel.
-    SELFEXT_CHECK(p.workspace_bytes >= wl.total, ArgumentError, "self_extend_attention: the workspace has ",
+    SELFEXT_CHECK(p.workspace_bytes >= int64_t(wl.total), ArgumentError, "self_extend_attention: the workspace has ",
                   p.workspace_bytes, " bytes, this call needs ", wl.total);
     SELFEXT_CHECK(reinterpret_cast<uintptr_t>(p.workspace) % 256 == 0, ArgumentError,
                   "self_extend_attention: the workspace must be 256-byte aligned");
-    char* base = static_cast<char*>(p.workspace);
-    a.counters = merge_kernel ? nullptr : reinterpret_cast<int*>(base);
-    a.oa.ws_o = reinterpret_cast<float*>(base + wl.o_offset);
-    a.oa.ws_ml = reinterpret_cast<float*>(base + wl.ml_offset);
-    launch_se<T, kHeadDim, kSmallWarps, true>(a, small_tiles, p.n_kv_heads, sp.n_splits, stream);
-    if (merge_kernel)
-      launch_merge<T>(a.oa.ws_o, a.oa.ws_ml, sp.n_splits, p.T_q, p.n_heads, kHeadDim, p.out, p.out_stride_t,
-                      p.out_stride_h, stream);
-    return;
   }
-  DeviceScratch ws(wl.total - wl.o_offset, stream);
-  a.oa.ws_o = ws.as<float>();
-  a.oa.ws_ml = ws.as<float>(wl.ml_offset - wl.o_offset);
+  DeviceScratch own(p.workspace ? 0 : wl.total, stream);
+  char* base = p.workspace ? static_cast<char*>(p.workspace) : own.as<char>();
+  a.oa.ws_o = reinterpret_cast<float*>(base + wl.o_offset);
+  a.oa.ws_ml = reinterpret_cast<float*>(base + wl.ml_offset);
   if (pre) launch_se<T, kHeadDim, kSmallWarps, true, true>(a, small_tiles, p.n_kv_heads, sp.n_splits, stream);
   else launch_se<T, kHeadDim, kSmallWarps, true>(a, small_tiles, p.n_kv_heads, sp.n_splits, stream);
   launch_merge<T>(a.oa.ws_o, a.oa.ws_ml, sp.n_splits, p.T_q, p.n_heads, kHeadDim, p.out, p.out_stride_t,
@@ -668,7 +649,7 @@ int64_t self_extend_attention_cuda_workspace_bytes(const AttentionParams& p) {
   int64_t dec = 0;
   if (use_decode_kernel(p.T_q, n_rep, 2)) {
     const DecodePlan dp = decode_plan(p.T_k, p.n_kv_heads, sms);
-    dec = int64_t(attn_cuda::split_workspace(dp.n_splits, 1, p.n_heads, p.head_dim, 0).total);
+    dec = int64_t(attn_cuda::split_workspace(dp.n_splits, 1, p.n_heads, p.head_dim).total);
   }
   if (use_prerotated_k(p) && p.T_q > 1) {  // the rotated K copies (both, at most)
     dec += int64_t(2) * p.T_k * p.n_kv_heads * p.head_dim * 2;
@@ -677,7 +658,7 @@ int64_t self_extend_attention_cuda_workspace_bytes(const AttentionParams& p) {
   const int64_t groups = (rows + 63) / 64 * p.n_kv_heads;
   const attn_cuda::SplitPlan sp = attn_cuda::plan_splits(groups, (p.T_k + 63) / 64, sms);
   if (sp.n_splits == 1) return table + dec;
-  return table + std::max(dec, int64_t(attn_cuda::split_workspace(sp.n_splits, p.T_q, p.n_heads, p.head_dim, groups).total));
+  return table + std::max(dec, int64_t(attn_cuda::split_workspace(sp.n_splits, p.T_q, p.n_heads, p.head_dim).total));
 }
 
 int cuda_exchange_device(int device) {

@@ -233,7 +233,7 @@ ScratchLayout scratch_layout(const ModelConfig& c, const ModelWeights& w) {
   }
   s.attn_ws = attn;
   // Decode steps (SelfExtend) take their split-K workspace from the scratch instead: no per-step
-  // allocation (no memory nodes in the decode graphs) and the merge runs inside the attention kernel.
+  // allocation (no memory nodes in the decode graphs).
   s.attn_decode_bytes = 0;
   if (!c.cope) {
     p.T_q = 1;
@@ -395,7 +395,6 @@ ModelCuda::ModelCuda(ModelConfig config, ModelWeights weights, int device)
   v_cache_.reset(int64_t(cache_bytes), "the V cache");
   sl_ = scratch_layout(c, w_);
   scratch_.reset(sl_.total, "activations");
-  SELFEXT_CUDA_CHECK(cudaMemsetAsync(scratch_.as<char>(sl_.attn_decode_ws), 0, size_t(std::max<int64_t>(sl_.attn_decode_bytes, 1)), stream_));
   if (c.rope_dim > 0) {
     rope_table_.reset(c.n_ctx * (c.rope_dim / 2) * 2 * 4, "the RoPE table");
     build_rope_table_cuda(c.inv_freq.data(), c.rope_dim / 2, c.mscale, c.n_ctx, rope_table_.as<float>(), stream_);
