@@ -149,7 +149,6 @@ void matvec_q_cuda_op(py::object weight, int qtype, int64_t rows, int64_t cols, 
   SELFEXT_CHECK(w.m.type == QType::Q4_0 || w.m.type == QType::Q4_K || w.m.type == QType::Q6_K, ArgumentError,
                 "matvec_q_cuda takes Q4_0, Q4_K or Q6_K weights");
   MatvecInput in;
-  const bool half = kind == "f16" || kind == "bf16";
   if (kind == "float") in.kind = MatvecInput::kFloat;
   else if (kind == "rmsnorm") in.kind = MatvecInput::kRmsNorm;
   else if (kind == "swiglu") in.kind = MatvecInput::kSwiGlu;
@@ -164,7 +163,6 @@ void matvec_q_cuda_op(py::object weight, int qtype, int64_t rows, int64_t cols, 
   else check_dtype(x.view, "x", {DType::kFloat32});
   const int64_t want = (kind == "swiglu" ? 2 : 1) * cols;
   SELFEXT_CHECK(x.view.numel() == want, ArgumentError, "x must hold ", want, " values, got ", x.view.numel());
-  (void)half;
   in.x = x.view.data;
   in.ldx = want;
   in.eps = eps;
