@@ -1,6 +1,6 @@
 """CUDA attention bench (issue 7): SelfExtend and CoPE kernels against anchors measured in the same run.
 
-  python3 bench/attention_cuda.py [--out DIR] [--quick]
+  python3 bench/attention_cuda.py [--out DIR] [--quick] [--decode-only]
 
 SelfExtend prefill, bf16, causal, G=4, W=1024: ours vs torch SDPA (flash backend) on pre-rotated inputs
 (the plain-attention ceiling) and LongLM's flash formulation reproduced with flex_attention (a sliding-
@@ -8,7 +8,9 @@ window pass for the neighbor branch + a causal pass of q[W:] against k[:T-W] at 
 merged by log-sum-exp; its rotations are precomputed and not timed). TFLOP/s count 4*T^2*D*H/2.
 Decode (T_q = 1, T = 32k): KV bytes read per second, counting K and V once (2 * T * H_kv * D * 2 bytes;
 the RoPE table, Q and out are < 3% and not counted), with the cache rotated across copies whose total
-exceeds 4x the L2, against a read bandwidth measured in the same run (torch sum over 2 GiB).
+exceeds 4x the L2, against a read bandwidth measured in the same run (torch sum over 2 GiB); the calls are
+captured in a CUDA graph, so the time is the GPU's (an eager loop measures the binding's host overhead:
+~210 us per call at any kernel speed). Decode latency at T = 640 and 4096 (one layer of a decode step).
 CoPE prefill, bf16, npos_max=64: ours vs the paper's formulation in torch (every T x T temporary
 materialized; OOM reported) and SDPA flash (plain attention). Prints a Markdown table, writes JSON.
 """
@@ -187,36 +189,91 @@ def read_bandwidth():
     return nbytes / ms / 1e6, 2 * nbytes / ms_c / 1e6  # GB/s read (sum), GB/s read+write (copy)
 
 
-def bench_se_decode(H, H_kv, D, T, G, W, l2_bytes):
-    per = kv_bytes(T, H_kv, D)
-    n_sets = max(2, math.ceil(4 * l2_bytes / per) + 1)
+def graph_time_ms(call, n_calls: int, reps: int = 5) -> float:
+    """Median ms per call of `n_calls` calls call(c) captured in one CUDA graph: the GPU's time, not the
+    Python binding's launch overhead (an eager loop of these calls is bound by the host)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture
+        for c in range(min(n_calls, 4)):
+            call(c)
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for c in range(n_calls):
+            call(c)
+    g.replay()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) / n_calls)
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+def se_decode_call(H, H_kv, D, T, G, W, n_sets):
+    """call(c): one T_q = 1 SelfExtend call over the c-th of n_sets K/V copies (bf16), the kernel chosen by
+    SELFEXT_CUDA_SE_DECODE at capture time."""
     sets = [(torch.randn(T, H_kv, D, device=DEV, dtype=torch.bfloat16),
              torch.randn(T, H_kv, D, device=DEV, dtype=torch.bfloat16)) for _ in range(n_sets)]
     q = torch.randn(1, H, D, device=DEV, dtype=torch.bfloat16)
     out = torch.empty_like(q)
     inv, mscale, table = rope_tables(D, T)
-    s = stream()
-    n_calls = 60
 
-    def batch():
-        for c in range(n_calls):
-            k, v = sets[c % n_sets]
-            _native.self_extend_attention_cuda(q, k, v, out, inv, mscale, G, W, "norm", D, D ** -0.5, s, table)
+    def call(c):
+        k, v = sets[c % n_sets]
+        _native.self_extend_attention_cuda(q, k, v, out, inv, mscale, G, W, "norm", D, D ** -0.5, stream(), table)
 
-    ms = time_ms(batch, 5, warmup=1) / n_calls
-    gbs = per / ms / 1e6
-    # The T_q = 1 kernel (SELFEXT_CUDA_SE_DECODE=1: opt-in until it is faster)
-    os.environ["SELFEXT_CUDA_SE_DECODE"] = "1"
+    return call
+
+
+def timed_both_kernels(call, n_calls):
+    """(tile kernel ms, T_q = 1 kernel ms) per call."""
+    ms = graph_time_ms(call, n_calls)
+    os.environ["SELFEXT_CUDA_SE_DECODE"] = "1"  # the T_q = 1 kernel (opt-in until it is faster)
     try:
-        ms_d = time_ms(batch, 5, warmup=1) / n_calls
+        ms_d = graph_time_ms(call, n_calls)
     finally:
         del os.environ["SELFEXT_CUDA_SE_DECODE"]
+    return ms, ms_d
+
+
+def bench_se_decode(H, H_kv, D, T, G, W, l2_bytes):
+    per = kv_bytes(T, H_kv, D)
+    n_sets = max(2, math.ceil(4 * l2_bytes / per) + 1)
+    ms, ms_d = timed_both_kernels(se_decode_call(H, H_kv, D, T, G, W, n_sets), 60)
+    gbs = per / ms / 1e6
     rb, cb = read_bandwidth()
     return {"op": "self_extend_decode", "H": H, "H_kv": H_kv, "D": D, "T": T, "G": G, "W": W, "dtype": "bf16",
             "kv_sets": n_sets, "kv_bytes_per_call": per, "ours_us": ms * 1e3, "ours_GBps": gbs,
             "decode_kernel_us": ms_d * 1e3, "decode_kernel_GBps": per / ms_d / 1e6,
             "read_GBps_torch_sum": rb, "copy_GBps_read_plus_write": cb, "ours_vs_read_bw": gbs / rb,
+            "decode_kernel_vs_read_bw": per / ms_d / 1e6 / rb, "timing": "CUDA graph of 60 calls",
             "workspace_bytes": _native.self_extend_attention_cuda_workspace_bytes(1, T, H, H_kv, D, D, True)}
+
+
+def bench_se_decode_latency(H, H_kv, D, T, G, W):
+    """A decode step's attention at short T (the loop's case: a few hundred to a few thousand keys, one
+    layer's K/V in L2): microseconds per call, both kernels, split-K merge included."""
+    call = se_decode_call(H, H_kv, D, T, G, W, 2)
+    ms, ms_d = timed_both_kernels(call, 100)
+    by_cps = {}
+    os.environ["SELFEXT_CUDA_SE_DECODE"] = "1"
+    try:  # the decode kernel with fewer splits: at least N 64-key chunks per split (all: one split, no merge)
+        for cps in (2, 4, 8, 1 << 20):
+            os.environ["SELFEXT_CUDA_SE_DEC_CPS"] = str(cps)
+            by_cps["all" if cps == 1 << 20 else str(cps)] = graph_time_ms(call, 100) * 1e3
+    finally:
+        os.environ.pop("SELFEXT_CUDA_SE_DEC_CPS", None)
+        del os.environ["SELFEXT_CUDA_SE_DECODE"]
+    return {"op": "self_extend_decode_latency", "H": H, "H_kv": H_kv, "D": D, "T": T, "G": G, "W": W,
+            "dtype": "bf16", "ours_us": ms * 1e3, "decode_kernel_us": ms_d * 1e3,
+            "decode_kernel_us_by_chunks_per_split": by_cps, "timing": "CUDA graph of 100 calls"}
 
 
 # --- CoPE --------------------------------------------------------------------------------------------------------
@@ -301,6 +358,7 @@ def main():
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--quick", action="store_true", help="T = 4k only, no flex")
     ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--decode-only", action="store_true", help="only the SelfExtend decode rows")
     args = ap.parse_args()
     props = torch.cuda.get_device_properties(0)
     l2 = getattr(props, "L2_cache_size", 50 * 2**20)
@@ -326,14 +384,18 @@ def main():
     Ts = [4096] if args.quick else [4096, 16384, 32768]
     rows = []
     t0 = time.time()
-    for H, H_kv, D in [(32, 8, 128), (9, 3, 64)]:
+    for H, H_kv, D in [] if args.decode_only else [(32, 8, 128), (9, 3, 64)]:
         for T in Ts:
             r = bench_se_prefill(H, H_kv, D, T, 4, 1024, flex, reps=10 if T <= 16384 else 5)
             print(json.dumps(r), flush=True)
             rows.append(r)
     rows.append(bench_se_decode(32, 8, 128, 32768, 4, 1024, l2))
     print(json.dumps(rows[-1]), flush=True)
-    for H, D in [(16, 64), (32, 128)]:
+    for H, H_kv, D in [(32, 8, 128), (9, 3, 64)]:
+        for T in [640, 4096]:
+            rows.append(bench_se_decode_latency(H, H_kv, D, T, 4, 1024))
+            print(json.dumps(rows[-1]), flush=True)
+    for H, D in [] if args.decode_only else [(16, 64), (32, 128)]:
         for T in ([1024, 4096] if args.quick else [1024, 4096, 16384]):
             r = bench_cope(H, D, T, 64, reps=10)
             print(json.dumps(r), flush=True)
@@ -347,21 +409,26 @@ def main():
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "selfext_native": selfext_native.__version__,
-        "timing": "median of N CUDA-event-timed calls after warm-up",
+        "timing": "prefill: median of N CUDA-event-timed calls after warm-up; decode: CUDA graph of a batch of calls",
         "flops": "4*T^2*D*H/2 (causal)",
         "wall_s": time.time() - t0,
         "rows": rows,
     }
     os.makedirs(args.out, exist_ok=True)
     tag = "h100" if "H100" in doc["device"] else doc["device"].replace(" ", "_").lower()
-    path = os.path.join(args.out, f"attention_cuda-{tag}.json")
+    path = os.path.join(args.out, f"attention_cuda-{tag}{'-decode' if args.decode_only else ''}.json")
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)
     se = [r for r in rows if r["op"] == "self_extend_prefill"]
     print(md_table(se, ["H", "H_kv", "D", "T", "ours_tflops", "prerot_tflops", "sdpa_flash_tflops", "flex_two_pass_tflops",
                         "ours_vs_sdpa_flash", "ours_vs_flex", "flex_vs_ours_rel_diff"]))
     dec = [r for r in rows if r["op"] == "self_extend_decode"]
-    print(md_table(dec, ["T", "ours_us", "ours_GBps", "decode_kernel_us", "read_GBps_torch_sum", "ours_vs_read_bw", "kv_sets"]))
+    print(md_table(dec, ["T", "ours_us", "ours_GBps", "decode_kernel_us", "read_GBps_torch_sum", "ours_vs_read_bw",
+                         "decode_kernel_vs_read_bw", "kv_sets"]))
+    lat = [r for r in rows if r["op"] == "self_extend_decode_latency"]
+    for r in lat:
+        r["decode_kernel_us_cps"] = " ".join(f"{k}:{v:.1f}" for k, v in r["decode_kernel_us_by_chunks_per_split"].items())
+    print(md_table(lat, ["H", "H_kv", "D", "T", "ours_us", "decode_kernel_us", "decode_kernel_us_cps"]))
     cp = [r for r in rows if r["op"] == "cope_prefill"]
     print(md_table(cp, ["H", "D", "T", "ours_ms", "ours_tflops", "sdpa_flash_ms", "paper_ms", "ours_vs_paper",
                         "ours_time_vs_sdpa_flash", "ours_extra_bytes", "paper_peak_extra_bytes",

@@ -191,11 +191,15 @@ DECODE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("kernel", ["1", "0"])
+@pytest.mark.parametrize("kernel, cps", [("1", None), ("1", "3"), ("1", "100000"), ("0", None)],
+                         ids=["decode", "decode-3-chunks-per-split", "decode-one-split", "tile"])
 @pytest.mark.parametrize("T_k, H, H_kv, D, G, W, style, rope_dim, dtype", DECODE_CASES)
-def test_self_extend_decode_kernels(rng, monkeypatch, kernel, T_k, H, H_kv, D, G, W, style, rope_dim, dtype):
-    """T_q = 1 through the decode kernel (SELFEXT_CUDA_SE_DECODE=1) and through the tile kernel (=0)."""
+def test_self_extend_decode_kernels(rng, monkeypatch, kernel, cps, T_k, H, H_kv, D, G, W, style, rope_dim, dtype):
+    """T_q = 1 through the decode kernel (SELFEXT_CUDA_SE_DECODE=1) and through the tile kernel (=0); the
+    decode kernel also with at least 3 chunks per split and with one split (its own output, no merge)."""
     monkeypatch.setenv("SELFEXT_CUDA_SE_DECODE", kernel)
+    if cps is not None:
+        monkeypatch.setenv("SELFEXT_CUDA_SE_DEC_CPS", cps)
     q = _randn(rng, (1, H, D), dtype, 1.5)
     k = _randn(rng, (T_k, H_kv, D), dtype, 1.5)
     v = _randn(rng, (T_k, H_kv, D), dtype)

@@ -215,14 +215,23 @@ constexpr int kDecThreads = 128;
 constexpr int kDecKeys = kBN;  // 64 keys per chunk: two threads per key in the logit phase
 constexpr int kDecMaxRep = 8;  // query heads per kv head this kernel takes (GQA groups up to 8)
 
+// Latency: chunk 0's K/V copies are issued before the query setup, chunk c+1's while chunk c is computed
+// (double-buffered, dynamic shared memory), and each thread's RoPE table loads for its key before the
+// wait for the chunk; a plan of one split writes the normalized output itself (no merge kernel).
+template <int kHeadDim>
+constexpr size_t dec_smem_bytes() {
+  return size_t(4) * kDecKeys * Layout<kHeadDim>::kStride * 2;  // K and V, two buffers each
+}
+
 template <typename T, int kHeadDim>
 __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, int chunks_per_split) {
   kernel_prologue();
   using L = Layout<kHeadDim>;
   constexpr int S = L::kStride;
   constexpr int kOut = (kDecMaxRep * kHeadDim + kDecThreads - 1) / kDecThreads;
-  __shared__ __align__(16) T ks[kDecKeys * S];
-  __shared__ __align__(16) T vsm[kDecKeys * S];
+  extern __shared__ __align__(16) unsigned char dec_smem[];
+  T* ks = reinterpret_cast<T*>(dec_smem);  // (2, kDecKeys, S) K chunks as read
+  T* vsm = ks + 2 * kDecKeys * S;          // (2, kDecKeys, S) V chunks
   __shared__ float qn[kDecMaxRep][kHeadDim], qg[kDecMaxRep][kHeadDim];
   __shared__ float pr[kDecMaxRep][kDecKeys];
   __shared__ float m_sh[kDecMaxRep], l_sh[kDecMaxRep], alpha_sh[kDecMaxRep];
@@ -237,8 +246,13 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
   const int j_begin = split * chunks_per_split * kDecKeys;
   const int j_end = min(T_k, j_begin + chunks_per_split * kDecKeys);
   const bool need_g = j_begin < j_end && i - j_begin >= W;  // some key of this block is outside the window
-  const uint16_t* kb = reinterpret_cast<const uint16_t*>(ks);
-  const uint16_t* vb = reinterpret_cast<const uint16_t*>(vsm);
+  const T* k = static_cast<const T*>(a.k);
+  const T* v = static_cast<const T*>(a.v);
+  if (j_begin < j_end) {  // chunk 0 in flight during the query setup
+    load_kv_async<T, kHeadDim, kDecThreads>(ks, k, a.k_st, a.k_sh, kvh, j_begin, j_end);
+    load_kv_async<T, kHeadDim, kDecThreads>(vsm, v, a.v_st, a.v_sh, kvh, j_begin, j_end);
+    cp_async_commit();
+  }
 
   // q of the n_rep heads, rotated at i and at the grouped query position, times scale * log2(e).
   {
@@ -277,36 +291,37 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
 #pragma unroll
   for (int u = 0; u < kOut; ++u) o[u] = 0.f;
 
-  const T* k = static_cast<const T*>(a.k);
-  const T* v = static_cast<const T*>(a.v);
-  for (int j0 = j_begin; j0 < j_end; j0 += kDecKeys) {
-    __syncthreads();  // q ready (first chunk); every thread done with the previous chunk's buffers
-    load_kv_async<T, kHeadDim, kDecThreads>(ks, k, a.k_st, a.k_sh, kvh, j0, j_end);
-    load_kv_async<T, kHeadDim, kDecThreads>(vsm, v, a.v_st, a.v_sh, kvh, j0, j_end);
-    cp_async_commit();
+  int buf = 0;
+  for (int j0 = j_begin; j0 < j_end; j0 += kDecKeys, buf ^= 1) {
+    // This thread's key: position, branch and every (cos, sin) of its pairs, loaded before the wait.
+    const int kk = tid >> 1, half = tid & 1, j = j0 + kk;
+    const bool valid = j < j_end;
+    const bool grouped = i - j >= W;
+    const int pos = grouped ? int(se_grouped_key_pos(j, G)) : j;
+    const float* cs_row = a.rope.table + int64_t(min(pos, a.rope.n_pos - 1)) * np * 2;
+    constexpr int kPT = kHeadDim / 4;  // pairs per thread at rope_dim = head_dim
+    float2 csv[kPT];
+#pragma unroll
+    for (int u = 0; u < kPT; ++u) {
+      const int p = half + 2 * u;
+      csv[u] = p < np ? __ldg(reinterpret_cast<const float2*>(cs_row) + p) : make_float2(1.f, 0.f);
+    }
     cp_async_wait<0>();
-    __syncthreads();
+    __syncthreads();  // chunk landed; q ready; every thread done with the previous chunk (other buffer, pr)
+    if (j0 + kDecKeys < j_end) {
+      load_kv_async<T, kHeadDim, kDecThreads>(ks + (buf ^ 1) * kDecKeys * S, k, a.k_st, a.k_sh, kvh, j0 + kDecKeys, j_end);
+      load_kv_async<T, kHeadDim, kDecThreads>(vsm + (buf ^ 1) * kDecKeys * S, v, a.v_st, a.v_sh, kvh, j0 + kDecKeys, j_end);
+      cp_async_commit();
+    }
+    const uint16_t* kb = reinterpret_cast<const uint16_t*>(ks + buf * kDecKeys * S);
+    const uint16_t* vb = reinterpret_cast<const uint16_t*>(vsm + buf * kDecKeys * S);
     // Logits: key kk = tid / 2; the two threads of a key take alternate pairs and the unrotated tail.
     {
-      const int kk = tid >> 1, half = tid & 1, j = j0 + kk;
-      const bool valid = j < j_end;
-      const bool grouped = i - j >= W;
-      const int pos = grouped ? int(se_grouped_key_pos(j, G)) : j;
       const float(*qq)[kHeadDim] = grouped ? qg : qn;
       const uint16_t* kr = kb + kk * S;
       float sc[kDecMaxRep];
 #pragma unroll
       for (int r = 0; r < kDecMaxRep; ++r) sc[r] = 0.f;
-      const float* cs_row = a.rope.table + int64_t(min(pos, a.rope.n_pos - 1)) * np * 2;
-      // Every (cos, sin) of this thread's pairs loaded before any is used: one L2 latency per key,
-      // not one per pair.
-      constexpr int kPT = kHeadDim / 4;  // pairs per thread at rope_dim = head_dim
-      float2 csv[kPT];
-#pragma unroll
-      for (int u = 0; u < kPT; ++u) {
-        const int p = half + 2 * u;
-        csv[u] = p < np ? __ldg(reinterpret_cast<const float2*>(cs_row) + p) : make_float2(1.f, 0.f);
-      }
 #pragma unroll
       for (int u = 0; u < kPT; ++u) {
         const int p = half + 2 * u;
@@ -363,11 +378,23 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
       const int r = e / kHeadDim, d = e % kHeadDim;
       float acc = o[u] * alpha_sh[r];
 #pragma unroll 8
-      for (int kk = 0; kk < kDecKeys; ++kk) acc = fmaf(pr[r][kk], ld_float<T>(vb[kk * S + d]), acc);
+      for (int q = 0; q < kDecKeys; ++q) acc = fmaf(pr[r][q], ld_float<T>(vb[q * S + d]), acc);
       o[u] = acc;
     }
   }
   __syncthreads();
+  if (gridDim.y == 1) {  // one split: the normalized output, no merge
+#pragma unroll
+    for (int u = 0; u < kOut; ++u) {
+      const int e = tid + u * kDecThreads;
+      if (e >= n_rep * kHeadDim) break;
+      const int r = e / kHeadDim, d = e % kHeadDim;
+      const float lsum = l_sh[r];
+      T* dst = static_cast<T*>(a.oa.out) + int64_t(kvh * n_rep + r) * a.oa.stride_h + d;
+      dst->bits = st_bits<T>(lsum > 0.f ? o[u] / lsum : 0.f);
+    }
+    return;
+  }
   // The block's partial state: unnormalized accumulators, max in natural-log units, and the sum.
   const int64_t row0 = int64_t(split) * a.oa.n_heads + int64_t(kvh) * n_rep;  // T_q = 1
 #pragma unroll
@@ -382,18 +409,38 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
   }
 }
 
-// Decode plan: 64-key chunks spread over up to 4 blocks per SM (at most 128 splits per kv head).
+// Decode plan: 64-key chunks spread so every SM holds as many blocks as fit (blocks_per_sm, from the
+// occupancy of the kernel; at most 128 splits per kv head). SELFEXT_CUDA_SE_DEC_CPS=N raises the chunks per
+// split to at least N (fewer splits; N >= the chunk count: one split and no merge), for measuring.
 struct DecodePlan {
   int n_splits, chunks_per_split;
 };
-inline DecodePlan decode_plan(int64_t T_k, int n_kv_heads, int sms) {
+inline DecodePlan decode_plan(int64_t T_k, int n_kv_heads, int sms, int blocks_per_sm) {
   const int64_t chunks = std::max<int64_t>(1, (T_k + kDecKeys - 1) / kDecKeys);
-  int64_t want = std::max<int64_t>(1, int64_t(4) * sms / std::max(1, n_kv_heads));
+  int64_t want = std::max<int64_t>(1, int64_t(std::max(1, blocks_per_sm)) * sms / std::max(1, n_kv_heads));
   want = std::min<int64_t>({want, chunks, 128});
   DecodePlan d;
   d.chunks_per_split = int((chunks + want - 1) / want);
+  if (const char* e = std::getenv("SELFEXT_CUDA_SE_DEC_CPS")) {
+    const long n = std::strtol(e, nullptr, 10);
+    if (n > d.chunks_per_split) d.chunks_per_split = int(std::min<int64_t>(n, chunks));
+  }
   d.n_splits = int((chunks + d.chunks_per_split - 1) / d.chunks_per_split);
   return d;
+}
+
+// Blocks of the decode kernel resident per SM (its dynamic shared memory set), cached per head dim.
+template <typename T, int kHeadDim>
+int decode_blocks_per_sm() {
+  static int cached = [] {
+    auto kernel = se_decode_kernel<T, kHeadDim>;
+    SELFEXT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            int(dec_smem_bytes<kHeadDim>())));
+    int n = 0;
+    SELFEXT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kDecThreads, dec_smem_bytes<kHeadDim>()));
+    return std::max(1, n);
+  }();
+  return cached;
 }
 
 // Whether run_se takes the decode kernel: only with SELFEXT_CUDA_SE_DECODE=1 for now. It passed the CUDA
@@ -508,7 +555,13 @@ void run_se(const AttentionParams& p) {
   const int64_t n_key_tiles = (p.T_k + kBN - 1) / kBN;
   const int sms = multiprocessor_count();
   if (use_decode_kernel(p.T_q, n_rep, p.rope_dim)) {
-    const DecodePlan dp = decode_plan(p.T_k, p.n_kv_heads, sms);
+    const DecodePlan dp = decode_plan(p.T_k, p.n_kv_heads, sms, decode_blocks_per_sm<T, kHeadDim>());
+    const size_t smem = dec_smem_bytes<kHeadDim>();
+    if (dp.n_splits == 1) {  // the kernel writes the output
+      launch_kernel(se_decode_kernel<T, kHeadDim>, dim3(unsigned(p.n_kv_heads), 1u), dim3(kDecThreads), smem, stream,
+                    a, dp.chunks_per_split);
+      return;
+    }
     const SplitWorkspace wl = split_workspace(dp.n_splits, 1, p.n_heads, kHeadDim);
     DeviceScratch own(p.workspace ? 0 : wl.total, stream);
     char* base = p.workspace ? static_cast<char*>(p.workspace) : own.as<char>();
@@ -517,7 +570,7 @@ void run_se(const AttentionParams& p) {
     a.oa.ws_o = reinterpret_cast<float*>(base + wl.o_offset);
     a.oa.ws_ml = reinterpret_cast<float*>(base + wl.ml_offset);
     launch_kernel(se_decode_kernel<T, kHeadDim>, dim3(unsigned(p.n_kv_heads), unsigned(dp.n_splits)),
-                  dim3(kDecThreads), 0, stream, a, dp.chunks_per_split);
+                  dim3(kDecThreads), smem, stream, a, dp.chunks_per_split);
     launch_merge<T>(a.oa.ws_o, a.oa.ws_ml, dp.n_splits, 1, p.n_heads, kHeadDim, p.out, p.out_stride_t,
                     p.out_stride_h, stream);
     return;
@@ -648,7 +701,8 @@ int64_t self_extend_attention_cuda_workspace_bytes(const AttentionParams& p) {
   // plan is counted whenever T_q = 1.
   int64_t dec = 0;
   if (use_decode_kernel(p.T_q, n_rep, 2)) {
-    const DecodePlan dp = decode_plan(p.T_k, p.n_kv_heads, sms);
+    // the most splits any head dim's plan takes: 16 resident blocks of 128 threads per SM at most
+    const DecodePlan dp = decode_plan(p.T_k, p.n_kv_heads, sms, 2048 / kDecThreads);
     dec = int64_t(attn_cuda::split_workspace(dp.n_splits, 1, p.n_heads, p.head_dim).total);
   }
   if (use_prerotated_k(p) && p.T_q > 1) {  // the rotated K copies (both, at most)

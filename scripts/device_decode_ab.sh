@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Decode attention A/B on the device after device_run.sh build: the CUDA tests of the T_q = 1 kernel (also
+# through the loop), the graph-timed decode bench, and decode steps of random-weight models (no model
+# transfer) with the tile kernel vs the T_q = 1 kernel, then per-kernel CUPTI tables (PDL off).
+set -u
+OUT=${OUT:-/tmp/device_out}
+export PYTHONUNBUFFERED=1
+SELFEXT_CUDA_SE_DECODE=1 timeout 120 python3 -m pytest tests/test_llm_cuda.py tests/test_attention_cuda.py -m cuda -q \
+  -p no:cacheprovider -rfE -k "not errors_name" 2>&1 | tail -8
+timeout 150 python3 bench/attention_cuda.py --decode-only --out "$OUT" 2>&1 | tail -12
+cd bench
+run() { echo "--- $1 $2"; env $2 timeout 60 python3 profile_decode.py $1 --steps 64 2>&1 | tail -1; }
+for m in smollm2-shapes smollm2-shapes llama-3-8b-q4_k_m-shapes; do
+  run $m SELFEXT_CUDA_SE_DECODE=0
+  run $m SELFEXT_CUDA_SE_DECODE=1
+done
+for d in 0 1; do
+  for m in smollm2-shapes llama-3-8b-q4_k_m-shapes; do
+    echo "--- per-kernel, PDL off, SE_DECODE=$d, $m"
+    SELFEXT_CUDA_SE_DECODE=$d SELFEXT_CUDA_PDL=0 timeout 90 python3 profile_decode.py $m --steps 16 --torch-profile 2>&1 \
+      | grep -v Warn | tail -9
+  done
+done
