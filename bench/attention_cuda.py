@@ -218,7 +218,7 @@ def graph_time_ms(call, n_calls: int, reps: int = 5) -> float:
 
 def se_decode_call(H, H_kv, D, T, G, W, n_sets):
     """call(c): one T_q = 1 SelfExtend call over the c-th of n_sets K/V copies (bf16), the kernel chosen by
-    SELFEXT_CUDA_SE_DECODE at capture time."""
+    SELFEXT_CUDA_SE_DECODE at capture time (default: the T_q = 1 kernel)."""
     sets = [(torch.randn(T, H_kv, D, device=DEV, dtype=torch.bfloat16),
              torch.randn(T, H_kv, D, device=DEV, dtype=torch.bfloat16)) for _ in range(n_sets)]
     q = torch.randn(1, H, D, device=DEV, dtype=torch.bfloat16)
@@ -233,27 +233,28 @@ def se_decode_call(H, H_kv, D, T, G, W, n_sets):
 
 
 def timed_both_kernels(call, n_calls):
-    """(tile kernel ms, T_q = 1 kernel ms) per call."""
-    ms = graph_time_ms(call, n_calls)
-    os.environ["SELFEXT_CUDA_SE_DECODE"] = "1"  # the T_q = 1 kernel (opt-in until it is faster)
-    try:
-        ms_d = graph_time_ms(call, n_calls)
-    finally:
-        del os.environ["SELFEXT_CUDA_SE_DECODE"]
-    return ms, ms_d
+    """(T_q = 1 kernel ms, tile kernel ms) per call: SELFEXT_CUDA_SE_DECODE=1 (the default) and =0."""
+    out = []
+    for flag in ("1", "0"):
+        os.environ["SELFEXT_CUDA_SE_DECODE"] = flag
+        try:
+            out.append(graph_time_ms(call, n_calls))
+        finally:
+            del os.environ["SELFEXT_CUDA_SE_DECODE"]
+    return tuple(out)
 
 
 def bench_se_decode(H, H_kv, D, T, G, W, l2_bytes):
     per = kv_bytes(T, H_kv, D)
     n_sets = max(2, math.ceil(4 * l2_bytes / per) + 1)
-    ms, ms_d = timed_both_kernels(se_decode_call(H, H_kv, D, T, G, W, n_sets), 60)
+    ms, ms_t = timed_both_kernels(se_decode_call(H, H_kv, D, T, G, W, n_sets), 60)
     gbs = per / ms / 1e6
     rb, cb = read_bandwidth()
     return {"op": "self_extend_decode", "H": H, "H_kv": H_kv, "D": D, "T": T, "G": G, "W": W, "dtype": "bf16",
             "kv_sets": n_sets, "kv_bytes_per_call": per, "ours_us": ms * 1e3, "ours_GBps": gbs,
-            "decode_kernel_us": ms_d * 1e3, "decode_kernel_GBps": per / ms_d / 1e6,
+            "tile_kernel_us": ms_t * 1e3, "tile_kernel_GBps": per / ms_t / 1e6,
             "read_GBps_torch_sum": rb, "copy_GBps_read_plus_write": cb, "ours_vs_read_bw": gbs / rb,
-            "decode_kernel_vs_read_bw": per / ms_d / 1e6 / rb, "timing": "CUDA graph of 60 calls",
+            "timing": "CUDA graph of 60 calls", "kernel": "T_q = 1 decode kernel (tile kernel: SELFEXT_CUDA_SE_DECODE=0)",
             "workspace_bytes": _native.self_extend_attention_cuda_workspace_bytes(1, T, H, H_kv, D, D, True)}
 
 
@@ -261,19 +262,17 @@ def bench_se_decode_latency(H, H_kv, D, T, G, W):
     """A decode step's attention at short T (the loop's case: a few hundred to a few thousand keys, one
     layer's K/V in L2): microseconds per call, both kernels, split-K merge included."""
     call = se_decode_call(H, H_kv, D, T, G, W, 2)
-    ms, ms_d = timed_both_kernels(call, 100)
+    ms, ms_t = timed_both_kernels(call, 100)
     by_cps = {}
-    os.environ["SELFEXT_CUDA_SE_DECODE"] = "1"
     try:  # the decode kernel with fewer splits: at least N 64-key chunks per split (all: one split, no merge)
-        for cps in (2, 4, 8, 1 << 20):
+        for cps in (2, 4, 1 << 20):
             os.environ["SELFEXT_CUDA_SE_DEC_CPS"] = str(cps)
             by_cps["all" if cps == 1 << 20 else str(cps)] = graph_time_ms(call, 100) * 1e3
     finally:
         os.environ.pop("SELFEXT_CUDA_SE_DEC_CPS", None)
-        del os.environ["SELFEXT_CUDA_SE_DECODE"]
     return {"op": "self_extend_decode_latency", "H": H, "H_kv": H_kv, "D": D, "T": T, "G": G, "W": W,
-            "dtype": "bf16", "ours_us": ms * 1e3, "decode_kernel_us": ms_d * 1e3,
-            "decode_kernel_us_by_chunks_per_split": by_cps, "timing": "CUDA graph of 100 calls"}
+            "dtype": "bf16", "ours_us": ms * 1e3, "tile_kernel_us": ms_t * 1e3,
+            "ours_us_by_chunks_per_split": by_cps, "timing": "CUDA graph of 100 calls"}
 
 
 # --- CoPE --------------------------------------------------------------------------------------------------------
@@ -423,12 +422,12 @@ def main():
     print(md_table(se, ["H", "H_kv", "D", "T", "ours_tflops", "prerot_tflops", "sdpa_flash_tflops", "flex_two_pass_tflops",
                         "ours_vs_sdpa_flash", "ours_vs_flex", "flex_vs_ours_rel_diff"]))
     dec = [r for r in rows if r["op"] == "self_extend_decode"]
-    print(md_table(dec, ["T", "ours_us", "ours_GBps", "decode_kernel_us", "read_GBps_torch_sum", "ours_vs_read_bw",
-                         "decode_kernel_vs_read_bw", "kv_sets"]))
+    print(md_table(dec, ["T", "ours_us", "ours_GBps", "tile_kernel_us", "read_GBps_torch_sum", "ours_vs_read_bw",
+                         "kv_sets"]))
     lat = [r for r in rows if r["op"] == "self_extend_decode_latency"]
     for r in lat:
-        r["decode_kernel_us_cps"] = " ".join(f"{k}:{v:.1f}" for k, v in r["decode_kernel_us_by_chunks_per_split"].items())
-    print(md_table(lat, ["H", "H_kv", "D", "T", "ours_us", "decode_kernel_us", "decode_kernel_us_cps"]))
+        r["ours_us_cps"] = " ".join(f"{k}:{v:.1f}" for k, v in r["ours_us_by_chunks_per_split"].items())
+    print(md_table(lat, ["H", "H_kv", "D", "T", "ours_us", "tile_kernel_us", "ours_us_cps"]))
     cp = [r for r in rows if r["op"] == "cope_prefill"]
     print(md_table(cp, ["H", "D", "T", "ours_ms", "ours_tflops", "sdpa_flash_ms", "paper_ms", "ours_vs_paper",
                         "ours_time_vs_sdpa_flash", "ours_extra_bytes", "paper_peak_extra_bytes",

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Decode attention A/B on the device after device_run.sh build: the CUDA tests of the T_q = 1 kernel (also
-# through the loop), the graph-timed decode bench, and decode steps of random-weight models (no model
-# transfer) with the tile kernel vs the T_q = 1 kernel, then per-kernel CUPTI tables (PDL off).
+# Decode attention A/B on the device after device_run.sh build: the CUDA attention and loop tests (the
+# default is the T_q = 1 kernel), the graph-timed decode bench, decode steps of random-weight models (no
+# model transfer) with the tile kernel (SELFEXT_CUDA_SE_DECODE=0) vs the default, then per-kernel CUPTI
+# tables of the default (PDL off, so each kernel's time is its own). Files under $OUT.
 set -u
 OUT=${OUT:-/tmp/device_out}
+mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-SELFEXT_CUDA_SE_DECODE=1 timeout 120 python3 -m pytest tests/test_llm_cuda.py tests/test_attention_cuda.py -m cuda -q \
+timeout 150 python3 -m pytest tests/test_llm_cuda.py tests/test_attention_cuda.py -m cuda -q \
   -p no:cacheprovider -rfE -k "not errors_name" 2>&1 | tail -8
 timeout 150 python3 bench/attention_cuda.py --decode-only --out "$OUT" 2>&1 | tail -12
 cd bench
@@ -14,10 +16,7 @@ for m in smollm2-shapes smollm2-shapes llama-3-8b-q4_k_m-shapes; do
   run $m SELFEXT_CUDA_SE_DECODE=0
   run $m SELFEXT_CUDA_SE_DECODE=1
 done
-for d in 0 1; do
-  for m in smollm2-shapes llama-3-8b-q4_k_m-shapes; do
-    echo "--- per-kernel, PDL off, SE_DECODE=$d, $m"
-    SELFEXT_CUDA_SE_DECODE=$d SELFEXT_CUDA_PDL=0 timeout 90 python3 profile_decode.py $m --steps 16 --torch-profile 2>&1 \
-      | grep -v Warn | tail -9
-  done
+for m in smollm2-shapes llama-3-8b-q4_k_m-shapes; do
+  echo "--- per-kernel, PDL off, $m"
+  SELFEXT_CUDA_PDL=0 timeout 90 python3 profile_decode.py $m --steps 16 --torch-profile 2>&1 | grep -v Warn | tail -9
 done

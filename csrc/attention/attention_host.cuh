@@ -8,6 +8,7 @@
 
 #include "attention/attention_tiles.cuh"
 #include "core/cuda_check.cuh"
+#include "core/errors.h"
 
 namespace selfext {
 namespace attn_cuda {
@@ -75,6 +76,8 @@ template <typename T>
 void launch_merge(const float* ws_o, const float* ws_ml, int n_splits, int64_t T_q, int n_heads, int head_dim,
                   void* out, int64_t stride_t, int64_t stride_h, cudaStream_t stream) {
   const int64_t n_rows = T_q * n_heads;
+  SELFEXT_CHECK(n_splits >= 1 && n_splits <= kMaxSplits, BackendError, "split-K merge: ", n_splits, " splits (at most ",
+                kMaxSplits, ")");
   launch_kernel(merge_splits_kernel<T>, dim3(unsigned(n_rows)), dim3(head_dim), 0, stream, ws_o, ws_ml, n_splits,
                 n_rows, head_dim, n_heads, static_cast<T*>(out), stride_t, stride_h);
 }

@@ -357,32 +357,60 @@ __device__ __forceinline__ void store_rows(const OutArgs& oa, const RowMap& rm, 
   }
 }
 
-// Element d of merged row `row` (t * n_heads + head) from the split-K partial states: they combine by
-// log-sum-exp through softmax_merge (softmax.h). The loads bypass L1 (written by other blocks).
-template <typename T>
-__device__ __forceinline__ uint16_t merge_split_elem(const float* ws_o, const float* ws_ml, int n_splits,
-                                                     int64_t n_rows, int head_dim, int64_t row, int d) {
-  float M = -INFINITY, Lsum = 0.f, acc = 0.f;
-  for (int s = 0; s < n_splits; ++s) {
-    const int64_t r = int64_t(s) * n_rows + row;
-    float alpha, beta;
-    softmax_merge(M, Lsum, __ldcg(ws_ml + r * 2), __ldcg(ws_ml + r * 2 + 1), alpha, beta);
-    acc = acc * alpha + __ldcg(ws_o + r * head_dim + d) * beta;
-  }
-  return st_bits<T>(Lsum > 0.f ? acc / Lsum : 0.f);
-}
-
 // Split-K merge (flash-decoding) as its own kernel: one block per (query, head), one thread per element
-// of head_dim.
+// of head_dim. The states combine by log-sum-exp (the rule of softmax_merge in softmax.h, all splits at
+// once): w_s = exp(m_s - max m), out = sum_s w_s o_s / sum_s w_s l_s. Every load is independent: the
+// (max, sum) pairs land in shared memory by one thread per split, then each thread's loads of its
+// element over the splits are unrolled, so the splits' L2 latencies overlap instead of adding up (a
+// serial loop over 10 splits cost ~6.6 us per call on an H200). Loads bypass L1 (written by other blocks).
+constexpr int kMaxSplits = 128;
 template <typename T>
 __global__ void merge_splits_kernel(const float* __restrict__ ws_o, const float* __restrict__ ws_ml, int n_splits,
                                     int64_t n_rows, int head_dim, int n_heads, T* out, int64_t stride_t,
                                     int64_t stride_h) {
   kernel_prologue();
+  __shared__ float w_sh[kMaxSplits], l_sh[kMaxSplits];
+  __shared__ float inv_sh;
   const int64_t row = blockIdx.x;  // t * n_heads + head
   const int64_t t = row / n_heads, h = row % n_heads;
-  for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
-    out[t * stride_t + h * stride_h + d].bits = merge_split_elem<T>(ws_o, ws_ml, n_splits, n_rows, head_dim, row, d);
+  for (int s = threadIdx.x; s < n_splits; s += blockDim.x) {
+    const int64_t r = int64_t(s) * n_rows + row;
+    w_sh[s] = __ldcg(ws_ml + r * 2);
+    l_sh[s] = __ldcg(ws_ml + r * 2 + 1);
+  }
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float M = -INFINITY;
+    for (int s = threadIdx.x; s < n_splits; s += 32) M = fmaxf(M, w_sh[s]);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
+    float L = 0.f;
+    for (int s = threadIdx.x; s < n_splits; s += 32) {
+      const float w = M == -INFINITY ? 0.f : expf(w_sh[s] - M);  // an empty split (m = -inf): 0
+      w_sh[s] = w;
+      L += w * l_sh[s];
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) L += __shfl_xor_sync(0xffffffffu, L, off);
+    if (threadIdx.x == 0) inv_sh = L > 0.f ? 1.f / L : 0.f;
+  }
+  __syncthreads();
+  const float inv = inv_sh;
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    const float* o = ws_o + row * head_dim + d;
+    const int64_t step = n_rows * head_dim;
+    float acc = 0.f;
+    int s = 0;
+    for (; s + 8 <= n_splits; s += 8) {
+      float x[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) x[u] = __ldcg(o + (s + u) * step);
+#pragma unroll
+      for (int u = 0; u < 8; ++u) acc = fmaf(w_sh[s + u], x[u], acc);
+    }
+    for (; s < n_splits; ++s) acc = fmaf(w_sh[s], __ldcg(o + s * step), acc);
+    out[t * stride_t + h * stride_h + d].bits = st_bits<T>(acc * inv);
+  }
 }
 
 }  // namespace attn_cuda

@@ -207,12 +207,16 @@ __global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs 
 // H200 (CUPTI, 2026-12-02), the largest kernel of its decode step. Here each block takes one kv head and
 // a range of 64-key chunks: K and V chunks land in shared memory by cp.async, q is rotated once per
 // block at the normal and the grouped query position (scaled to base-2 logits) and kept in float;
-// two threads per key rotate the key at its normal or grouped position (the branch is per key: i - j <
+// four threads per key rotate the key at its normal or grouped position (the branch is per key: i - j <
 // W) and dot it with the n_rep rows; the chunk's softmax is online, in float32, and P V is accumulated
-// with one thread per (row, element) pair. Partial states go to the split-K workspace and the merge
-// kernel combines them.
-constexpr int kDecThreads = 128;
-constexpr int kDecKeys = kBN;  // 64 keys per chunk: two threads per key in the logit phase
+// by four threads per element pair (each over a quarter of the chunk's keys, summed once at the end).
+// Partial states go to the split-K workspace and the merge kernel combines them. Measured before the
+// four-thread layout (128 threads, two per key, one per output element; H200, CUDA graph, bf16, G=4,
+// W=1024): 140 us at T = 32k for (32, 8, 128) vs the tile kernel's 203; 11.7 vs 12.9 us at T = 640
+// for (9, 3, 64); a single block per kv head took ~6 us per 64-key chunk, so the work per chunk is
+// spread over more threads now.
+constexpr int kDecThreads = 256;
+constexpr int kDecKeys = kBN;  // 64 keys per chunk: four threads per key in the logit phase
 constexpr int kDecMaxRep = 8;  // query heads per kv head this kernel takes (GQA groups up to 8)
 
 // Latency: chunk 0's K/V copies are issued before the query setup, chunk c+1's while chunk c is computed
@@ -228,7 +232,8 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
   kernel_prologue();
   using L = Layout<kHeadDim>;
   constexpr int S = L::kStride;
-  constexpr int kOut = (kDecMaxRep * kHeadDim + kDecThreads - 1) / kDecThreads;
+  constexpr int kPairs = kHeadDim / 2;
+  static_assert(4 * kPairs <= kDecThreads, "P V: four threads per element pair");
   extern __shared__ __align__(16) unsigned char dec_smem[];
   T* ks = reinterpret_cast<T*>(dec_smem);  // (2, kDecKeys, S) K chunks as read
   T* vsm = ks + 2 * kDecKeys * S;          // (2, kDecKeys, S) V chunks
@@ -287,23 +292,27 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
       l_sh[tid] = 0.f;
     }
   }
-  float o[kOut];
+  // P V: thread (dp, kq) = (tid / 4, tid % 4) accumulates elements 2 dp, 2 dp + 1 of every row over the
+  // keys kq, kq + 4, ... of each chunk; the four partial sums meet once, after the last chunk.
+  const int dp = tid >> 2, kq = tid & 3;
+  const bool pv_active = dp < kPairs;  // whole warps (4 kPairs is a multiple of 32)
+  float o[kDecMaxRep][2];
 #pragma unroll
-  for (int u = 0; u < kOut; ++u) o[u] = 0.f;
+  for (int r = 0; r < kDecMaxRep; ++r) o[r][0] = o[r][1] = 0.f;
 
   int buf = 0;
   for (int j0 = j_begin; j0 < j_end; j0 += kDecKeys, buf ^= 1) {
     // This thread's key: position, branch and every (cos, sin) of its pairs, loaded before the wait.
-    const int kk = tid >> 1, half = tid & 1, j = j0 + kk;
+    const int kk = tid >> 2, sub = tid & 3, j = j0 + kk;
     const bool valid = j < j_end;
     const bool grouped = i - j >= W;
     const int pos = grouped ? int(se_grouped_key_pos(j, G)) : j;
     const float* cs_row = a.rope.table + int64_t(min(pos, a.rope.n_pos - 1)) * np * 2;
-    constexpr int kPT = kHeadDim / 4;  // pairs per thread at rope_dim = head_dim
+    constexpr int kPT = kHeadDim / 8;  // pairs per thread at rope_dim = head_dim
     float2 csv[kPT];
 #pragma unroll
     for (int u = 0; u < kPT; ++u) {
-      const int p = half + 2 * u;
+      const int p = sub + 4 * u;
       csv[u] = p < np ? __ldg(reinterpret_cast<const float2*>(cs_row) + p) : make_float2(1.f, 0.f);
     }
     cp_async_wait<0>();
@@ -315,7 +324,7 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
     }
     const uint16_t* kb = reinterpret_cast<const uint16_t*>(ks + buf * kDecKeys * S);
     const uint16_t* vb = reinterpret_cast<const uint16_t*>(vsm + buf * kDecKeys * S);
-    // Logits: key kk = tid / 2; the two threads of a key take alternate pairs and the unrotated tail.
+    // Logits: key kk = tid / 4; the four threads of a key take every fourth pair and tail element.
     {
       const float(*qq)[kHeadDim] = grouped ? qg : qn;
       const uint16_t* kr = kb + kk * S;
@@ -324,7 +333,7 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
       for (int r = 0; r < kDecMaxRep; ++r) sc[r] = 0.f;
 #pragma unroll
       for (int u = 0; u < kPT; ++u) {
-        const int p = half + 2 * u;
+        const int p = sub + 4 * u;
         if (p >= np) break;
         int ia, ib;
         rope_pair(p, rd, a.rope.style, ia, ib);
@@ -334,7 +343,7 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
         for (int r = 0; r < kDecMaxRep; ++r)
           if (r < n_rep) sc[r] = fmaf(qq[r][ia], xa, fmaf(qq[r][ib], xb, sc[r]));
       }
-      for (int d = rd + half; d < kHeadDim; d += 2) {
+      for (int d = rd + sub; d < kHeadDim; d += 4) {
         const float x = ld_float<T>(kr[d]);
 #pragma unroll
         for (int r = 0; r < kDecMaxRep; ++r)
@@ -343,11 +352,12 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
 #pragma unroll
       for (int r = 0; r < kDecMaxRep; ++r) {
         sc[r] += __shfl_xor_sync(0xffffffffu, sc[r], 1);
-        if (half == 0 && r < n_rep) pr[r][kk] = valid ? sc[r] : -INFINITY;
+        sc[r] += __shfl_xor_sync(0xffffffffu, sc[r], 2);
+        if (sub == 0 && r < n_rep) pr[r][kk] = valid ? sc[r] : -INFINITY;
       }
     }
     __syncthreads();
-    // Online softmax of the chunk: warp w takes rows w, w + 4.
+    // Online softmax of the chunk: warp w takes row w (n_rep <= 8 warps).
     for (int r = warp; r < n_rep; r += kDecThreads / 32) {
       const float x0 = pr[r][lane], x1 = pr[r][lane + 32];
       float cmax = fmaxf(x0, x1);
@@ -370,38 +380,55 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
       }
     }
     __syncthreads();
-    // P V: thread tid owns elements e = tid + 128 u of the (n_rep, head_dim) output.
+    if (pv_active) {
 #pragma unroll
-    for (int u = 0; u < kOut; ++u) {
-      const int e = tid + u * kDecThreads;
-      if (e >= n_rep * kHeadDim) break;
-      const int r = e / kHeadDim, d = e % kHeadDim;
-      float acc = o[u] * alpha_sh[r];
-#pragma unroll 8
-      for (int q = 0; q < kDecKeys; ++q) acc = fmaf(pr[r][q], ld_float<T>(vb[q * S + d]), acc);
-      o[u] = acc;
+      for (int r = 0; r < kDecMaxRep; ++r) {
+        const float al = r < n_rep ? alpha_sh[r] : 0.f;
+        o[r][0] *= al;
+        o[r][1] *= al;
+      }
+#pragma unroll 4
+      for (int q = kq; q < kDecKeys; q += 4) {
+        const uint32_t vv = *reinterpret_cast<const uint32_t*>(vb + q * S + 2 * dp);
+        const float v0 = ld_float<T>(uint16_t(vv & 0xffffu)), v1 = ld_float<T>(uint16_t(vv >> 16));
+#pragma unroll
+        for (int r = 0; r < kDecMaxRep; ++r) {
+          if (r >= n_rep) break;
+          const float pw = pr[r][q];
+          o[r][0] = fmaf(pw, v0, o[r][0]);
+          o[r][1] = fmaf(pw, v1, o[r][1]);
+        }
+      }
     }
   }
   __syncthreads();
-  if (gridDim.y == 1) {  // one split: the normalized output, no merge
+  if (!pv_active) return;
 #pragma unroll
-    for (int u = 0; u < kOut; ++u) {
-      const int e = tid + u * kDecThreads;
-      if (e >= n_rep * kHeadDim) break;
-      const int r = e / kHeadDim, d = e % kHeadDim;
-      const float lsum = l_sh[r];
-      T* dst = static_cast<T*>(a.oa.out) + int64_t(kvh * n_rep + r) * a.oa.stride_h + d;
-      dst->bits = st_bits<T>(lsum > 0.f ? o[u] / lsum : 0.f);
+  for (int r = 0; r < kDecMaxRep; ++r)
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      o[r][c] += __shfl_xor_sync(0xffffffffu, o[r][c], 1);
+      o[r][c] += __shfl_xor_sync(0xffffffffu, o[r][c], 2);
+    }
+  if (gridDim.y == 1) {  // one split: the normalized output, no merge
+    if (kq != 0) return;
+#pragma unroll
+    for (int r = 0; r < kDecMaxRep; ++r) {
+      if (r >= n_rep) break;
+      const float lsum = l_sh[r], inv = lsum > 0.f ? 1.f / lsum : 0.f;
+      T* dst = static_cast<T*>(a.oa.out) + int64_t(kvh * n_rep + r) * a.oa.stride_h + 2 * dp;
+      *reinterpret_cast<uint32_t*>(dst) = pack2<T>(o[r][0] * inv, o[r][1] * inv);
     }
     return;
   }
   // The block's partial state: unnormalized accumulators, max in natural-log units, and the sum.
   const int64_t row0 = int64_t(split) * a.oa.n_heads + int64_t(kvh) * n_rep;  // T_q = 1
+  if (kq == 0) {
 #pragma unroll
-  for (int u = 0; u < kOut; ++u) {
-    const int e = tid + u * kDecThreads;
-    if (e >= n_rep * kHeadDim) break;
-    a.oa.ws_o[(row0 + e / kHeadDim) * kHeadDim + e % kHeadDim] = o[u];
+    for (int r = 0; r < kDecMaxRep; ++r) {
+      if (r >= n_rep) break;
+      *reinterpret_cast<float2*>(a.oa.ws_o + (row0 + r) * kHeadDim + 2 * dp) = make_float2(o[r][0], o[r][1]);
+    }
   }
   if (tid < n_rep) {
     a.oa.ws_ml[(row0 + tid) * 2] = m_sh[tid] == -INFINITY ? -INFINITY : m_sh[tid] * kLn2;
@@ -443,14 +470,13 @@ int decode_blocks_per_sm() {
   return cached;
 }
 
-// Whether run_se takes the decode kernel: only with SELFEXT_CUDA_SE_DECODE=1 for now. It passed the CUDA
-// attention and loop tests as the default on an H200 (2026-12-02) but was not faster end to end:
-// decode step 1.25 vs 1.27 ms (SmolLM2 shapes), 3.96 vs 3.86 ms (Llama-3-8B shapes, D = 128). Likely
-// cause: each thread's RoPE table reads (two floats per pair, from L2) sat in a loop of D / 4 pairs;
-// they are now all issued before the loop (compile-checked, not yet measured).
+// Whether run_se takes the decode kernel: T_q = 1 with GQA groups up to 8, unless SELFEXT_CUDA_SE_DECODE=0
+// (the tile kernel, for comparison). Measured on an H200 (2026-12-02, scripts/device_decode_ab.sh) with the
+// prefetching 128-thread version: decode step 1.23-1.27 vs 1.29-1.32 ms (SmolLM2 shapes), 3.99 vs 4.12 ms
+// (Llama-3-8B shapes); the attention at T = 32k 140 vs 203 us.
 inline bool use_decode_kernel(int64_t T_q, int n_rep, int rope_dim) {
   const char* e = std::getenv("SELFEXT_CUDA_SE_DECODE");
-  return T_q == 1 && n_rep <= kDecMaxRep && rope_dim > 0 && e && std::strcmp(e, "1") == 0;
+  return T_q == 1 && n_rep <= kDecMaxRep && rope_dim > 0 && !(e && std::strcmp(e, "0") == 0);
 }
 
 // K rotated once per call (kPre kernels): kn = RoPE(k, j), kg = RoPE(k, j / G) when want_g, rounded to

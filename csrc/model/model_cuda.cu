@@ -126,7 +126,9 @@ __global__ void qkv_post_kernel(const QkvPostArgs a) {
   const int QD = a.n_head * hd, KD = a.n_kv * hd;
   const float* row = a.qkv + t * a.ld;
   const int64_t pos = (a.pos_dev ? int64_t(*a.pos_dev) : a.pos0) + t;
-  for (int e = threadIdx.x; e < QD + 2 * KD; e += blockDim.x) {
+  // grid (tokens, element blocks): one element per thread (a decode step's single token used to be one
+  // block looping over all q/k/v elements, 9.5 us per layer at Llama-3-8B's 6144)
+  for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < QD + 2 * KD; e += gridDim.y * blockDim.x) {
     const int seg = e < QD ? 0 : (e < QD + KD ? 1 : 2);
     const int local = e - (seg == 0 ? 0 : (seg == 1 ? QD : QD + KD));
     const float* bias = seg == 0 ? a.bq : (seg == 1 ? a.bk : a.bv);
@@ -532,7 +534,7 @@ void ModelCuda::layer(int il, int64_t n, int64_t pos0, int64_t graph_bound) {
   const int32_t* dpos = graph_bound > 0 ? scratch_.as<int32_t>(sl_.pos) : nullptr;
   QkvPostArgs qa{qkv, QKVD, l.bq, l.bk, l.bv, q16, kc, vc, c.n_ctx, pos0, dpos, c.n_head, c.n_head_kv, c.head_dim,
                  (c.cope && c.rope_dim > 0) ? rope_table_.as<float>() : nullptr, c.rope_dim, c.rope_style};
-  launch_kernel(qkv_post_kernel<T>, dim3(unsigned(n)), dim3(256), 0, stream_, qa);
+  launch_kernel(qkv_post_kernel<T>, dim3(unsigned(n), unsigned(blocks_for(QKVD, 256))), dim3(256), 0, stream_, qa);
 
   // A decode graph plans for graph_bound keys and reads the run-time count from the device.
   AttentionParams ap = layer_attention_params(c, q16, kc, vc, att16, n, graph_bound > 0 ? graph_bound : pos0 + n,
