@@ -49,9 +49,8 @@ struct AttentionParams {
   const int32_t* T_k_dev = nullptr;
 
   // CUDA SelfExtend only: caller-owned device scratch for the split-K partial states, 256-byte aligned,
-  // at least self_extend_attention_cuda_workspace_bytes(p) bytes, zero before its first use (the decode
-  // kernel keeps arrival counters in it and leaves them zero after every call). With it a call allocates
-  // nothing (no memory nodes in a graph).
+  // at least self_extend_attention_cuda_workspace_bytes(p) bytes. With it a call allocates nothing (no
+  // memory nodes in a graph).
   void* workspace = nullptr;
   int64_t workspace_bytes = 0;
 };

@@ -51,9 +51,6 @@ struct SeArgs {
   // (T_k, n_kv_heads, head_dim) contiguous; kg_rot is null when no pair reaches the grouped branch.
   const void* kn_rot;
   const void* kg_rot;
-  // Decode kernel with splits: one arrival counter per kv head (zero before the call; the last block of
-  // a kv head merges its splits and sets it back to zero).
-  unsigned* counters;
 };
 
 template <int kHeadDim, int kWarps>
@@ -237,7 +234,6 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
   constexpr int S = L::kStride;
   constexpr int kPairs = kHeadDim / 2;
   static_assert(4 * kPairs <= kDecThreads, "P V: four threads per element pair");
-  static_assert(size_t(kDecMaxRep) * (kMaxSplits + 1) * 4 <= dec_smem_bytes<kHeadDim>(), "merge weights fit");
   extern __shared__ __align__(16) unsigned char dec_smem[];
   T* ks = reinterpret_cast<T*>(dec_smem);  // (2, kDecKeys, S) K chunks as read
   T* vsm = ks + 2 * kDecKeys * S;          // (2, kDecKeys, S) V chunks
@@ -406,18 +402,16 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
     }
   }
   __syncthreads();
-  if (pv_active) {
+  if (!pv_active) return;
 #pragma unroll
-    for (int r = 0; r < kDecMaxRep; ++r)
+  for (int r = 0; r < kDecMaxRep; ++r)
 #pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        o[r][c] += __shfl_xor_sync(0xffffffffu, o[r][c], 1);
-        o[r][c] += __shfl_xor_sync(0xffffffffu, o[r][c], 2);
-      }
-  }
-  const int n_heads = a.oa.n_heads;
+    for (int c = 0; c < 2; ++c) {
+      o[r][c] += __shfl_xor_sync(0xffffffffu, o[r][c], 1);
+      o[r][c] += __shfl_xor_sync(0xffffffffu, o[r][c], 2);
+    }
   if (gridDim.y == 1) {  // one split: the normalized output, no merge
-    if (!pv_active || kq != 0) return;
+    if (kq != 0) return;
 #pragma unroll
     for (int r = 0; r < kDecMaxRep; ++r) {
       if (r >= n_rep) break;
@@ -428,8 +422,8 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
     return;
   }
   // The block's partial state: unnormalized accumulators, max in natural-log units, and the sum.
-  const int64_t row0 = int64_t(split) * n_heads + int64_t(kvh) * n_rep;  // T_q = 1
-  if (pv_active && kq == 0) {
+  const int64_t row0 = int64_t(split) * a.oa.n_heads + int64_t(kvh) * n_rep;  // T_q = 1
+  if (kq == 0) {
 #pragma unroll
     for (int r = 0; r < kDecMaxRep; ++r) {
       if (r >= n_rep) break;
@@ -440,61 +434,6 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
     a.oa.ws_ml[(row0 + tid) * 2] = m_sh[tid] == -INFINITY ? -INFINITY : m_sh[tid] * kLn2;
     a.oa.ws_ml[(row0 + tid) * 2 + 1] = l_sh[tid];
   }
-  if (!a.counters) return;  // the merge kernel follows
-  // Last block of this kv head merges every split's state for its n_rep heads (the threadfence-reduction
-  // pattern: publish, fence, count; the block that counts last sees every other block's state).
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) last = atomicAdd(a.counters + kvh, 1u) == gridDim.y - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  const int n_splits = gridDim.y;
-  float* w_sh = reinterpret_cast<float*>(dec_smem);  // (n_rep, n_splits) weights, then 1/L per row
-  float* inv_sh = w_sh + kDecMaxRep * kMaxSplits;
-  // warp r: row r's weights w_s = exp(m_s - max m) and 1 / sum_s w_s l_s
-  for (int r = warp; r < n_rep; r += kDecThreads / 32) {
-    const int64_t row = int64_t(kvh) * n_rep + r;
-    float M = -INFINITY;
-    for (int sp = lane; sp < n_splits; sp += 32) {
-      const float m = __ldcg(a.oa.ws_ml + (int64_t(sp) * n_heads + row) * 2);
-      w_sh[r * kMaxSplits + sp] = m;
-      M = fmaxf(M, m);
-    }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
-    float Ls = 0.f;
-    for (int sp = lane; sp < n_splits; sp += 32) {
-      const float w = M == -INFINITY ? 0.f : expf(w_sh[r * kMaxSplits + sp] - M);
-      w_sh[r * kMaxSplits + sp] = w;
-      Ls += w * __ldcg(a.oa.ws_ml + (int64_t(sp) * n_heads + row) * 2 + 1);
-    }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) Ls += __shfl_xor_sync(0xffffffffu, Ls, off);
-    if (lane == 0) inv_sh[r] = Ls > 0.f ? 1.f / Ls : 0.f;
-  }
-  __syncthreads();
-  for (int e = tid; e < n_rep * kHeadDim; e += kDecThreads) {
-    const int r = e / kHeadDim, d = e % kHeadDim;
-    const int64_t row = int64_t(kvh) * n_rep + r;
-    const float* src = a.oa.ws_o + row * kHeadDim + d;
-    const int64_t step = int64_t(n_heads) * kHeadDim;
-    const float* w = w_sh + r * kMaxSplits;
-    float acc = 0.f;
-    int sp = 0;
-    for (; sp + 8 <= n_splits; sp += 8) {
-      float x[8];
-#pragma unroll
-      for (int u = 0; u < 8; ++u) x[u] = __ldcg(src + (sp + u) * step);
-#pragma unroll
-      for (int u = 0; u < 8; ++u) acc = fmaf(w[sp + u], x[u], acc);
-    }
-    for (; sp < n_splits; ++sp) acc = fmaf(w[sp], __ldcg(src + sp * step), acc);
-    T* dst = static_cast<T*>(a.oa.out) + row * a.oa.stride_h + d;
-    dst->bits = st_bits<T>(acc * inv_sh[r]);
-  }
-  if (tid == 0) a.counters[kvh] = 0u;  // ready for the next call (a graph replays the same workspace)
 }
 
 // Decode plan: 64-key chunks spread so every SM holds as many blocks as fit (blocks_per_sm, from the
@@ -516,11 +455,6 @@ inline DecodePlan decode_plan(int64_t T_k, int n_kv_heads, int sms, int blocks_p
   d.n_splits = int((chunks + d.chunks_per_split - 1) / d.chunks_per_split);
   return d;
 }
-
-// A caller's workspace (AttentionParams::workspace) starts with one arrival counter per kv head for the
-// decode kernel, zero before the first call (the kernel leaves them zero); the split-K partial states of
-// either kernel follow, so a tile-kernel call in the same workspace leaves the counters alone.
-inline size_t counters_bytes(int n_kv_heads) { return (size_t(n_kv_heads) * 4 + 255) / 256 * 256; }
 
 // Blocks of the decode kernel resident per SM (its dynamic shared memory set), cached per head dim.
 template <typename T, int kHeadDim>
@@ -654,21 +588,17 @@ void run_se(const AttentionParams& p) {
                     a, dp.chunks_per_split);
       return;
     }
-    // Partial states and the kv heads' arrival counters: the last block of each kv head merges (no merge
-    // kernel). In the caller's workspace the counters are zero from the start (the contract) and the kernel
-    // leaves them zero; in pool scratch they are zeroed here.
-    const size_t cb = counters_bytes(p.n_kv_heads);
     const SplitWorkspace wl = split_workspace(dp.n_splits, 1, p.n_heads, kHeadDim);
-    DeviceScratch own(p.workspace ? 0 : cb + wl.total, stream);
+    DeviceScratch own(p.workspace ? 0 : wl.total, stream);
     char* base = p.workspace ? static_cast<char*>(p.workspace) : own.as<char>();
-    SELFEXT_CHECK(!p.workspace || p.workspace_bytes >= int64_t(cb + wl.total), ArgumentError,
-                  "self_extend_attention: the workspace has ", p.workspace_bytes, " bytes, this call needs ", cb + wl.total);
-    a.counters = reinterpret_cast<unsigned*>(base);
-    a.oa.ws_o = reinterpret_cast<float*>(base + cb + wl.o_offset);
-    a.oa.ws_ml = reinterpret_cast<float*>(base + cb + wl.ml_offset);
-    if (!p.workspace) SELFEXT_CUDA_CHECK(cudaMemsetAsync(a.counters, 0, size_t(p.n_kv_heads) * 4, stream));
+    SELFEXT_CHECK(!p.workspace || p.workspace_bytes >= int64_t(wl.total), ArgumentError,
+                  "self_extend_attention: the workspace has ", p.workspace_bytes, " bytes, this call needs ", wl.total);
+    a.oa.ws_o = reinterpret_cast<float*>(base + wl.o_offset);
+    a.oa.ws_ml = reinterpret_cast<float*>(base + wl.ml_offset);
     launch_kernel(se_decode_kernel<T, kHeadDim>, dim3(unsigned(p.n_kv_heads), unsigned(dp.n_splits)),
                   dim3(kDecThreads), smem, stream, a, dp.chunks_per_split);
+    launch_merge<T>(a.oa.ws_o, a.oa.ws_ml, dp.n_splits, 1, p.n_heads, kHeadDim, p.out, p.out_stride_t,
+                    p.out_stride_h, stream);
     return;
   }
   // Prefill: 8 warps (128 rows) per block amortize each K tile's rotation over more rows.
@@ -706,15 +636,14 @@ void run_se(const AttentionParams& p) {
   // Partial states in the caller's workspace when given (the model's decode steps: no allocation, so
   // no memory nodes in its graphs), else in the stream-ordered pool.
   const SplitWorkspace wl = split_workspace(sp.n_splits, p.T_q, p.n_heads, kHeadDim);
-  const size_t cb = p.workspace ? counters_bytes(p.n_kv_heads) : 0;  // the decode kernel's counters come first
   if (p.workspace) {
-    SELFEXT_CHECK(p.workspace_bytes >= int64_t(cb + wl.total), ArgumentError, "self_extend_attention: the workspace has ",
-                  p.workspace_bytes, " bytes, this call needs ", cb + wl.total);
+    SELFEXT_CHECK(p.workspace_bytes >= int64_t(wl.total), ArgumentError, "self_extend_attention: the workspace has ",
+                  p.workspace_bytes, " bytes, this call needs ", wl.total);
     SELFEXT_CHECK(reinterpret_cast<uintptr_t>(p.workspace) % 256 == 0, ArgumentError,
                   "self_extend_attention: the workspace must be 256-byte aligned");
   }
   DeviceScratch own(p.workspace ? 0 : wl.total, stream);
-  char* base = p.workspace ? static_cast<char*>(p.workspace) + cb : own.as<char>();
+  char* base = p.workspace ? static_cast<char*>(p.workspace) : own.as<char>();
   a.oa.ws_o = reinterpret_cast<float*>(base + wl.o_offset);
   a.oa.ws_ml = reinterpret_cast<float*>(base + wl.ml_offset);
   if (pre) launch_se<T, kHeadDim, kSmallWarps, true, true>(a, small_tiles, p.n_kv_heads, sp.n_splits, stream);
@@ -796,8 +725,6 @@ int64_t self_extend_attention_cuda_workspace_bytes(const AttentionParams& p) {
   const int sms = attn_cuda::multiprocessor_count();
   // p.rope_dim == 0 here may mean "the caller passes its table" (the model), so the decode kernel's
   // plan is counted whenever T_q = 1.
-  // the decode kernel's arrival counters lead a caller's workspace (counters_bytes)
-  const int64_t cb = int64_t(counters_bytes(p.n_kv_heads));
   int64_t dec = 0;
   if (use_decode_kernel(p.T_q, n_rep, 2)) {
     // the most splits any head dim's plan takes: 16 resident blocks of 128 threads per SM at most
@@ -807,11 +734,11 @@ int64_t self_extend_attention_cuda_workspace_bytes(const AttentionParams& p) {
   if (use_prerotated_k(p) && p.T_q > 1) {  // the rotated K copies (both, at most)
     dec += int64_t(2) * p.T_k * p.n_kv_heads * p.head_dim * 2;
   }
-  if ((rows + 127) / 128 * p.n_kv_heads >= sms) return table + cb + dec;
+  if ((rows + 127) / 128 * p.n_kv_heads >= sms) return table + dec;
   const int64_t groups = (rows + 63) / 64 * p.n_kv_heads;
   const attn_cuda::SplitPlan sp = attn_cuda::plan_splits(groups, (p.T_k + 63) / 64, sms);
-  if (sp.n_splits == 1) return table + cb + dec;
-  return table + cb + std::max(dec, int64_t(attn_cuda::split_workspace(sp.n_splits, p.T_q, p.n_heads, p.head_dim).total));
+  if (sp.n_splits == 1) return table + dec;
+  return table + std::max(dec, int64_t(attn_cuda::split_workspace(sp.n_splits, p.T_q, p.n_heads, p.head_dim).total));
 }
 
 int cuda_exchange_device(int device) {

@@ -397,8 +397,6 @@ ModelCuda::ModelCuda(ModelConfig config, ModelWeights weights, int device)
   v_cache_.reset(int64_t(cache_bytes), "the V cache");
   sl_ = scratch_layout(c, w_);
   scratch_.reset(sl_.total, "activations");
-  if (sl_.attn_decode_bytes > 0)  // the decode attention's arrival counters start at zero (AttentionParams)
-    SELFEXT_CUDA_CHECK(cudaMemsetAsync(scratch_.as<char>(sl_.attn_decode_ws), 0, size_t(sl_.attn_decode_bytes), stream_));
   if (c.rope_dim > 0) {
     rope_table_.reset(c.n_ctx * (c.rope_dim / 2) * 2 * 4, "the RoPE table");
     build_rope_table_cuda(c.inv_freq.data(), c.rope_dim / 2, c.mscale, c.n_ctx, rope_table_.as<float>(), stream_);
