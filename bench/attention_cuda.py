@@ -9,8 +9,8 @@ merged by log-sum-exp; its rotations are precomputed and not timed). TFLOP/s cou
 Decode (T_q = 1, T = 32k): KV bytes read per second, counting K and V once (2 * T * H_kv * D * 2 bytes;
 the RoPE table, Q and out are < 3% and not counted), with the cache rotated across copies whose total
 exceeds 4x the L2, against a read bandwidth measured in the same run (torch sum over 2 GiB); the calls are
-captured in a CUDA graph, so the time is the GPU's (an eager loop measures the binding's host overhead:
-~210 us per call at any kernel speed). Decode latency at T = 640 and 4096 (one layer of a decode step).
+captured in a CUDA graph, so the time is the GPU's, not the binding's launch overhead. Decode latency at
+T = 640 and 4096 (one layer of a decode step), also with fewer splits (SELFEXT_CUDA_SE_DEC_CPS).
 CoPE prefill, bf16, npos_max=64: ours vs the paper's formulation in torch (every T x T temporary
 materialized; OOM reported) and SDPA flash (plain attention). Prints a Markdown table, writes JSON.
 """
@@ -191,7 +191,7 @@ def read_bandwidth():
 
 def graph_time_ms(call, n_calls: int, reps: int = 5) -> float:
     """Median ms per call of `n_calls` calls call(c) captured in one CUDA graph: the GPU's time, not the
-    Python binding's launch overhead (an eager loop of these calls is bound by the host)."""
+    Python binding's launch overhead."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up outside the capture

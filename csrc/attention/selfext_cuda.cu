@@ -12,7 +12,8 @@
 //
 // Measured (H100, bf16, G=4, W=1024, bench/results/attention_cuda-h100.json, 2026-11-23): prefill
 // 131-135 TFLOP/s at T = 16k-32k for (32, 8, 128), 0.38-0.40x SDPA flash; decode T = 32k reads KV at
-// 633 GB/s, 22% of the measured read bandwidth. Where the time goes, as far as known: every query block
+// 633 GB/s, 22% of the measured read bandwidth (the tile kernel; in a CUDA graph on an H200 it takes 189-203
+// us, and the T_q = 1 decode kernel below 110 us: 1.23 TB/s, 0.30). Where the time goes, as far as known: every query block
 // re-rotates each K tile (scalar work between two barriers, not overlapped with the MMAs); one 8-warp
 // block per SM (174 KB smem); mma.sync rather than wgmma. For decode, one 4-warp block per SM (139 KB)
 // keeps a single 32 KB tile in flight per SM. Next steps: rotate K once per call into a grouped copy
@@ -214,7 +215,8 @@ __global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs 
 // four-thread layout (128 threads, two per key, one per output element; H200, CUDA graph, bf16, G=4,
 // W=1024): 140 us at T = 32k for (32, 8, 128) vs the tile kernel's 203; 11.7 vs 12.9 us at T = 640
 // for (9, 3, 64); a single block per kv head took ~6 us per 64-key chunk, so the work per chunk is
-// spread over more threads now.
+// spread over more threads now. After (same bench, tree of ea8fcb0): 110 us at 32k (1.23 TB/s, 0.30 of the
+// read rate; tile kernel 189), 10.3 / 8.2 us at T = 640 for (32, 8, 128) / (9, 3, 64).
 constexpr int kDecThreads = 256;
 constexpr int kDecKeys = kBN;  // 64 keys per chunk: four threads per key in the logit phase
 constexpr int kDecMaxRep = 8;  // query heads per kv head this kernel takes (GQA groups up to 8)
@@ -471,9 +473,8 @@ int decode_blocks_per_sm() {
 }
 
 // Whether run_se takes the decode kernel: T_q = 1 with GQA groups up to 8, unless SELFEXT_CUDA_SE_DECODE=0
-// (the tile kernel, for comparison). Measured on an H200 (2026-12-02, scripts/device_decode_ab.sh) with the
-// prefetching 128-thread version: decode step 1.23-1.27 vs 1.29-1.32 ms (SmolLM2 shapes), 3.99 vs 4.12 ms
-// (Llama-3-8B shapes); the attention at T = 32k 140 vs 203 us.
+// (the tile kernel, for comparison). Measured on an H200 (2026-12-02, scripts/device_decode_ab.sh): decode
+// step 1.085 vs 1.25-1.27 ms (SmolLM2 shapes), 3.47 vs 3.85 ms (Llama-3-8B shapes).
 inline bool use_decode_kernel(int64_t T_q, int n_rep, int rope_dim) {
   const char* e = std::getenv("SELFEXT_CUDA_SE_DECODE");
   return T_q == 1 && n_rep <= kDecMaxRep && rope_dim > 0 && !(e && std::strcmp(e, "0") == 0);
