@@ -239,14 +239,16 @@ __device__ __forceinline__ void load_in_run(const ProductArgs& a, const float* _
   }
 }
 
-template <typename F, int NR, int NT, int U, int kIn = kInFloat>
+// kWarpRows: each warp takes its own NR rows (a block covers kMvWarps * NR), for rows of at most 32 lane
+// units (<= 1024 columns at U = 4): with the block's lanes sharing NR rows, all but n_units of them idle.
+template <typename F, int NR, int NT, int U, int kIn = kInFloat, bool kWarpRows = false>
 __global__ void __launch_bounds__(kMvWarps * 32) matvec_kernel(ProductArgs a) {
   kernel_prologue();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t r0 = int64_t(blockIdx.x) * NR;
+  const int64_t r0 = (int64_t(blockIdx.x) * (kWarpRows ? kMvWarps : 1) + (kWarpRows ? warp : 0)) * NR;
   const int64_t t0 = int64_t(blockIdx.y) * NT;
   const int nt = int(a.n - t0 < NT ? a.n - t0 : NT);  // activation rows of this block
-  const int nr = int(a.rows - r0 < NR ? a.rows - r0 : NR);
+  const int nr = int(a.rows - r0 < NR ? (a.rows - r0 > 0 ? a.rows - r0 : 0) : NR);  // kWarpRows: 0 past the end
   // Activation row t of the block; kInHalf rows are 16-bit, so the pointer steps in that type.
   auto x_row = [&](int t) {
     const int64_t off = (t0 + t) * a.ldx;
@@ -295,7 +297,7 @@ __global__ void __launch_bounds__(kMvWarps * 32) matvec_kernel(ProductArgs a) {
   // instructions per weight and 20% of the copy bandwidth for Q4_K).
   const int n_runs = F::runs(a.cols);
   const int n_units = (n_runs + U - 1) / U;
-  for (int u = warp * 32 + lane; u < n_units; u += kMvWarps * 32) {
+  for (int u = kWarpRows ? lane : warp * 32 + lane; u < n_units; u += kWarpRows ? 32 : kMvWarps * 32) {
     float dl[NR], ml[NR];  // the scale of the current runs, loaded once per kRunsPerScale runs
 #pragma unroll
     for (int ru = 0; ru < U; ++ru) {
@@ -336,6 +338,21 @@ __global__ void __launch_bounds__(kMvWarps * 32) matvec_kernel(ProductArgs a) {
     }
   }
 
+  if constexpr (kWarpRows) {  // the warp's own rows: a shuffle reduction, no block barrier
+#pragma unroll
+    for (int r = 0; r < NR; ++r)
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        float v = acc[r][t];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0 && r < nr && t < nt) {
+          float* dst = a.y + (t0 + t) * a.ldy + r0 + r;
+          *dst = a.accumulate ? *dst + v : v;
+        }
+      }
+    return;
+  }
   __shared__ float red[kMvWarps][NR * NT];
 #pragma unroll
   for (int r = 0; r < NR; ++r)
@@ -368,6 +385,13 @@ template <typename F, int NT, int kIn = kInFloat>
 void launch_matvec_nt(const ProductArgs& a, cudaStream_t s) {
   constexpr int NR = NT == 1 ? 4 : (NT <= 4 ? 2 : 1);
   constexpr int U = NT <= 2 ? 4 : 1;  // runs per lane unit; more activation rows would not fit registers
+  const int64_t n_units = ((a.cols + kRun - 1) / kRun + U - 1) / U;  // F::runs on the host
+  const char* wr = std::getenv("SELFEXT_CUDA_MV_WARP_ROWS");         // =0: the block-shared layout
+  if (NT == 1 && n_units <= 32 && !(wr && std::strcmp(wr, "0") == 0)) {  // narrow rows: warps own rows
+    const dim3 grid(unsigned((a.rows + NR * kMvWarps - 1) / (NR * kMvWarps)), unsigned(a.n));
+    launch_kernel(matvec_kernel<F, NR, NT, U, kIn, true>, grid, dim3(kMvWarps * 32), 0, s, a);
+    return;
+  }
   const dim3 grid(unsigned((a.rows + NR - 1) / NR), unsigned((a.n + NT - 1) / NT));
   launch_kernel(matvec_kernel<F, NR, NT, U, kIn>, grid, dim3(kMvWarps * 32), 0, s, a);
 }
