@@ -113,6 +113,16 @@ def test_matmul_cuda(name, n, rng):
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_matvec_cuda_warp_rows(name, rng, monkeypatch):
+    """n = 1 with each warp taking its own rows (SELFEXT_CUDA_MV_WARP_ROWS=1, for rows of <= 1024 columns):
+    row counts around the 16-row block (1, 15, 33, 257), plain and accumulating."""
+    monkeypatch.setenv("SELFEXT_CUDA_MV_WARP_ROWS", "1")
+    for k, rows in enumerate([1, 15, 33, 257]):
+        check(name, rng, rows, cols_for(name, k % 3), 1)
+    check(name, rng, 70, cols_for(name, 1), 1, accumulate=True)
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_matmul_cuda_accumulate(name, rng):
     """y += W x on a pre-filled y, both paths."""
     for n in (1, 5, 130):

@@ -386,8 +386,10 @@ void launch_matvec_nt(const ProductArgs& a, cudaStream_t s) {
   constexpr int NR = NT == 1 ? 4 : (NT <= 4 ? 2 : 1);
   constexpr int U = NT <= 2 ? 4 : 1;  // runs per lane unit; more activation rows would not fit registers
   const int64_t n_units = ((a.cols + kRun - 1) / kRun + U - 1) / U;  // F::runs on the host
-  const char* wr = std::getenv("SELFEXT_CUDA_MV_WARP_ROWS");         // =0: the block-shared layout
-  if (NT == 1 && n_units <= 32 && !(wr && std::strcmp(wr, "0") == 0)) {  // narrow rows: warps own rows
+  // Opt-in (SELFEXT_CUDA_MV_WARP_ROWS=1) until it has run on a GPU: written and compile-checked on
+  // 2026-12-02 after the device time of the day was spent.
+  const char* wr = std::getenv("SELFEXT_CUDA_MV_WARP_ROWS");
+  if (NT == 1 && n_units <= 32 && wr && std::strcmp(wr, "1") == 0) {  // narrow rows: warps own rows
     const dim3 grid(unsigned((a.rows + NR * kMvWarps - 1) / (NR * kMvWarps)), unsigned(a.n));
     launch_kernel(matvec_kernel<F, NR, NT, U, kIn, true>, grid, dim3(kMvWarps * 32), 0, s, a);
     return;
