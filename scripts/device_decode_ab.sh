@@ -2,12 +2,13 @@
 # Decode attention A/B on the device after device_run.sh build: the CUDA attention and loop tests (the
 # default is the T_q = 1 kernel), the graph-timed decode bench, decode steps of random-weight models (no
 # model transfer) with the tile kernel (SELFEXT_CUDA_SE_DECODE=0) vs the default, then per-kernel CUPTI
-# tables of the default (PDL off, so each kernel's time is its own). Files under $OUT.
+# tables of the default (PDL off, so each kernel's time is its own); the opt-in warp-rows matvec A/B
+# (SELFEXT_CUDA_MV_WARP_ROWS). Files under $OUT.
 set -u
 OUT=${OUT:-/tmp/device_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-timeout 150 python3 -m pytest tests/test_llm_cuda.py tests/test_attention_cuda.py -m cuda -q \
+timeout 200 python3 -m pytest tests/test_llm_cuda.py tests/test_attention_cuda.py tests/test_quant_cuda.py -m cuda -q \
   -p no:cacheprovider -rfE -k "not errors_name" 2>&1 | tail -8
 timeout 150 python3 bench/attention_cuda.py --decode-only --out "$OUT" 2>&1 | tail -12
 cd bench
@@ -15,6 +16,11 @@ run() { echo "--- $1 $2"; env $2 timeout 60 python3 profile_decode.py $1 --steps
 for m in smollm2-shapes smollm2-shapes llama-3-8b-q4_k_m-shapes; do
   run $m SELFEXT_CUDA_SE_DECODE=0
   run $m SELFEXT_CUDA_SE_DECODE=1
+done
+# the opt-in warp-rows matvec (narrow matrices: SmolLM2's products and head)
+for round in 1 2; do
+  run smollm2-shapes SELFEXT_CUDA_MV_WARP_ROWS=0
+  run smollm2-shapes SELFEXT_CUDA_MV_WARP_ROWS=1
 done
 for m in smollm2-shapes llama-3-8b-q4_k_m-shapes; do
   echo "--- per-kernel, PDL off, $m"
