@@ -65,6 +65,35 @@ def median_time(fn, *, repeats: int = 5, warmup: int = 1, min_total_s: float = 0
     return {"median_s": statistics.median(runs), "min_s": min(runs), "runs": len(runs)}
 
 
+def cuda_graph_seconds(call, batch: int, reps: int = 5, warm: int = 4) -> float:
+    """Median seconds per call of `batch` calls call(0), ..., call(batch - 1) captured in one CUDA graph, so
+    the time is the GPU's, not Python's launch overhead; call(0 .. warm - 1) run once on a side stream before
+    the capture (warm-up, lazy initialization), and CUDA events bracket each of `reps` replays."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for k in range(min(warm, batch)):
+            call(k)
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for k in range(batch):
+            call(k)
+    g.replay()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) / 1e3 / batch)
+    return statistics.median(ts)
+
+
 def attention_flops(T_q: int, T_k: int, n_heads: int, head_dim: int) -> float:
     """4 * D * H per visible (query, key) pair (QKᵀ and P·V, 2 FLOPs per multiply-add); queries are the
     last T_q positions, causal: query i sees i + 1 keys."""

@@ -28,9 +28,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-import selfext_native
-from selfext_native import _native
-from selfext_native.rope import RopeConfig, rope_inv_freq
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402
+
+import selfext_native  # noqa: E402
+from selfext_native import _native  # noqa: E402
+from selfext_native.rope import RopeConfig, rope_inv_freq  # noqa: E402
 
 DEV = torch.device("cuda")
 
@@ -192,28 +195,7 @@ def read_bandwidth():
 def graph_time_ms(call, n_calls: int, reps: int = 5) -> float:
     """Median ms per call of `n_calls` calls call(c) captured in one CUDA graph: the GPU's time, not the
     Python binding's launch overhead."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up outside the capture
-        for c in range(min(n_calls, 4)):
-            call(c)
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for c in range(n_calls):
-            call(c)
-    g.replay()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) / n_calls)
-    ts.sort()
-    return ts[len(ts) // 2]
+    return 1e3 * _common.cuda_graph_seconds(call, n_calls, reps, warm=4)
 
 
 def se_decode_call(H, H_kv, D, T, G, W, n_sets):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 
 import numpy as np
@@ -47,29 +46,9 @@ def weight_bytes(name, rows, cols):
 
 
 def cuda_time(fn_for, copies, reps, batch):
-    """Median seconds per call: `batch` calls fn_for(i) (i cycling over copies) captured in one CUDA
-    graph, so the time is the GPU's, not Python's launch overhead; CUDA events around each replay."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up outside the capture: every copy once
-        for i in range(copies):
-            fn_for(i)
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for k in range(batch):
-            fn_for(k % copies)
-    g.replay()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) / 1e3 / batch)
-    return statistics.median(ts)
+    """Median seconds per call: `batch` calls fn_for(i) (i cycling over copies) in one CUDA graph, every
+    copy touched once before the capture."""
+    return _common.cuda_graph_seconds(lambda k: fn_for(k % copies), batch, reps, warm=copies)
 
 
 def n_copies(nbytes, l2):
