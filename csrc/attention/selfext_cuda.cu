@@ -728,7 +728,7 @@ int64_t self_extend_attention_cuda_workspace_bytes(const AttentionParams& p) {
   // plan is counted whenever T_q = 1.
   int64_t dec = 0;
   if (use_decode_kernel(p.T_q, n_rep, 2)) {
-    // the most splits any head dim's plan takes: 16 resident blocks of 128 threads per SM at most
+    // the most splits any head dim's plan takes: at most 2048 / kDecThreads resident blocks per SM
     const DecodePlan dp = decode_plan(p.T_k, p.n_kv_heads, sms, 2048 / kDecThreads);
     dec = int64_t(attn_cuda::split_workspace(dp.n_splits, 1, p.n_heads, p.head_dim).total);
   }
