@@ -20,6 +20,7 @@
 #include "attention/rope.h"
 #include "attention/softmax.h"
 #include "core/cuda_launch.cuh"
+#include "core/split_merge.cuh"
 #include "core/half.h"
 
 namespace selfext {
@@ -358,57 +359,25 @@ __device__ __forceinline__ void store_rows(const OutArgs& oa, const RowMap& rm, 
 }
 
 // Split-K merge (flash-decoding) as its own kernel: one block per (query, head), one thread per element
-// of head_dim. The states combine by log-sum-exp (the rule of softmax_merge in softmax.h, all splits at
-// once): w_s = exp(m_s - max m), out = sum_s w_s o_s / sum_s w_s l_s. Every load is independent: the
-// (max, sum) pairs land in shared memory by one thread per split, then each thread's loads of its
-// element over the splits are unrolled, so the splits' L2 latencies overlap instead of adding up (a
-// serial loop over 10 splits cost ~6.6 us per call on an H200). Loads bypass L1 (written by other blocks).
-constexpr int kMaxSplits = 128;
+// of head_dim; the formula and the loads are core/split_merge.cuh's (a serial loop over 10 splits cost
+// ~6.6 us per call on an H200; all splits' loads at once, 2.7 us).
 template <typename T>
 __global__ void merge_splits_kernel(const float* __restrict__ ws_o, const float* __restrict__ ws_ml, int n_splits,
                                     int64_t n_rows, int head_dim, int n_heads, T* out, int64_t stride_t,
                                     int64_t stride_h) {
   kernel_prologue();
-  __shared__ float w_sh[kMaxSplits], l_sh[kMaxSplits];
+  __shared__ float w_sh[kMaxSplits];
   __shared__ float inv_sh;
   const int64_t row = blockIdx.x;  // t * n_heads + head
   const int64_t t = row / n_heads, h = row % n_heads;
-  for (int s = threadIdx.x; s < n_splits; s += blockDim.x) {
-    const int64_t r = int64_t(s) * n_rows + row;
-    w_sh[s] = __ldcg(ws_ml + r * 2);
-    l_sh[s] = __ldcg(ws_ml + r * 2 + 1);
-  }
-  __syncthreads();
   if (threadIdx.x < 32) {
-    float M = -INFINITY;
-    for (int s = threadIdx.x; s < n_splits; s += 32) M = fmaxf(M, w_sh[s]);
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
-    float L = 0.f;
-    for (int s = threadIdx.x; s < n_splits; s += 32) {
-      const float w = M == -INFINITY ? 0.f : expf(w_sh[s] - M);  // an empty split (m = -inf): 0
-      w_sh[s] = w;
-      L += w * l_sh[s];
-    }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) L += __shfl_xor_sync(0xffffffffu, L, off);
-    if (threadIdx.x == 0) inv_sh = L > 0.f ? 1.f / L : 0.f;
+    const float inv = split_merge_weights(ws_ml, n_splits, n_rows, row, threadIdx.x, w_sh);
+    if (threadIdx.x == 0) inv_sh = inv;
   }
   __syncthreads();
   const float inv = inv_sh;
   for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-    const float* o = ws_o + row * head_dim + d;
-    const int64_t step = n_rows * head_dim;
-    float acc = 0.f;
-    int s = 0;
-    for (; s + 8 <= n_splits; s += 8) {
-      float x[8];
-#pragma unroll
-      for (int u = 0; u < 8; ++u) x[u] = __ldcg(o + (s + u) * step);
-#pragma unroll
-      for (int u = 0; u < 8; ++u) acc = fmaf(w_sh[s + u], x[u], acc);
-    }
-    for (; s < n_splits; ++s) acc = fmaf(w_sh[s], __ldcg(o + s * step), acc);
+    const float acc = split_merge_sum(ws_o + row * head_dim + d, n_rows * head_dim, n_splits, w_sh);
     out[t * stride_t + h * stride_h + d].bits = st_bits<T>(acc * inv);
   }
 }

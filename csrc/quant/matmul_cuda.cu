@@ -35,6 +35,7 @@
 //           its own with __fmul_rn) to float32: bit for bit the CPU's dequantization.
 //
 // Nothing here allocates, synchronizes or copies to the host: every call can be captured in a graph.
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
 
@@ -45,6 +46,7 @@
 
 #include "core/cuda_check.cuh"
 #include "core/cuda_launch.cuh"
+#include "core/split_merge.cuh"
 #include "core/errors.h"
 #include "quant/formats.h"
 #include "quant/matmul_cuda.h"
@@ -170,6 +172,9 @@ struct ProductArgs {
   const float* norm_w = nullptr;
   float eps = 0.0f;
   bool x_bf16 = false;
+  // kInSplitMerge: x holds the accumulators; (max, sum) pairs, splits, heads, head dim (MatvecInput)
+  const float* split_ml = nullptr;
+  int n_splits = 0, n_heads = 0, head_dim = 0;
 };
 
 // What the matvec reads as its activations. kFloat: x itself. The others fold the elementwise step
@@ -178,7 +183,9 @@ struct ProductArgs {
 // short and L2-resident); kSwiGlu: silu(g) * u with g = x[c], u = x[cols + c] (x: the gate|up output,
 // ldx = 2 cols); kHalf: f16 or bf16 storage (the attention output), widened exactly. Each formula is
 // the one of the separate kernel it replaces (rms_norm_cuda, the model's SwiGLU), in the same order.
-enum MvIn : int { kInFloat = 0, kInRmsNorm = 1, kInSwiGlu = 2, kInHalf = 3 };
+// kSplitMerge: the split-K attention states merged by every block into shared memory first (the merge
+// kernel's formula and rounding, core/split_merge.cuh), then read as kFloat.
+enum MvIn : int { kInFloat = 0, kInRmsNorm = 1, kInSwiGlu = 2, kInHalf = 3, kInSplitMerge = 4 };
 
 // 8 activations of run j of activation row xr (zeros past cols).
 __device__ __forceinline__ void load_x_run(const float* __restrict__ xr, int j, int64_t cols, bool vec,
@@ -209,7 +216,7 @@ template <int kIn>
 __device__ __forceinline__ void load_in_run(const ProductArgs& a, const float* __restrict__ xr, int j, float inv,
                                             float (&v)[kRun]) {
   const int64_t c0 = int64_t(kRun) * j;
-  if constexpr (kIn == kInFloat) {
+  if constexpr (kIn == kInFloat || kIn == kInSplitMerge) {
     load_x_run(xr, j, a.cols, a.vec_x, v);
   } else if constexpr (kIn == kInRmsNorm) {
     float g[kRun];
@@ -250,7 +257,26 @@ __global__ void __launch_bounds__(kMvWarps * 32) matvec_kernel(ProductArgs a) {
   const int nt = int(a.n - t0 < NT ? a.n - t0 : NT);  // activation rows of this block
   const int nr = int(a.rows - r0 < NR ? (a.rows - r0 > 0 ? a.rows - r0 : 0) : NR);  // kWarpRows: 0 past the end
   // Activation row t of the block; kInHalf rows are 16-bit, so the pointer steps in that type.
+  const float* xm = nullptr;  // kInSplitMerge: the merged row in shared memory
+  if constexpr (kIn == kInSplitMerge) {
+    __shared__ __align__(16) float xm_sh[kSplitMergeMaxCols];
+    __shared__ float wm_sh[kSplitMergeMaxHeads][kMaxSplits];
+    __shared__ float inv_sh[kSplitMergeMaxHeads];
+    for (int h = warp; h < a.n_heads; h += kMvWarps) {
+      const float inv = split_merge_weights(a.split_ml, a.n_splits, a.n_heads, h, lane, wm_sh[h]);
+      if (lane == 0) inv_sh[h] = inv;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < a.cols; e += kMvWarps * 32) {
+      const int h = e / a.head_dim;
+      const float v = split_merge_sum(a.x + e, int64_t(a.n_heads) * a.head_dim, a.n_splits, wm_sh[h]) * inv_sh[h];
+      xm_sh[e] = a.x_bf16 ? __bfloat162float(__float2bfloat16_rn(v)) : __half2float(__float2half_rn(v));
+    }
+    __syncthreads();
+    xm = xm_sh;
+  }
   auto x_row = [&](int t) {
+    if constexpr (kIn == kInSplitMerge) return xm;  // one row
     const int64_t off = (t0 + t) * a.ldx;
     return kIn == kInHalf ? reinterpret_cast<const float*>(reinterpret_cast<const uint16_t*>(a.x) + off) : a.x + off;
   };
@@ -351,27 +377,27 @@ __global__ void __launch_bounds__(kMvWarps * 32) matvec_kernel(ProductArgs a) {
           *dst = a.accumulate ? *dst + v : v;
         }
       }
-    return;
-  }
-  __shared__ float red[kMvWarps][NR * NT];
+  } else {  // the block's warps share its rows: shuffles, then across warps through shared memory
+    __shared__ float red[kMvWarps][NR * NT];
 #pragma unroll
-  for (int r = 0; r < NR; ++r)
+    for (int r = 0; r < NR; ++r)
 #pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      float v = acc[r][t];
+      for (int t = 0; t < NT; ++t) {
+        float v = acc[r][t];
 #pragma unroll
-      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-      if (lane == 0) red[warp][r * NT + t] = v;
-    }
-  __syncthreads();
-  for (int i = threadIdx.x; i < NR * NT; i += blockDim.x) {
-    const int r = i / NT, t = i % NT;
-    if (r < nr && t < nt) {
-      float s = 0.0f;
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0) red[warp][r * NT + t] = v;
+      }
+    __syncthreads();
+    for (int i = threadIdx.x; i < NR * NT; i += blockDim.x) {
+      const int r = i / NT, t = i % NT;
+      if (r < nr && t < nt) {
+        float s = 0.0f;
 #pragma unroll
-      for (int k = 0; k < kMvWarps; ++k) s += red[k][i];
-      float* dst = a.y + (t0 + t) * a.ldy + r0 + r;
-      *dst = a.accumulate ? *dst + s : s;
+        for (int k = 0; k < kMvWarps; ++k) s += red[k][i];
+        float* dst = a.y + (t0 + t) * a.ldy + r0 + r;
+        *dst = a.accumulate ? *dst + s : s;
+      }
     }
   }
 }
@@ -385,14 +411,16 @@ template <typename F, int NT, int kIn = kInFloat>
 void launch_matvec_nt(const ProductArgs& a, cudaStream_t s) {
   constexpr int NR = NT == 1 ? 4 : (NT <= 4 ? 2 : 1);
   constexpr int U = NT <= 2 ? 4 : 1;  // runs per lane unit; more activation rows would not fit registers
-  const int64_t n_units = ((a.cols + kRun - 1) / kRun + U - 1) / U;  // F::runs on the host
   // Opt-in (SELFEXT_CUDA_MV_WARP_ROWS=1) until it has run on a GPU: written and compile-checked on
   // 2026-12-02 after the device time of the day was spent.
-  const char* wr = std::getenv("SELFEXT_CUDA_MV_WARP_ROWS");
-  if (NT == 1 && n_units <= 32 && wr && std::strcmp(wr, "1") == 0) {  // narrow rows: warps own rows
-    const dim3 grid(unsigned((a.rows + NR * kMvWarps - 1) / (NR * kMvWarps)), unsigned(a.n));
-    launch_kernel(matvec_kernel<F, NR, NT, U, kIn, true>, grid, dim3(kMvWarps * 32), 0, s, a);
-    return;
+  if constexpr (NT == 1) {
+    const int64_t n_units = ((a.cols + kRun - 1) / kRun + U - 1) / U;  // F::runs on the host
+    const char* wr = std::getenv("SELFEXT_CUDA_MV_WARP_ROWS");
+    if (n_units <= 32 && wr && std::strcmp(wr, "1") == 0) {  // narrow rows: warps own rows
+      const dim3 grid(unsigned((a.rows + NR * kMvWarps - 1) / (NR * kMvWarps)), unsigned(a.n));
+      launch_kernel(matvec_kernel<F, NR, NT, U, kIn, true>, grid, dim3(kMvWarps * 32), 0, s, a);
+      return;
+    }
   }
   const dim3 grid(unsigned((a.rows + NR - 1) / NR), unsigned((a.n + NT - 1) / NT));
   launch_kernel(matvec_kernel<F, NR, NT, U, kIn>, grid, dim3(kMvWarps * 32), 0, s, a);
@@ -996,19 +1024,34 @@ void matvec_cuda_fused(const QMatrix& w, const MatvecInput& in, float* y, bool a
                 ", got ", in.ldx);
   SELFEXT_CHECK(in.kind != MatvecInput::kRmsNorm || in.norm_w != nullptr, ArgumentError,
                 "an RMSNorm input needs its weight");
+  const bool merge = in.kind == MatvecInput::kSplitMerge;
+  if (merge) {
+    SELFEXT_CHECK(in.split_ml != nullptr && in.n_splits >= 1 && in.n_splits <= kMaxSplits && in.n_heads >= 1 &&
+                      in.n_heads <= kSplitMergeMaxHeads && in.head_dim >= 1 &&
+                      int64_t(in.n_heads) * in.head_dim == w.cols && w.cols <= kSplitMergeMaxCols,
+                  ArgumentError, "a split-merge input needs its (max, sum) pairs, 1..", kMaxSplits, " splits, at most ",
+                  kSplitMergeMaxHeads, " heads and n_heads * head_dim = cols <= ", kSplitMergeMaxCols, " (got ",
+                  in.n_splits, " splits, ", in.n_heads, " x ", in.head_dim, ", cols ", w.cols, ")");
+  }
   ProductArgs a = product_args(w, static_cast<const float*>(in.x), 1, in.ldx, y, w.rows, accumulate);
   a.norm_w = in.norm_w;
   a.eps = in.eps;
-  a.x_bf16 = in.kind == MatvecInput::kBF16;
+  a.x_bf16 = in.kind == MatvecInput::kBF16 || (merge && in.split_bf16);
+  a.split_ml = in.split_ml;
+  a.n_splits = in.n_splits;
+  a.n_heads = in.n_heads;
+  a.head_dim = in.head_dim;
   // One row: only the row's own alignment matters for the 16-byte loads (kSwiGlu's up half starts cols
   // elements in, aligned whenever cols % 8 == 0), and the norm weight's for kRmsNorm.
-  a.vec_x = w.cols % kRun == 0 && aligned16(in.x) && (in.kind != MatvecInput::kRmsNorm || aligned16(in.norm_w));
+  a.vec_x = w.cols % kRun == 0 && (merge || aligned16(in.x)) &&
+            (in.kind != MatvecInput::kRmsNorm || aligned16(in.norm_w));  // the merged row is in aligned smem
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   SELFEXT_CUDA_FORMAT_SWITCH(w.type, F, {
     switch (in.kind) {
       case MatvecInput::kFloat: launch_matvec_nt<F, 1, kInFloat>(a, s); break;
       case MatvecInput::kRmsNorm: launch_matvec_nt<F, 1, kInRmsNorm>(a, s); break;
       case MatvecInput::kSwiGlu: launch_matvec_nt<F, 1, kInSwiGlu>(a, s); break;
+      case MatvecInput::kSplitMerge: launch_matvec_nt<F, 1, kInSplitMerge>(a, s); break;
       default: launch_matvec_nt<F, 1, kInHalf>(a, s); break;
     }
   });
@@ -1029,6 +1072,8 @@ void prepare_activation_cuda(const MatvecInput& in, int64_t cols, float* out_f, 
                 "of 32, got ", cols);
   SELFEXT_CHECK(in.x != nullptr && xq != nullptr, ArgumentError, "x and xq must not be null");
   SELFEXT_CHECK(reinterpret_cast<uintptr_t>(xq) % 256 == 0, ArgumentError, "xq must be 256-byte aligned");
+  SELFEXT_CHECK(in.kind != MatvecInput::kSplitMerge, ArgumentError,
+                "prepare_activation: a split-merge input is read by matvec_cuda_fused only");
   SELFEXT_CHECK(in.kind != MatvecInput::kRmsNorm || in.norm_w != nullptr, ArgumentError,
                 "an RMSNorm input needs its weight");
   PrepArgs a{};
