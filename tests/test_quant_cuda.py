@@ -112,11 +112,13 @@ def test_matmul_cuda(name, n, rng):
         check(name, rng, rows, cols_for(name, k), n)
 
 
+@pytest.mark.parametrize("warp_rows", ["0", "1"])
 @pytest.mark.parametrize("name", ALL)
-def test_matvec_cuda_warp_rows(name, rng, monkeypatch):
-    """n = 1 with each warp taking its own rows (SELFEXT_CUDA_MV_WARP_ROWS=1, for rows of <= 1024 columns):
-    row counts around the 16-row block (1, 15, 33, 257), plain and accumulating."""
-    monkeypatch.setenv("SELFEXT_CUDA_MV_WARP_ROWS", "1")
+def test_matvec_cuda_row_layouts(name, warp_rows, rng, monkeypatch):
+    """n = 1 in both row layouts of narrow matrices (<= 1024 columns): each warp taking its own rows (the
+    default) and the block's warps sharing them (SELFEXT_CUDA_MV_WARP_ROWS=0); row counts around the
+    16-row block (1, 15, 33, 257), plain and accumulating."""
+    monkeypatch.setenv("SELFEXT_CUDA_MV_WARP_ROWS", warp_rows)
     for k, rows in enumerate([1, 15, 33, 257]):
         check(name, rng, rows, cols_for(name, k % 3), 1)
     check(name, rng, 70, cols_for(name, 1), 1, accumulate=True)

@@ -52,6 +52,7 @@ struct SeArgs {
   // (T_k, n_kv_heads, head_dim) contiguous; kg_rot is null when no pair reaches the grouped branch.
   const void* kn_rot;
   const void* kg_rot;
+  bool prefetch;  // decode kernel: the block's keys and values prefetched into L2 before the PDL wait
 };
 
 template <int kHeadDim, int kWarps>
@@ -231,6 +232,18 @@ constexpr size_t dec_smem_bytes() {
 
 template <typename T, int kHeadDim>
 __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, int chunks_per_split) {
+  // The block's keys and values up to the planned bound, while the previous kernel runs (rows of one kv
+  // head contiguous, as in the model's cache; the run-time key count is read only after the wait).
+  if (a.prefetch && threadIdx.x == 0 && a.k_st == kHeadDim && a.v_st == kHeadDim) {
+    const int jb = blockIdx.y * chunks_per_split * kDecKeys;
+    const int je = min(a.rm.T_k, jb + chunks_per_split * kDecKeys);
+    if (jb < je) {
+      const int64_t off = int64_t(blockIdx.x) * a.k_sh + int64_t(jb) * kHeadDim;
+      prefetch_l2(static_cast<const T*>(a.k) + off, int64_t(je - jb) * kHeadDim * int64_t(sizeof(T)));
+      prefetch_l2(static_cast<const T*>(a.v) + int64_t(blockIdx.x) * a.v_sh + int64_t(jb) * kHeadDim,
+                  int64_t(je - jb) * kHeadDim * int64_t(sizeof(T)));
+    }
+  }
   kernel_prologue();
   using L = Layout<kHeadDim>;
   constexpr int S = L::kStride;
@@ -577,6 +590,7 @@ void run_se(const AttentionParams& p) {
   a.rope = RopeArgs{p.rope_table, int(p.rope_n_pos), p.rope_dim, p.rope_style};
   a.oa = OutArgs{p.out, p.out_stride_t, p.out_stride_h, nullptr, nullptr, p.n_heads};
   a.T_k_dev = p.T_k_dev;
+  a.prefetch = l2_prefetch_enabled();
 
   const int64_t rows = a.rm.rows;
   const int64_t n_key_tiles = (p.T_k + kBN - 1) / kBN;

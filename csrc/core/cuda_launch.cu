@@ -6,6 +6,14 @@
 
 namespace selfext {
 
+bool l2_prefetch_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("SELFEXT_CUDA_PREFETCH");
+    return !(e != nullptr && std::strcmp(e, "0") == 0);
+  }();
+  return on;
+}
+
 bool pdl_enabled_on_current_device() {
   static const bool env_off = [] {
     const char* e = std::getenv("SELFEXT_CUDA_PDL");

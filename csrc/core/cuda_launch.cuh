@@ -41,6 +41,29 @@ __device__ __forceinline__ void kernel_prologue() {
   pdl_launch_dependents();
 }
 
+// A hint to bring the bytes [p, p + bytes) into L2, for a kernel's inputs that no earlier kernel of the
+// chain writes (weights; the keys and values of earlier tokens), issued before pdl_wait: with PDL the
+// kernel's blocks are resident while the previous kernel still runs, so the lines are on their way from
+// DRAM before the wait is released and the first loads after it hit L2. Nothing waits for it and nothing
+// is fetched into L1, so it cannot change what the kernel reads: L2 is where every SM's writes land (a
+// line fetched early is updated there). sm_90 bulk prefetches of whole 16-byte granules of the range (the
+// instruction's alignment rule: a partial granule at either end is left out), one per 64 KiB; a no-op on
+// older devices.
+__device__ __forceinline__ void prefetch_l2(const void* p, int64_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  uint64_t a = (reinterpret_cast<uint64_t>(p) + 15) & ~uint64_t(15);
+  const uint64_t e = (reinterpret_cast<uint64_t>(p) + uint64_t(bytes > 0 ? bytes : 0)) & ~uint64_t(15);
+  constexpr uint64_t kChunk = 64 * 1024;
+  for (; a < e; a += kChunk) {
+    const uint32_t n = uint32_t(e - a < kChunk ? e - a : kChunk);
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(a), "r"(n) : "memory");
+  }
+#endif
+}
+
+// Whether kernels issue their prefetch_l2 hints (SELFEXT_CUDA_PREFETCH=0 turns them off; read once).
+bool l2_prefetch_enabled();
+
 // Whether launches on the current device use PDL (cached per device; SELFEXT_CUDA_PDL=0 turns it off).
 bool pdl_enabled_on_current_device();
 

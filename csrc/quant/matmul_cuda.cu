@@ -175,6 +175,7 @@ struct ProductArgs {
   // kInSplitMerge: x holds the accumulators; (max, sum) pairs, splits, heads, head dim (MatvecInput)
   const float* split_ml = nullptr;
   int n_splits = 0, n_heads = 0, head_dim = 0;
+  bool prefetch = false;  // matvec: each block's weight rows prefetched into L2 before the PDL wait
 };
 
 // What the matvec reads as its activations. kFloat: x itself. The others fold the elementwise step
@@ -250,6 +251,11 @@ __device__ __forceinline__ void load_in_run(const ProductArgs& a, const float* _
 // units (<= 1024 columns at U = 4): with the block's lanes sharing NR rows, all but n_units of them idle.
 template <typename F, int NR, int NT, int U, int kIn = kInFloat, bool kWarpRows = false>
 __global__ void __launch_bounds__(kMvWarps * 32) matvec_kernel(ProductArgs a) {
+  if (a.prefetch && threadIdx.x == 0 && blockIdx.y == 0) {  // the block's rows, while the previous kernel runs
+    constexpr int64_t kBlockRows = (kWarpRows ? kMvWarps : 1) * NR;
+    const int64_t b0 = int64_t(blockIdx.x) * kBlockRows;
+    if (b0 < a.rows) prefetch_l2(a.w + b0 * a.row_bytes, (min(a.rows, b0 + kBlockRows) - b0) * a.row_bytes);
+  }
   kernel_prologue();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t r0 = (int64_t(blockIdx.x) * (kWarpRows ? kMvWarps : 1) + (kWarpRows ? warp : 0)) * NR;
@@ -411,12 +417,14 @@ template <typename F, int NT, int kIn = kInFloat>
 void launch_matvec_nt(const ProductArgs& a, cudaStream_t s) {
   constexpr int NR = NT == 1 ? 4 : (NT <= 4 ? 2 : 1);
   constexpr int U = NT <= 2 ? 4 : 1;  // runs per lane unit; more activation rows would not fit registers
-  // Opt-in (SELFEXT_CUDA_MV_WARP_ROWS=1) until it has run on a GPU: written and compile-checked on
-  // 2026-12-02 after the device time of the day was spent.
+  // Narrow rows (<= 32 lane units: <= 1024 columns at U = 4): each warp takes its own NR rows, as the
+  // block's 128 lanes sharing NR rows would leave all but n_units of them idle. Measured on an H200
+  // (2026-12-02, scripts/device_decode_ab.sh, two alternating rounds): SmolLM2-shaped decode steps 1.109 /
+  // 1.085 -> 1.087 / 1.072 ms. SELFEXT_CUDA_MV_WARP_ROWS=0 keeps the block layout (the tests run both).
   if constexpr (NT == 1) {
     const int64_t n_units = ((a.cols + kRun - 1) / kRun + U - 1) / U;  // F::runs on the host
     const char* wr = std::getenv("SELFEXT_CUDA_MV_WARP_ROWS");
-    if (n_units <= 32 && wr && std::strcmp(wr, "1") == 0) {  // narrow rows: warps own rows
+    if (n_units <= 32 && !(wr && std::strcmp(wr, "0") == 0)) {
       const dim3 grid(unsigned((a.rows + NR * kMvWarps - 1) / (NR * kMvWarps)), unsigned(a.n));
       launch_kernel(matvec_kernel<F, NR, NT, U, kIn, true>, grid, dim3(kMvWarps * 32), 0, s, a);
       return;
@@ -550,6 +558,14 @@ __device__ __forceinline__ int dot16(const uint32_t (&qw)[4], const uint4& h, co
 
 constexpr int kMvqWarps = 8;
 
+// The block's weight rows (kMvqWarps * NR from blockIdx.x's first) into L2 before the PDL wait.
+template <int NR>
+__device__ __forceinline__ void mvq_prefetch(const uint8_t* w, int64_t row_bytes, int64_t rows, bool prefetch) {
+  const int64_t b0 = int64_t(blockIdx.x) * kMvqWarps * NR;
+  if (prefetch && threadIdx.x == 0 && b0 < rows)
+    prefetch_l2(w + b0 * row_bytes, (min(rows, b0 + kMvqWarps * NR) - b0) * row_bytes);
+}
+
 template <int NR>
 __device__ __forceinline__ void mvq_store(const float (&acc)[NR], int64_t r0, int64_t rows, float* y, bool accumulate,
                                           int lane) {
@@ -568,7 +584,8 @@ __device__ __forceinline__ void mvq_store(const float (&acc)[NR], int64_t r0, in
 template <int NR>
 __global__ void __launch_bounds__(kMvqWarps * 32) mvq_q4_0_kernel(const uint8_t* __restrict__ w, int64_t row_bytes,
                                                                   int64_t rows, int64_t cols, ActQ x, float* y,
-                                                                  bool accumulate) {
+                                                                  bool accumulate, bool prefetch) {
+  mvq_prefetch<NR>(w, row_bytes, rows, prefetch);
   kernel_prologue();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t r0 = (int64_t(blockIdx.x) * kMvqWarps + warp) * NR;
@@ -620,7 +637,8 @@ __global__ void __launch_bounds__(kMvqWarps * 32) mvq_q4_0_kernel(const uint8_t*
 template <int NR>
 __global__ void __launch_bounds__(kMvqWarps * 32) mvq_q4_k_kernel(const uint8_t* __restrict__ w, int64_t row_bytes,
                                                                   int64_t rows, int64_t cols, ActQ x, float* y,
-                                                                  bool accumulate) {
+                                                                  bool accumulate, bool prefetch) {
+  mvq_prefetch<NR>(w, row_bytes, rows, prefetch);
   kernel_prologue();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t r0 = (int64_t(blockIdx.x) * kMvqWarps + warp) * NR;
@@ -700,7 +718,8 @@ constexpr int kQ6ChunkWords = (4 * kQ6Bytes + 15 + 15) / 16;  // 16-byte words c
 template <int NR>
 __global__ void __launch_bounds__(kMvqWarps * 32) mvq_q6_k_kernel(const uint8_t* __restrict__ w, int64_t row_bytes,
                                                                   int64_t rows, int64_t cols, ActQ x, float* y,
-                                                                  bool accumulate) {
+                                                                  bool accumulate, bool prefetch) {
+  mvq_prefetch<NR>(w, row_bytes, rows, prefetch);
   kernel_prologue();
   __shared__ __align__(16) uint8_t stage[kMvqWarps][NR][kQ6ChunkWords * 16];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -987,6 +1006,7 @@ ProductArgs product_args(const QMatrix& w, const float* x, int64_t n, int64_t ld
   a.ldy = ldy;
   a.accumulate = accumulate;
   a.vec_x = aligned16(x) && ldx % 4 == 0 && w.cols % kRun == 0;
+  a.prefetch = l2_prefetch_enabled();
   return a;
 }
 
@@ -1117,18 +1137,19 @@ void matvec_q_cuda(const QMatrix& w, const void* xq, float* y, bool accumulate, 
     return e ? std::atoi(e) : 0;
   }();
   const int nr = nr_env == 1 || nr_env == 2 || nr_env == 4 ? nr_env : (w.type == QType::Q4_0 && w.rows >= 8192 ? 2 : 1);
+  const bool pf = l2_prefetch_enabled();
   auto go = [&](auto nr_const) {
     constexpr int NR = decltype(nr_const)::value;
     const dim3 grid(unsigned((w.rows + NR * kMvqWarps - 1) / (NR * kMvqWarps)));
     if (w.type == QType::Q4_0)
       launch_kernel(mvq_q4_0_kernel<NR>, grid, dim3(kMvqWarps * 32), 0, s, wp, w.row_bytes, w.rows, w.cols, x, y,
-                    accumulate);
+                    accumulate, pf);
     else if (w.type == QType::Q4_K)
       launch_kernel(mvq_q4_k_kernel<NR>, grid, dim3(kMvqWarps * 32), 0, s, wp, w.row_bytes, w.rows, w.cols, x, y,
-                    accumulate);
+                    accumulate, pf);
     else
       launch_kernel(mvq_q6_k_kernel<NR>, grid, dim3(kMvqWarps * 32), 0, s, wp, w.row_bytes, w.rows, w.cols, x, y,
-                    accumulate);
+                    accumulate, pf);
   };
   if (nr == 1) go(std::integral_constant<int, 1>{});
   else if (nr == 4) go(std::integral_constant<int, 4>{});
