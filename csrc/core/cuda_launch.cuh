@@ -19,6 +19,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <utility>
 
 #include "core/cuda_check.cuh"
