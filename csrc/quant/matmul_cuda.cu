@@ -556,227 +556,267 @@ __device__ __forceinline__ int dot16(const uint32_t (&qw)[4], const uint4& h, co
   return 256 * sh + sl;
 }
 
-constexpr int kMvqWarps = 8;
+// The three formats as the two kernel layouts below see them. A warp reads its columns in chunks of
+// 1024 elements (1 KiB of 16-bit codes per activation plane): `load` gives a lane its activation codes
+// for chunk c (false when the lane's block lies past the row's end), `fetch` its weight bytes of chunk c
+// of one row (16-byte loads only, issued before any of them is used), `dot` their product in float:
+// scale d_a per 32 activations times the exact int32 sum, times the weight block's scales.
+//   Q4_0 (18-byte blocks, 2-byte aligned): lane b takes block 32 c + b, loading the two aligned 16-byte
+//     words around its 18 bytes (they never reach past the 16-byte granule of the block's last byte).
+//   Q4_K (144-byte super-blocks): 8 lanes share a super-block, four per chunk; lane i of a group loads
+//     the 16-byte header (d, dmin, scales) and code bytes 16 i .. 16 i + 15: elements 64 (i/2) + 16 (i%2)
+//     + [0, 16) in the low nibbles (sub-block 2 (i/2)) and 32 further in the high ones (2 (i/2) + 1).
+//   Q6_K (210-byte super-blocks, 2-byte aligned): 8 lanes share a super-block; lane i takes half h = i/4
+//     (128 elements) and t = i % 4: ql bytes 64 h + 16 t .. +15 (low nibbles: elements 128 h + 16 t +
+//     [0, 16); high nibbles: 64 further) and qh bytes 32 h + 16 (t % 2) .. +15 (bit pairs t/2 and t/2 + 2
+//     of the same elements), each through the two aligned words around it (inside the super-block).
+constexpr int kMvqChunk = 1024;
 
-// The block's weight rows (kMvqWarps * NR from blockIdx.x's first) into L2 before the PDL wait.
-template <int NR>
-__device__ __forceinline__ void mvq_prefetch(const uint8_t* w, int64_t row_bytes, int64_t rows, bool prefetch) {
-  const int64_t b0 = int64_t(blockIdx.x) * kMvqWarps * NR;
-  if (prefetch && threadIdx.x == 0 && b0 < rows)
-    prefetch_l2(w + b0 * row_bytes, (min(rows, b0 + kMvqWarps * NR) - b0) * row_bytes);
+// 16 bytes at a 2-byte aligned global address, from the two aligned 16-byte words around them.
+__device__ __forceinline__ void ld16_a2(const uint8_t* p, uint32_t (&v)[4]) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  const uint4* q = reinterpret_cast<const uint4*>(a & ~uintptr_t(15));
+  const uint4 A = q[0], B = q[1];
+  const uint32_t W[8] = {A.x, A.y, A.z, A.w, B.x, B.y, B.z, B.w};
+  const int wi = int(a & 15) >> 2;
+  const uint32_t sh = uint32_t(a & 2) * 8u;
+  uint32_t X[5];
+#pragma unroll
+  for (int t = 0; t < 5; ++t) X[t] = wi == 0 ? W[t] : wi == 1 ? W[t + 1] : wi == 2 ? W[t + 2] : W[t + 3];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) v[k] = __funnelshift_r(X[k], X[k + 1], sh);
 }
 
-template <int NR>
-__device__ __forceinline__ void mvq_store(const float (&acc)[NR], int64_t r0, int64_t rows, float* y, bool accumulate,
-                                          int lane) {
+struct MvqQ4_0 {
+  static constexpr int kRowBudget = 8;  // rows of raw bytes a lane holds at once (the stationary layout)
+  struct Act { uint4 h0, h1, l0, l1; float da; int sv; };
+  struct Raw { uint4 A, B; int o; };
+  __device__ static bool load(const ActQ& x, int64_t cols, int c, int lane, Act& a) {
+    const int b = 32 * c + lane;
+    if (b >= int(cols / 32)) return false;
+    a.h0 = reinterpret_cast<const uint4*>(x.h)[2 * b];
+    a.h1 = reinterpret_cast<const uint4*>(x.h)[2 * b + 1];
+    a.l0 = reinterpret_cast<const uint4*>(x.l)[2 * b];
+    a.l1 = reinterpret_cast<const uint4*>(x.l)[2 * b + 1];
+    a.da = x.d[b];
+    a.sv = x.s16[2 * b] + x.s16[2 * b + 1];
+    return true;
+  }
+  __device__ static void fetch(const uint8_t* row, int c, int lane, Raw& r) {
+    const uintptr_t p = reinterpret_cast<uintptr_t>(row + int64_t(18) * (32 * c + lane));
+    const uint4* a16 = reinterpret_cast<const uint4*>(p & ~uintptr_t(15));
+    r.A = a16[0];
+    r.B = a16[1];
+    r.o = int(p & 15);
+  }
+  __device__ static float dot(const Raw& r, const Act& a) {
+    const uint32_t W[8] = {r.A.x, r.A.y, r.A.z, r.A.w, r.B.x, r.B.y, r.B.z, r.B.w};
+    const int wi = r.o >> 2;
+    const bool odd = (r.o & 2) != 0;  // the block starts in the upper half of word wi
+    uint32_t X[5];
+#pragma unroll
+    for (int t = 0; t < 5; ++t) X[t] = wi == 0 ? W[t] : wi == 1 ? W[t + 1] : wi == 2 ? W[t + 2] : W[t + 3];
+    const uint32_t dbits = (odd ? X[0] >> 16 : X[0]) & 0xFFFFu;
+    uint32_t lo[4], hi[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const uint32_t qs = __funnelshift_rc(X[k], X[k + 1], odd ? 32u : 16u);  // code bytes 4k..4k+3
+      lo[k] = qs & 0x0F0F0F0Fu;         // elements 4k..4k+3
+      hi[k] = (qs >> 4) & 0x0F0F0F0Fu;  // elements 16+4k..
+    }
+    const int S = dot16(lo, a.h0, a.l0) + dot16(hi, a.h1, a.l1) - 8 * a.sv;
+    return __half2float(__ushort_as_half(uint16_t(dbits))) * a.da * float(S);
+  }
+};
+
+struct MvqQ4_K {
+  static constexpr int kRowBudget = 8;
+  struct Act { uint4 hl, hh, ll, lh; float da_lo, da_hi, sv_lo, sv_hi; int jlo; };
+  struct Raw { uint4 hdr, q; };
+  __device__ static bool load(const ActQ& x, int64_t cols, int c, int lane, Act& a) {
+    const int sb = 4 * c + (lane >> 3), i = lane & 7;
+    if (sb >= int(cols / 256)) return false;
+    const int64_t e = int64_t(256) * sb + 64 * (i >> 1) + 16 * (i & 1);
+    a.hl = *reinterpret_cast<const uint4*>(x.h + e);
+    a.hh = *reinterpret_cast<const uint4*>(x.h + e + 32);
+    a.ll = *reinterpret_cast<const uint4*>(x.l + e);
+    a.lh = *reinterpret_cast<const uint4*>(x.l + e + 32);
+    a.da_lo = x.d[e / 32];
+    a.da_hi = x.d[e / 32 + 1];
+    a.sv_lo = float(x.s16[e / 16]);
+    a.sv_hi = float(x.s16[e / 16 + 2]);
+    a.jlo = 2 * (i >> 1);  // sub-block of the low nibbles; jlo + 1 of the high ones
+    return true;
+  }
+  __device__ static void fetch(const uint8_t* row, int c, int lane, Raw& r) {
+    const uint8_t* blk = row + int64_t(144) * (4 * c + (lane >> 3));
+    r.hdr = *reinterpret_cast<const uint4*>(blk);
+    r.q = *reinterpret_cast<const uint4*>(blk + 16 + 16 * (lane & 7));
+  }
+  __device__ static float dot(const Raw& r, const Act& a) {
+    // k4_scale_min for sub-blocks jlo (< 8) and jlo + 1, from the 12 scale bytes in hdr.y..hdr.w.
+    int sc[2], mn[2];
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      const int j = a.jlo + u;
+      if (j < 4) {
+        sc[u] = int((r.hdr.y >> (8 * j)) & 63u);
+        mn[u] = int((r.hdr.z >> (8 * j)) & 63u);
+      } else {
+        const int jj = 8 * (j - 4);
+        const uint32_t s8 = (r.hdr.w >> jj) & 0xFFu, s0 = (r.hdr.y >> jj) & 0xFFu, s4 = (r.hdr.z >> jj) & 0xFFu;
+        sc[u] = int((s8 & 0xFu) | ((s0 >> 6) << 4));
+        mn[u] = int((s8 >> 4) | ((s4 >> 6) << 4));
+      }
+    }
+    const float d = __half2float(__ushort_as_half(uint16_t(r.hdr.x & 0xFFFFu)));
+    const float dmin = __half2float(__ushort_as_half(uint16_t(r.hdr.x >> 16)));
+    const uint32_t qw[4] = {r.q.x, r.q.y, r.q.z, r.q.w};
+    uint32_t lo[4], hi[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      lo[k] = qw[k] & 0x0F0F0F0Fu;
+      hi[k] = (qw[k] >> 4) & 0x0F0F0F0Fu;
+    }
+    const float s_lo = float(dot16(lo, a.hl, a.ll)), s_hi = float(dot16(hi, a.hh, a.lh));
+    return fmaf(a.da_hi, d * float(sc[1]) * s_hi - dmin * float(mn[1]) * a.sv_hi,
+                a.da_lo * (d * float(sc[0]) * s_lo - dmin * float(mn[0]) * a.sv_lo));
+  }
+};
+
+struct MvqQ6_K {
+  static constexpr int kRowBudget = 4;  // 17 words of raw bytes per row
+  static constexpr int kBytes = 210;
+  struct Act { uint4 hl, hx, ll, lx; float da_lo, da_hi; int sv_lo, sv_hi; int i; };
+  struct Raw { uint32_t ql[4], qh[4]; int sc_lo, sc_hi; uint16_t dbits; };
+  __device__ static bool load(const ActQ& x, int64_t cols, int c, int lane, Act& a) {
+    const int sb = 4 * c + (lane >> 3), i = lane & 7;
+    if (sb >= int(cols / 256)) return false;
+    const int64_t e = int64_t(256) * sb + 128 * (i >> 2) + 16 * (i & 3);  // low-nibble elements; +64: high
+    a.hl = *reinterpret_cast<const uint4*>(x.h + e);
+    a.hx = *reinterpret_cast<const uint4*>(x.h + e + 64);
+    a.ll = *reinterpret_cast<const uint4*>(x.l + e);
+    a.lx = *reinterpret_cast<const uint4*>(x.l + e + 64);
+    a.da_lo = x.d[e / 32];
+    a.da_hi = x.d[(e + 64) / 32];
+    a.sv_lo = x.s16[e / 16];
+    a.sv_hi = x.s16[(e + 64) / 16];
+    a.i = i;
+    return true;
+  }
+  __device__ static void fetch(const uint8_t* row, int c, int lane, Raw& r) {
+    const int i = lane & 7, hh = i >> 2, t = i & 3;
+    const uint8_t* blk = row + int64_t(kBytes) * (4 * c + (lane >> 3));
+    ld16_a2(blk + 64 * hh + 16 * t, r.ql);
+    ld16_a2(blk + 128 + 32 * hh + 16 * (t & 1), r.qh);
+    r.sc_lo = int(int8_t(blk[192 + 8 * hh + t]));
+    r.sc_hi = int(int8_t(blk[196 + 8 * hh + t]));
+    r.dbits = *reinterpret_cast<const uint16_t*>(blk + 208);
+  }
+  __device__ static float dot(const Raw& r, const Act& a) {
+    const int s_pair = 2 * ((a.i & 3) >> 1);
+    uint32_t clo[4], chi[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      clo[k] = (r.ql[k] & 0x0F0F0F0Fu) | (((r.qh[k] >> s_pair) & 0x03030303u) << 4);
+      chi[k] = ((r.ql[k] >> 4) & 0x0F0F0F0Fu) | (((r.qh[k] >> (s_pair + 4)) & 0x03030303u) << 4);
+    }
+    const float s_lo = float(dot16(clo, a.hl, a.ll) - 32 * a.sv_lo), s_hi = float(dot16(chi, a.hx, a.lx) - 32 * a.sv_hi);
+    const float d = __half2float(__ushort_as_half(r.dbits));
+    return fmaf(d * float(r.sc_hi) * a.da_hi, s_hi, d * float(r.sc_lo) * a.da_lo * s_lo);
+  }
+};
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Row layout (the fallback: rows of more than 32 chunks, or SELFEXT_CUDA_MVQ_STAT=0): a warp owns NR rows
+// and walks their chunks, loading each chunk's activations once for its NR rows. Bound by the L1 on wide
+// matrices (ncu, H200, 28672 x 4096 Q4_K: L1 85% busy, DRAM 38%): the activations go through L1 once per
+// row, 3.5x the bytes of the row's weights.
+constexpr int kMvqWarps = 8;
+
+template <typename Ops, int NR>
+__global__ void __launch_bounds__(kMvqWarps * 32) mvq_rows_kernel(const uint8_t* __restrict__ w, int64_t row_bytes,
+                                                                  int64_t rows, int64_t cols, ActQ x, float* y,
+                                                                  bool accumulate, bool prefetch) {
+  const int64_t b0 = int64_t(blockIdx.x) * kMvqWarps * NR;
+  if (prefetch && threadIdx.x == 0 && b0 < rows)  // the block's rows, while the previous kernel runs
+    prefetch_l2(w + b0 * row_bytes, (min(rows, b0 + kMvqWarps * NR) - b0) * row_bytes);
+  kernel_prologue();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t r0 = b0 + int64_t(warp) * NR;
+  if (r0 >= rows) return;
+  const int n_chunks = int((cols + kMvqChunk - 1) / kMvqChunk);
+  float acc[NR];
+#pragma unroll
+  for (int r = 0; r < NR; ++r) acc[r] = 0.0f;
+#pragma unroll 2
+  for (int c = 0; c < n_chunks; ++c) {
+    typename Ops::Act a;
+    if (!Ops::load(x, cols, c, lane, a)) continue;
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+      if (r0 + r >= rows) break;
+      typename Ops::Raw raw;
+      Ops::fetch(w + (r0 + r) * row_bytes, c, lane, raw);
+      acc[r] += Ops::dot(raw, a);
+    }
+  }
 #pragma unroll
   for (int r = 0; r < NR; ++r) {
-    float v = acc[r];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    const float v = warp_sum(acc[r]);
     if (lane == 0 && r0 + r < rows) y[r0 + r] = accumulate ? y[r0 + r] + v : v;
   }
 }
 
-// Q4_0 (18-byte blocks, 2-byte aligned): a warp owns NR rows; lane b takes block b of each 32 (a 1 KiB
-// column chunk), loading the two aligned 16-byte words around its 18 bytes (they never reach past the
-// 16-byte granule of the block's last byte) and shifting the scale and the 16 code bytes out of them.
-template <int NR>
-__global__ void __launch_bounds__(kMvqWarps * 32) mvq_q4_0_kernel(const uint8_t* __restrict__ w, int64_t row_bytes,
-                                                                  int64_t rows, int64_t cols, ActQ x, float* y,
-                                                                  bool accumulate, bool prefetch) {
-  mvq_prefetch<NR>(w, row_bytes, rows, prefetch);
+// Stationary layout (the default): the block's nw warps split the columns, warp w taking chunks w, w + nw,
+// ... (CPW of them, their activations held in registers for the whole kernel), and the block walks rb <= RB
+// rows, each lane fetching its bytes of all of them before it multiplies any; one shared-memory reduction
+// over the warps per row at the end. The activations cross L1 once per block instead of once per row.
+constexpr int kMvqStatMaxWarps = 8;
+
+template <typename Ops, int RB, int CPW>
+__global__ void __launch_bounds__(kMvqStatMaxWarps * 32) mvq_stat_kernel(const uint8_t* __restrict__ w,
+                                                                         int64_t row_bytes, int64_t rows, int64_t cols,
+                                                                         ActQ x, float* y, bool accumulate, int rb,
+                                                                         bool prefetch) {
+  const int64_t r0 = int64_t(blockIdx.x) * rb;
+  if (prefetch && threadIdx.x == 0 && r0 < rows)
+    prefetch_l2(w + r0 * row_bytes, (min(rows, r0 + rb) - r0) * row_bytes);
   kernel_prologue();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t r0 = (int64_t(blockIdx.x) * kMvqWarps + warp) * NR;
-  if (r0 >= rows) return;
-  const int nb = int(cols / 32);
-  float acc[NR];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = int(blockDim.x >> 5);
+  const int nr = int(min(int64_t(rb), rows - r0));
+  typename Ops::Act act[CPW];
+  bool ok[CPW];
 #pragma unroll
-  for (int r = 0; r < NR; ++r) acc[r] = 0.0f;
-#pragma unroll 2
-  for (int b = lane; b < nb; b += 32) {
-    const uint4 h0 = reinterpret_cast<const uint4*>(x.h)[2 * b], h1 = reinterpret_cast<const uint4*>(x.h)[2 * b + 1];
-    const uint4 l0 = reinterpret_cast<const uint4*>(x.l)[2 * b], l1 = reinterpret_cast<const uint4*>(x.l)[2 * b + 1];
-    const float da = x.d[b];
-    const int sv = x.s16[2 * b] + x.s16[2 * b + 1];
+  for (int k = 0; k < CPW; ++k) ok[k] = Ops::load(x, cols, warp + nw * k, lane, act[k]);
+  typename Ops::Raw raw[RB][CPW];
 #pragma unroll
-    for (int r = 0; r < NR; ++r) {
-      if (r0 + r >= rows) break;
-      const uintptr_t p = reinterpret_cast<uintptr_t>(w + (r0 + r) * row_bytes + int64_t(18) * b);
-      const uint4* a16 = reinterpret_cast<const uint4*>(p & ~uintptr_t(15));
-      const uint4 A = a16[0], B = a16[1];
-      const uint32_t W[8] = {A.x, A.y, A.z, A.w, B.x, B.y, B.z, B.w};
-      const int o = int(p & 15), wi = o >> 2;
-      const bool odd = (o & 2) != 0;  // the block starts in the upper half of word wi
-      uint32_t X[5];
+  for (int r = 0; r < RB; ++r)
 #pragma unroll
-      for (int t = 0; t < 5; ++t) {
-        const uint32_t w0 = W[t], w1 = W[t + 1], w2 = W[t + 2], w3 = t + 3 < 8 ? W[t + 3] : 0u;
-        X[t] = wi == 0 ? w0 : wi == 1 ? w1 : wi == 2 ? w2 : w3;
-      }
-      const uint32_t dbits = (odd ? X[0] >> 16 : X[0]) & 0xFFFFu;
-      uint32_t lo[4], hi[4];
+    for (int k = 0; k < CPW; ++k)
+      if (r < nr && ok[k]) Ops::fetch(w + (r0 + r) * row_bytes, warp + nw * k, lane, raw[r][k]);
+  __shared__ float red[kMvqStatMaxWarps][RB];
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const uint32_t qs = __funnelshift_rc(X[k], X[k + 1], odd ? 32u : 16u);  // code bytes 4k..4k+3
-        lo[k] = qs & 0x0F0F0F0Fu;         // elements 4k..4k+3
-        hi[k] = (qs >> 4) & 0x0F0F0F0Fu;  // elements 16+4k..
-      }
-      const int S = dot16(lo, h0, l0) + dot16(hi, h1, l1) - 8 * sv;
-      acc[r] = fmaf(__half2float(__ushort_as_half(uint16_t(dbits))) * da, float(S), acc[r]);
-    }
+  for (int r = 0; r < RB; ++r) {
+    float acc = 0.0f;
+#pragma unroll
+    for (int k = 0; k < CPW; ++k)
+      if (r < nr && ok[k]) acc += Ops::dot(raw[r][k], act[k]);
+    acc = warp_sum(acc);
+    if (lane == 0) red[warp][r] = acc;
   }
-  mvq_store<NR>(acc, r0, rows, y, accumulate, lane);
-}
-
-// Q4_K (144-byte super-blocks, 16-byte multiples): a warp owns NR rows; 8 lanes share a super-block, four
-// super-blocks (a 1 KiB column chunk) per step. Lane i of a group loads the 16-byte header (d, dmin,
-// scales) and code bytes 16 i .. 16 i + 15: elements 64 (i/2) + 16 (i%2) + [0, 16) in the low nibbles
-// (sub-block 2 (i/2)) and 32 further in the high nibbles (sub-block 2 (i/2) + 1).
-template <int NR>
-__global__ void __launch_bounds__(kMvqWarps * 32) mvq_q4_k_kernel(const uint8_t* __restrict__ w, int64_t row_bytes,
-                                                                  int64_t rows, int64_t cols, ActQ x, float* y,
-                                                                  bool accumulate, bool prefetch) {
-  mvq_prefetch<NR>(w, row_bytes, rows, prefetch);
-  kernel_prologue();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t r0 = (int64_t(blockIdx.x) * kMvqWarps + warp) * NR;
-  if (r0 >= rows) return;
-  const int g = lane >> 3, i = lane & 7;
-  const int nsb = int(cols / 256);
-  const int jlo = 2 * (i >> 1);  // sub-block of the low nibbles; jlo + 1 of the high ones
-  float acc[NR];
-#pragma unroll
-  for (int r = 0; r < NR; ++r) acc[r] = 0.0f;
-#pragma unroll 2
-  for (int sb = g; sb < nsb; sb += 4) {
-    const int64_t e = int64_t(256) * sb + 64 * (i >> 1) + 16 * (i & 1);
-    const uint4 hl = *reinterpret_cast<const uint4*>(x.h + e), hh = *reinterpret_cast<const uint4*>(x.h + e + 32);
-    const uint4 ll = *reinterpret_cast<const uint4*>(x.l + e), lh = *reinterpret_cast<const uint4*>(x.l + e + 32);
-    const float da_lo = x.d[e / 32], da_hi = x.d[e / 32 + 1];
-    const float sv_lo = float(x.s16[e / 16]), sv_hi = float(x.s16[e / 16 + 2]);
-#pragma unroll
-    for (int r = 0; r < NR; ++r) {
-      if (r0 + r >= rows) break;
-      const uint8_t* blk = w + (r0 + r) * row_bytes + int64_t(144) * sb;
-      const uint4 hdr = *reinterpret_cast<const uint4*>(blk);
-      const uint4 q = *reinterpret_cast<const uint4*>(blk + 16 + 16 * i);
-      // k4_scale_min for sub-blocks jlo (< 8) and jlo + 1, from the 12 scale bytes in hdr.y..hdr.w.
-      int sc[2], mn[2];
-#pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int j = jlo + u;
-        if (j < 4) {
-          sc[u] = int((hdr.y >> (8 * j)) & 63u);
-          mn[u] = int((hdr.z >> (8 * j)) & 63u);
-        } else {
-          const int jj = 8 * (j - 4);
-          const uint32_t s8 = (hdr.w >> jj) & 0xFFu, s0 = (hdr.y >> jj) & 0xFFu, s4 = (hdr.z >> jj) & 0xFFu;
-          sc[u] = int((s8 & 0xFu) | ((s0 >> 6) << 4));
-          mn[u] = int((s8 >> 4) | ((s4 >> 6) << 4));
-        }
-      }
-      const float d = __half2float(__ushort_as_half(uint16_t(hdr.x & 0xFFFFu)));
-      const float dmin = __half2float(__ushort_as_half(uint16_t(hdr.x >> 16)));
-      const uint32_t qw[4] = {q.x, q.y, q.z, q.w};
-      uint32_t lo[4], hi[4];
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        lo[k] = qw[k] & 0x0F0F0F0Fu;
-        hi[k] = (qw[k] >> 4) & 0x0F0F0F0Fu;
-      }
-      const float s_lo = float(dot16(lo, hl, ll)), s_hi = float(dot16(hi, hh, lh));
-      acc[r] = fmaf(da_lo, d * float(sc[0]) * s_lo - dmin * float(mn[0]) * sv_lo, acc[r]);
-      acc[r] = fmaf(da_hi, d * float(sc[1]) * s_hi - dmin * float(mn[1]) * sv_hi, acc[r]);
-    }
+  __syncthreads();
+  if (threadIdx.x < nr) {
+    float s = 0.0f;
+    for (int k = 0; k < nw; ++k) s += red[k][threadIdx.x];
+    float* dst = y + r0 + threadIdx.x;
+    *dst = accumulate ? *dst + s : s;
   }
-  mvq_store<NR>(acc, r0, rows, y, accumulate, lane);
-}
-
-// 16 bytes at a 2-byte aligned shared-memory offset, as four words (five aligned word reads).
-__device__ __forceinline__ void smem_16_a2(const uint8_t* base, int off, uint32_t (&v)[4]) {
-  const uint32_t* w = reinterpret_cast<const uint32_t*>(base + (off & ~3));
-  const uint32_t sh = uint32_t(off & 2) * 8u;
-  uint32_t a = w[0];
-#pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    const uint32_t b = w[k + 1];
-    v[k] = __funnelshift_r(a, b, sh);
-    a = b;
-  }
-}
-
-constexpr int kQ6Bytes = 210;
-constexpr int kQ6ChunkWords = (4 * kQ6Bytes + 15 + 15) / 16;  // 16-byte words covering 4 super-blocks, any alignment
-
-// Q6_K (210-byte super-blocks, 2-byte aligned): a warp stages 4 consecutive super-blocks of each of its NR
-// rows through shared memory with aligned 16-byte loads (the whole 840-byte span in two warp loads), then
-// 8 lanes share a super-block: lane i takes half h = i / 4 (128 elements) and t = i % 4: ql bytes
-// 64 h + 16 t .. +15 (low nibbles: elements 128 h + 16 t + [0, 16); high nibbles: 64 further) and qh bytes
-// 32 h + 16 (t % 2) .. +15 (bit pairs t / 2 and t / 2 + 2 of the same elements).
-template <int NR>
-__global__ void __launch_bounds__(kMvqWarps * 32) mvq_q6_k_kernel(const uint8_t* __restrict__ w, int64_t row_bytes,
-                                                                  int64_t rows, int64_t cols, ActQ x, float* y,
-                                                                  bool accumulate, bool prefetch) {
-  mvq_prefetch<NR>(w, row_bytes, rows, prefetch);
-  kernel_prologue();
-  __shared__ __align__(16) uint8_t stage[kMvqWarps][NR][kQ6ChunkWords * 16];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t r0 = (int64_t(blockIdx.x) * kMvqWarps + warp) * NR;
-  if (r0 >= rows) return;
-  const int g = lane >> 3, i = lane & 7, hh = i >> 2, t = i & 3;
-  const int nsb = int(cols / 256);
-  float acc[NR];
-#pragma unroll
-  for (int r = 0; r < NR; ++r) acc[r] = 0.0f;
-  for (int sb0 = 0; sb0 < nsb; sb0 += 4) {
-    const int nsb_here = min(4, nsb - sb0);
-    int skew[NR];
-#pragma unroll
-    for (int r = 0; r < NR; ++r) {
-      const uintptr_t start = reinterpret_cast<uintptr_t>(w + min(r0 + r, rows - 1) * row_bytes + int64_t(kQ6Bytes) * sb0);
-      const uintptr_t a16 = start & ~uintptr_t(15);
-      const int n_words = int((start + uintptr_t(kQ6Bytes) * nsb_here + 15 - a16) / 16);
-      skew[r] = int(start - a16);
-      const uint4* src = reinterpret_cast<const uint4*>(a16);
-      uint4* dst = reinterpret_cast<uint4*>(stage[warp][r]);
-      for (int k = lane; k < n_words; k += 32) dst[k] = src[k];
-    }
-    __syncwarp();
-    const int sb = sb0 + g;
-    if (sb < nsb) {
-      const int64_t e = int64_t(256) * sb + 128 * hh + 16 * t;  // low-nibble elements; +64: high
-      const uint4 hl = *reinterpret_cast<const uint4*>(x.h + e), hx = *reinterpret_cast<const uint4*>(x.h + e + 64);
-      const uint4 ll = *reinterpret_cast<const uint4*>(x.l + e), lx = *reinterpret_cast<const uint4*>(x.l + e + 64);
-      const float da_lo = x.d[e / 32], da_hi = x.d[(e + 64) / 32];
-      const int sv_lo = x.s16[e / 16], sv_hi = x.s16[(e + 64) / 16];
-      const int s_pair = 2 * (t >> 1);
-#pragma unroll
-      for (int r = 0; r < NR; ++r) {
-        if (r0 + r >= rows) break;
-        const uint8_t* blk = stage[warp][r];
-        const int b0 = skew[r] + kQ6Bytes * g;
-        uint32_t ql[4], qh[4];
-        smem_16_a2(blk, b0 + 64 * hh + 16 * t, ql);
-        smem_16_a2(blk, b0 + 128 + 32 * hh + 16 * (t & 1), qh);
-        const int sc_lo = int(int8_t(blk[b0 + 192 + 8 * hh + t])), sc_hi = int(int8_t(blk[b0 + 196 + 8 * hh + t]));
-        const uint16_t dbits = uint16_t(blk[b0 + 208] | (uint32_t(blk[b0 + 209]) << 8));
-        uint32_t clo[4], chi[4];
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          clo[k] = (ql[k] & 0x0F0F0F0Fu) | (((qh[k] >> s_pair) & 0x03030303u) << 4);
-          chi[k] = ((ql[k] >> 4) & 0x0F0F0F0Fu) | (((qh[k] >> (s_pair + 4)) & 0x03030303u) << 4);
-        }
-        const float s_lo = float(dot16(clo, hl, ll) - 32 * sv_lo), s_hi = float(dot16(chi, hx, lx) - 32 * sv_hi);
-        const float d = __half2float(__ushort_as_half(dbits));
-        acc[r] = fmaf(d * float(sc_lo) * da_lo, s_lo, acc[r]);
-        acc[r] = fmaf(d * float(sc_hi) * da_hi, s_hi, acc[r]);
-      }
-    }
-    __syncwarp();  // the stage is rewritten by the next chunk
-  }
-  mvq_store<NR>(acc, r0, rows, y, accumulate, lane);
 }
 
 // Read at every call (not cached), so a process can build models with and without it (the tests do).
@@ -784,6 +824,18 @@ bool mvq_enabled() {
   const char* e = std::getenv("SELFEXT_CUDA_MVQ");
   return !(e && std::strcmp(e, "0") == 0);
 }
+// The stationary layout of matvec_q (SELFEXT_CUDA_MVQ_STAT=0 takes the row layout), read at every call.
+bool mvq_stat_enabled() {
+  const char* e = std::getenv("SELFEXT_CUDA_MVQ_STAT");
+  return !(e && std::strcmp(e, "0") == 0);
+}
+
+// Decode products prefetch their weights into L2 before the PDL wait (prefetch_l2) only when the whole
+// matrix is small: measured on an H200 (2026-12-02, scripts/device_prefetch_ab.sh, two alternating rounds):
+// SmolLM2-shaped steps (matrices <= 1.1 MB, the 28 MB head) 1.088 / 1.078 -> 0.985 / 1.020 ms; Llama-3-8B
+// shapes (2.4-66 MB) unchanged (3.41 / 3.39 ms Q4_K_M, 2.47-2.53 ms Q4_0) while standalone products of 33 MB
+// were up to 18% slower with it.
+constexpr int64_t kPrefetchMaxBytes = int64_t(8) << 20;
 
 // --- matrix-matrix with tensor cores: prefill -----------------------------------------------------
 
@@ -1006,7 +1058,7 @@ ProductArgs product_args(const QMatrix& w, const float* x, int64_t n, int64_t ld
   a.ldy = ldy;
   a.accumulate = accumulate;
   a.vec_x = aligned16(x) && ldx % 4 == 0 && w.cols % kRun == 0;
-  a.prefetch = l2_prefetch_enabled();
+  a.prefetch = l2_prefetch_enabled() && w.rows * w.row_bytes <= kPrefetchMaxBytes;
   return a;
 }
 
@@ -1127,33 +1179,55 @@ void matvec_q_cuda(const QMatrix& w, const void* xq, float* y, bool accumulate, 
   x.s16 = reinterpret_cast<const int*>(s16);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const uint8_t* wp = static_cast<const uint8_t*>(w.data);
-  // NR rows per warp: every activation load serves NR rows, but fewer rows per warp give more, smaller
-  // blocks and a more even grid. Measured on an H200 (bench/quant_cuda.py --decode-only, Llama-3-8B
-  // shapes, 2026-12-02, bench/results/quant_cuda-nvidia-h200-decode-mvq-nr*.json): NR = 1 is best
-  // everywhere (0.41-0.54 of the copy bandwidth) except Q4_0 with 14336 rows (NR = 2: 0.59 vs 0.54);
-  // NR = 4 is worse. SELFEXT_CUDA_MVQ_NR=1|2|4 forces it.
-  static const int nr_env = [] {
-    const char* e = std::getenv("SELFEXT_CUDA_MVQ_NR");
-    return e ? std::atoi(e) : 0;
-  }();
-  const int nr = nr_env == 1 || nr_env == 2 || nr_env == 4 ? nr_env : (w.type == QType::Q4_0 && w.rows >= 8192 ? 2 : 1);
-  const bool pf = l2_prefetch_enabled();
-  auto go = [&](auto nr_const) {
-    constexpr int NR = decltype(nr_const)::value;
-    const dim3 grid(unsigned((w.rows + NR * kMvqWarps - 1) / (NR * kMvqWarps)));
-    if (w.type == QType::Q4_0)
-      launch_kernel(mvq_q4_0_kernel<NR>, grid, dim3(kMvqWarps * 32), 0, s, wp, w.row_bytes, w.rows, w.cols, x, y,
-                    accumulate, pf);
-    else if (w.type == QType::Q4_K)
-      launch_kernel(mvq_q4_k_kernel<NR>, grid, dim3(kMvqWarps * 32), 0, s, wp, w.row_bytes, w.rows, w.cols, x, y,
+  const int64_t bytes = w.rows * w.row_bytes;
+  const bool pf = l2_prefetch_enabled() && bytes <= kPrefetchMaxBytes;
+  const int n_chunks = int((w.cols + kMvqChunk - 1) / kMvqChunk);
+  const int cpw = n_chunks <= 8 ? 1 : n_chunks <= 16 ? 2 : n_chunks <= 32 ? 4 : 0;  // chunks per warp
+  if (cpw > 0 && mvq_stat_enabled()) {
+    // rb rows per block, halved from the register budget's RB until the grid has two blocks per SM.
+    int dev = 0, sms = 0;
+    SELFEXT_CUDA_CHECK(cudaGetDevice(&dev));
+    SELFEXT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    const int nw = (n_chunks + cpw - 1) / cpw;
+    auto go = [&](auto ops, auto cpw_const) {
+      using Ops = decltype(ops);
+      constexpr int CPW = decltype(cpw_const)::value;
+      constexpr int RB = Ops::kRowBudget / CPW > 0 ? Ops::kRowBudget / CPW : 1;
+      int rb = RB;
+      while (rb > 1 && (w.rows + rb - 1) / rb < 2 * int64_t(sms)) rb /= 2;
+      const dim3 grid(unsigned((w.rows + rb - 1) / rb));
+      launch_kernel(mvq_stat_kernel<Ops, RB, CPW>, grid, dim3(unsigned(nw * 32)), 0, s, wp, w.row_bytes, w.rows, w.cols,
+                    x, y, accumulate, rb, pf);
+    };
+    auto by_cpw = [&](auto ops) {
+      if (cpw == 1) go(ops, std::integral_constant<int, 1>{});
+      else if (cpw == 2) go(ops, std::integral_constant<int, 2>{});
+      else go(ops, std::integral_constant<int, 4>{});
+    };
+    if (w.type == QType::Q4_0) by_cpw(MvqQ4_0{});
+    else if (w.type == QType::Q4_K) by_cpw(MvqQ4_K{});
+    else by_cpw(MvqQ6_K{});
+    return;
+  }
+  // The row layout: NR rows per warp. Measured on an H200 (bench/quant_cuda.py --decode-only, Llama-3-8B
+  // shapes, 2026-12-02, bench/results/quant_cuda-nvidia-h200-decode-mvq-nr*.json, this layout's kernels
+  // before they shared the format code with the stationary one): NR = 1 is best everywhere (0.41-0.54 of
+  // the copy bandwidth) except Q4_0 with 14336 rows (NR = 2: 0.59 vs 0.54); NR = 4 is worse.
+  auto rows_layout = [&](auto ops) {
+    using Ops = decltype(ops);
+    const bool two = w.type == QType::Q4_0 && w.rows >= 8192;
+    const int nr = two ? 2 : 1;
+    const dim3 grid(unsigned((w.rows + nr * kMvqWarps - 1) / (nr * kMvqWarps)));
+    if (two)
+      launch_kernel(mvq_rows_kernel<Ops, 2>, grid, dim3(kMvqWarps * 32), 0, s, wp, w.row_bytes, w.rows, w.cols, x, y,
                     accumulate, pf);
     else
-      launch_kernel(mvq_q6_k_kernel<NR>, grid, dim3(kMvqWarps * 32), 0, s, wp, w.row_bytes, w.rows, w.cols, x, y,
+      launch_kernel(mvq_rows_kernel<Ops, 1>, grid, dim3(kMvqWarps * 32), 0, s, wp, w.row_bytes, w.rows, w.cols, x, y,
                     accumulate, pf);
   };
-  if (nr == 1) go(std::integral_constant<int, 1>{});
-  else if (nr == 4) go(std::integral_constant<int, 4>{});
-  else go(std::integral_constant<int, 2>{});
+  if (w.type == QType::Q4_0) rows_layout(MvqQ4_0{});
+  else if (w.type == QType::Q4_K) rows_layout(MvqQ4_K{});
+  else rows_layout(MvqQ6_K{});
 }
 
 void embed_rows_cuda(const QMatrix& w, const int32_t* ids, int64_t n, float* out, int64_t ldo, void* stream) {
