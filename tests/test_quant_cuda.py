@@ -220,16 +220,13 @@ def check_q(name, kind, rng, rows, cols, accumulate=False):
     assert ratio <= 1.0, f"{name} {kind} rows={rows} cols={cols}: max err {err.max().item():.3g}, err/tol {ratio:.3g}"
 
 
-@pytest.mark.parametrize("layout", ["stationary", "rows"])
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", ["Q4_0", "Q4_K", "Q6_K"])
-def test_matvec_q_cuda(name, kind, layout, rng, monkeypatch):
-    """Both layouts (the stationary default; SELFEXT_CUDA_MVQ_STAT=0: rows). Rows 1, 17 (odd: a warp's
-    second row missing), 300, 2205 (full row batches per block and a partial last one); Q4_0 with odd
-    block counts, so rows start at every 2-byte offset inside a 16-byte word; column counts inside one
-    1 KiB chunk, past it, and of 9, 17 and 33 chunks (2 and 4 chunks per warp with idle lanes in the last
-    chunk, and past the stationary layout's 32 chunks)."""
-    monkeypatch.setenv("SELFEXT_CUDA_MVQ_STAT", "1" if layout == "stationary" else "0")
+def test_matvec_q_cuda(name, kind, rng):
+    """Rows 1, 17 (odd: a warp's second row missing), 300, 2205 (Q4_0: two rows per warp from 8192 rows
+    on is not reached; 2205 fills many blocks with a partial last one); Q4_0 with odd block counts, so
+    rows start at every 2-byte offset inside a 16-byte word; column counts inside one 1 KiB chunk, past
+    it, and of 9, 17 and 33 chunks with idle lanes in the last chunk."""
     shapes = [(1, 32), (17, 96), (300, 1184), (64, 4096)] if name == "Q4_0" else [(1, 256), (17, 768), (300, 2304), (64, 4096)]
     shapes += [(2205, 1024), (40, 9216), (9, 17408), (3, 33792)]
     for rows, cols in shapes:

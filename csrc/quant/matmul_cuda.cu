@@ -588,7 +588,6 @@ __device__ __forceinline__ void ld16_a2(const uint8_t* p, uint32_t (&v)[4]) {
 }
 
 struct MvqQ4_0 {
-  static constexpr int kRowBudget = 8;  // rows of raw bytes a lane holds at once (the stationary layout)
   struct Act { uint4 h0, h1, l0, l1; float da; int sv; };
   struct Raw { uint4 A, B; int o; };
   __device__ static bool load(const ActQ& x, int64_t cols, int c, int lane, Act& a) {
@@ -630,7 +629,6 @@ struct MvqQ4_0 {
 };
 
 struct MvqQ4_K {
-  static constexpr int kRowBudget = 8;
   struct Act { uint4 hl, hh, ll, lh; float da_lo, da_hi, sv_lo, sv_hi; int jlo; };
   struct Raw { uint4 hdr, q; };
   __device__ static bool load(const ActQ& x, int64_t cols, int c, int lane, Act& a) {
@@ -685,7 +683,6 @@ struct MvqQ4_K {
 };
 
 struct MvqQ6_K {
-  static constexpr int kRowBudget = 4;  // 17 words of raw bytes per row
   static constexpr int kBytes = 210;
   struct Act { uint4 hl, hx, ll, lx; float da_lo, da_hi; int sv_lo, sv_hi; int i; };
   struct Raw { uint32_t ql[4], qh[4]; int sc_lo, sc_hi; uint16_t dbits; };
@@ -733,10 +730,12 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// Row layout (the fallback: rows of more than 32 chunks, or SELFEXT_CUDA_MVQ_STAT=0): a warp owns NR rows
-// and walks their chunks, loading each chunk's activations once for its NR rows. Bound by the L1 on wide
-// matrices (ncu, H200, 28672 x 4096 Q4_K: L1 85% busy, DRAM 38%): the activations go through L1 once per
-// row, 3.5x the bytes of the row's weights.
+// A warp owns NR rows and walks their chunks, loading each chunk's activations once for its NR rows.
+// Bound by the L1 on wide matrices (ncu, H200, 2026-12-02, 28672 x 4096 Q4_K: L1 85% busy, DRAM 38%): the
+// activations cross L1 once per row, 3.5x the bytes of the row's weights. A layout holding each warp's
+// activations in registers across a batch of rows (the block's warps splitting the columns) took that
+// traffic off L1 (27% busy) but was slower: 133 registers per thread left 16-20% occupancy, too few loads
+// in flight (Llama-3-8B Q4_K_M shapes 3.05-3.11 -> 4.18-4.21 ms per step, H200, two rounds); removed.
 constexpr int kMvqWarps = 8;
 
 template <typename Ops, int NR>
@@ -773,63 +772,11 @@ __global__ void __launch_bounds__(kMvqWarps * 32) mvq_rows_kernel(const uint8_t*
   }
 }
 
-// Stationary layout (the default): the block's nw warps split the columns, warp w taking chunks w, w + nw,
-// ... (CPW of them, their activations held in registers for the whole kernel), and the block walks rb <= RB
-// rows, each lane fetching its bytes of all of them before it multiplies any; one shared-memory reduction
-// over the warps per row at the end. The activations cross L1 once per block instead of once per row.
-constexpr int kMvqStatMaxWarps = 8;
-
-template <typename Ops, int RB, int CPW>
-__global__ void __launch_bounds__(kMvqStatMaxWarps * 32) mvq_stat_kernel(const uint8_t* __restrict__ w,
-                                                                         int64_t row_bytes, int64_t rows, int64_t cols,
-                                                                         ActQ x, float* y, bool accumulate, int rb,
-                                                                         bool prefetch) {
-  const int64_t r0 = int64_t(blockIdx.x) * rb;
-  if (prefetch && threadIdx.x == 0 && r0 < rows)
-    prefetch_l2(w + r0 * row_bytes, (min(rows, r0 + rb) - r0) * row_bytes);
-  kernel_prologue();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = int(blockDim.x >> 5);
-  const int nr = int(min(int64_t(rb), rows - r0));
-  typename Ops::Act act[CPW];
-  bool ok[CPW];
-#pragma unroll
-  for (int k = 0; k < CPW; ++k) ok[k] = Ops::load(x, cols, warp + nw * k, lane, act[k]);
-  typename Ops::Raw raw[RB][CPW];
-#pragma unroll
-  for (int r = 0; r < RB; ++r)
-#pragma unroll
-    for (int k = 0; k < CPW; ++k)
-      if (r < nr && ok[k]) Ops::fetch(w + (r0 + r) * row_bytes, warp + nw * k, lane, raw[r][k]);
-  __shared__ float red[kMvqStatMaxWarps][RB];
-#pragma unroll
-  for (int r = 0; r < RB; ++r) {
-    float acc = 0.0f;
-#pragma unroll
-    for (int k = 0; k < CPW; ++k)
-      if (r < nr && ok[k]) acc += Ops::dot(raw[r][k], act[k]);
-    acc = warp_sum(acc);
-    if (lane == 0) red[warp][r] = acc;
-  }
-  __syncthreads();
-  if (threadIdx.x < nr) {
-    float s = 0.0f;
-    for (int k = 0; k < nw; ++k) s += red[k][threadIdx.x];
-    float* dst = y + r0 + threadIdx.x;
-    *dst = accumulate ? *dst + s : s;
-  }
-}
-
 // Read at every call (not cached), so a process can build models with and without it (the tests do).
 bool mvq_enabled() {
   const char* e = std::getenv("SELFEXT_CUDA_MVQ");
   return !(e && std::strcmp(e, "0") == 0);
 }
-// The stationary layout of matvec_q (SELFEXT_CUDA_MVQ_STAT=0 takes the row layout), read at every call.
-bool mvq_stat_enabled() {
-  const char* e = std::getenv("SELFEXT_CUDA_MVQ_STAT");
-  return !(e && std::strcmp(e, "0") == 0);
-}
-
 // Decode products prefetch their weights into L2 before the PDL wait (prefetch_l2) only when the whole
 // matrix is small: measured on an H200 (2026-12-02, scripts/device_prefetch_ab.sh, two alternating rounds):
 // SmolLM2-shaped steps (matrices <= 1.1 MB, the 28 MB head) 1.088 / 1.078 -> 0.985 / 1.020 ms; Llama-3-8B
@@ -1181,38 +1128,10 @@ void matvec_q_cuda(const QMatrix& w, const void* xq, float* y, bool accumulate, 
   const uint8_t* wp = static_cast<const uint8_t*>(w.data);
   const int64_t bytes = w.rows * w.row_bytes;
   const bool pf = l2_prefetch_enabled() && bytes <= kPrefetchMaxBytes;
-  const int n_chunks = int((w.cols + kMvqChunk - 1) / kMvqChunk);
-  const int cpw = n_chunks <= 8 ? 1 : n_chunks <= 16 ? 2 : n_chunks <= 32 ? 4 : 0;  // chunks per warp
-  if (cpw > 0 && mvq_stat_enabled()) {
-    // rb rows per block, halved from the register budget's RB until the grid has two blocks per SM.
-    int dev = 0, sms = 0;
-    SELFEXT_CUDA_CHECK(cudaGetDevice(&dev));
-    SELFEXT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    const int nw = (n_chunks + cpw - 1) / cpw;
-    auto go = [&](auto ops, auto cpw_const) {
-      using Ops = decltype(ops);
-      constexpr int CPW = decltype(cpw_const)::value;
-      constexpr int RB = Ops::kRowBudget / CPW > 0 ? Ops::kRowBudget / CPW : 1;
-      int rb = RB;
-      while (rb > 1 && (w.rows + rb - 1) / rb < 2 * int64_t(sms)) rb /= 2;
-      const dim3 grid(unsigned((w.rows + rb - 1) / rb));
-      launch_kernel(mvq_stat_kernel<Ops, RB, CPW>, grid, dim3(unsigned(nw * 32)), 0, s, wp, w.row_bytes, w.rows, w.cols,
-                    x, y, accumulate, rb, pf);
-    };
-    auto by_cpw = [&](auto ops) {
-      if (cpw == 1) go(ops, std::integral_constant<int, 1>{});
-      else if (cpw == 2) go(ops, std::integral_constant<int, 2>{});
-      else go(ops, std::integral_constant<int, 4>{});
-    };
-    if (w.type == QType::Q4_0) by_cpw(MvqQ4_0{});
-    else if (w.type == QType::Q4_K) by_cpw(MvqQ4_K{});
-    else by_cpw(MvqQ6_K{});
-    return;
-  }
-  // The row layout: NR rows per warp. Measured on an H200 (bench/quant_cuda.py --decode-only, Llama-3-8B
-  // shapes, 2026-12-02, bench/results/quant_cuda-nvidia-h200-decode-mvq-nr*.json, this layout's kernels
-  // before they shared the format code with the stationary one): NR = 1 is best everywhere (0.41-0.54 of
-  // the copy bandwidth) except Q4_0 with 14336 rows (NR = 2: 0.59 vs 0.54); NR = 4 is worse.
+  // NR rows per warp. Measured on an H200 (bench/quant_cuda.py --decode-only, Llama-3-8B shapes,
+  // 2026-12-02, bench/results/quant_cuda-nvidia-h200-decode-mvq-nr*.json, the kernels before Q6_K's
+  // direct loads): NR = 1 is best everywhere (0.41-0.54 of the copy bandwidth) except Q4_0 with 14336
+  // rows (NR = 2: 0.59 vs 0.54); NR = 4 is worse.
   auto rows_layout = [&](auto ops) {
     using Ops = decltype(ops);
     const bool two = w.type == QType::Q4_0 && w.rows >= 8192;
