@@ -2,8 +2,8 @@
 # Decode attention A/B on the device after device_run.sh build: the CUDA attention and loop tests (the
 # default is the T_q = 1 kernel), the graph-timed decode bench, decode steps of random-weight models (no
 # model transfer) with the tile kernel (SELFEXT_CUDA_SE_DECODE=0) vs the default, then per-kernel CUPTI
-# tables of the default (PDL off, so each kernel's time is its own); A/B of the opt-ins
-# SELFEXT_CUDA_MV_WARP_ROWS and SELFEXT_CUDA_FUSE_MERGE. Files under $OUT.
+# tables of the default (PDL off, so each kernel's time is its own); A/B of the warp-rows matvec
+# (SELFEXT_CUDA_MV_WARP_ROWS=0: off) and the L2 prefetch (SELFEXT_CUDA_PREFETCH=0: off). Files under $OUT.
 set -u
 OUT=${OUT:-/tmp/device_out}
 mkdir -p "$OUT"
@@ -17,13 +17,11 @@ for m in smollm2-shapes smollm2-shapes llama-3-8b-q4_k_m-shapes; do
   run $m SELFEXT_CUDA_SE_DECODE=0
   run $m SELFEXT_CUDA_SE_DECODE=1
 done
-# the opt-ins: warp-rows matvec (narrow matrices: SmolLM2's products and head), the o-projection merging
-# the attention's split-K states (no merge kernel), and both
+# the warp-rows matvec (narrow matrices: SmolLM2's products and head) and the L2 prefetch, each off vs on
 for round in 1 2; do
   run smollm2-shapes SELFEXT_CUDA_MV_WARP_ROWS=0
+  run smollm2-shapes SELFEXT_CUDA_PREFETCH=0
   run smollm2-shapes SELFEXT_CUDA_MV_WARP_ROWS=1
-  run smollm2-shapes SELFEXT_CUDA_FUSE_MERGE=1
-  run smollm2-shapes "SELFEXT_CUDA_FUSE_MERGE=1 SELFEXT_CUDA_MV_WARP_ROWS=1"
 done
 for m in smollm2-shapes llama-3-8b-q4_k_m-shapes; do
   echo "--- per-kernel, PDL off, $m"

@@ -53,17 +53,6 @@ struct AttentionParams {
   // memory nodes in a graph).
   void* workspace = nullptr;
   int64_t workspace_bytes = 0;
-
-  // CUDA SelfExtend decode (T_q = 1) with a caller's workspace only: when set, a call whose key range is
-  // split leaves the split-K partial states in the workspace, merged by the caller's next step instead
-  // of a merge kernel (the decode product's MatvecInput::kSplitMerge), and describes them here
-  // (layout: core/split_merge.cuh, n_rows = n_heads); n_splits = 0 when the call wrote out itself.
-  struct DeferredMerge {
-    int n_splits = 0;
-    const float* o = nullptr;
-    const float* ml = nullptr;
-  };
-  DeferredMerge* defer_merge = nullptr;
 };
 
 class ThreadPool;

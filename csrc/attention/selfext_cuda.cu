@@ -612,10 +612,6 @@ void run_se(const AttentionParams& p) {
     a.oa.ws_ml = reinterpret_cast<float*>(base + wl.ml_offset);
     launch_kernel(se_decode_kernel<T, kHeadDim>, dim3(unsigned(p.n_kv_heads), unsigned(dp.n_splits)),
                   dim3(kDecThreads), smem, stream, a, dp.chunks_per_split);
-    if (p.defer_merge && p.workspace) {  // the caller's next step merges (the states outlive this call)
-      *p.defer_merge = AttentionParams::DeferredMerge{dp.n_splits, a.oa.ws_o, a.oa.ws_ml};
-      return;
-    }
     launch_merge<T>(a.oa.ws_o, a.oa.ws_ml, dp.n_splits, 1, p.n_heads, kHeadDim, p.out, p.out_stride_t,
                     p.out_stride_h, stream);
     return;
@@ -704,7 +700,6 @@ void build_rope_table_cuda(const double* inv_freq_host, int n_pairs, double msca
 }
 
 void self_extend_attention_cuda(const AttentionParams& p) {
-  if (p.defer_merge) *p.defer_merge = AttentionParams::DeferredMerge{};  // only the split decode path defers
   check_common(p, "self_extend_attention");
   SELFEXT_CHECK(p.group >= 1, ArgumentError, "group must be >= 1, got ", p.group);
   SELFEXT_CHECK(p.window >= 1, ArgumentError, "window must be >= 1, got ", p.window);

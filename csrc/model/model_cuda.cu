@@ -298,11 +298,6 @@ class ModelCuda final : public Model {
   // SwiGLU) is prepare_activation_cuda, which writes the float row and its 16-bit codes, and the Q4_0 /
   // Q4_K products run matvec_q_cuda on the codes (SELFEXT_CUDA_MVQ=0 turns it off).
   bool decode_q_ = false;
-  // Fused decode rows of SelfExtend models: the attention leaves its split-K states in the workspace and
-  // the o-projection merges them as it loads its input (MatvecInput::kSplitMerge): the merge kernel and
-  // its launch gap leave the step. Opt-in (SELFEXT_CUDA_FUSE_MERGE=1) until it has run on a GPU: written
-  // and compile-checked on 2026-12-02 after the day's device time was spent.
-  bool fuse_merge_ = false;
   std::map<std::tuple<int64_t, int64_t, int64_t>, cudaGraphExec_t> graphs_;
   QMatrix token_embd_, output_;
   const float* output_norm_ = nullptr;
@@ -420,9 +415,6 @@ ModelCuda::ModelCuda(ModelConfig config, ModelWeights weights, int device)
     for (const QMatrix* m : {&l.wqkv, &l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate_up, &l.w_gate, &l.w_up, &l.w_down})
       any_q = any_q || (m->data && matvec_q_supported(*m));
   decode_q_ = !fuse_decode_ && any_q && c.n_embd % 32 == 0 && c.q_dim() % 32 == 0 && c.n_ff % 32 == 0;
-  const char* menv = std::getenv("SELFEXT_CUDA_FUSE_MERGE");
-  fuse_merge_ = fuse_decode_ && !c.cope && menv && std::strcmp(menv, "1") == 0 && c.q_dim() <= kSplitMergeMaxCols &&
-                c.n_head <= kSplitMergeMaxHeads;
   sync();
 }
 
@@ -545,7 +537,6 @@ void ModelCuda::layer(int il, int64_t n, int64_t pos0, int64_t graph_bound) {
   launch_kernel(qkv_post_kernel<T>, dim3(unsigned(n), unsigned(blocks_for(QKVD, 256))), dim3(256), 0, stream_, qa);
 
   // A decode graph plans for graph_bound keys and reads the run-time count from the device.
-  AttentionParams::DeferredMerge deferred;  // n_splits stays 0 unless the decode attention defers its merge
   AttentionParams ap = layer_attention_params(c, q16, kc, vc, att16, n, graph_bound > 0 ? graph_bound : pos0 + n,
                                               rope_table_.as<float>());
   ap.T_k_dev = graph_bound > 0 ? dpos + 1 : nullptr;
@@ -562,20 +553,10 @@ void ModelCuda::layer(int il, int64_t n, int64_t pos0, int64_t graph_bound) {
     if (n == 1 && sl_.attn_decode_bytes > 0) {
       ap.workspace = scratch_.as<void>(sl_.attn_decode_ws);
       ap.workspace_bytes = sl_.attn_decode_bytes;
-      if (fuse && fuse_merge_) ap.defer_merge = &deferred;
     }
     self_extend_attention_cuda(ap);
   }
-  MatvecInput att_in{c.kv_dtype == DType::kBFloat16 ? MatvecInput::kBF16 : MatvecInput::kF16, att16, QD};
-  if (deferred.n_splits > 0) {  // the o-projection merges the attention's split-K states (fuse_merge_)
-    att_in.kind = MatvecInput::kSplitMerge;
-    att_in.x = deferred.o;
-    att_in.split_ml = deferred.ml;
-    att_in.n_splits = deferred.n_splits;
-    att_in.n_heads = int(c.n_head);
-    att_in.head_dim = int(c.head_dim);
-    att_in.split_bf16 = c.kv_dtype == DType::kBFloat16;
-  }
+  const MatvecInput att_in{c.kv_dtype == DType::kBFloat16 ? MatvecInput::kBF16 : MatvecInput::kF16, att16, QD};
   step(att_in, QD, xb, [&] {
     launch_kernel(to_float_kernel<T>, dim3(blocks_for(n * QD, 256)), dim3(256), 0, stream_, att16, xb, n * QD);
   });

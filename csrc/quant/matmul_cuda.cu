@@ -14,7 +14,7 @@
 //           instruction. The next step is staging each warp's contiguous row bytes through shared
 //           memory with 16-byte loads (or llama.cpp's int8 activations + dp4a), not more rows per block.
 //   matvec_q (Q4_0, Q4_K, Q6_K decode rows, the model's unfused path): the activation row prepared into
-//           16-bit codes and multiplied with dp4a over 16-byte weight loads; 0.40-0.59 of the copy
+//           16-bit codes and multiplied with dp4a over 16-byte weight loads; 0.46-0.58 of the copy
 //           bandwidth on the same H200 (see "decode products over 16-bit activation codes" below).
 //   mma     (n > kMatvecMaxN: prefill). Tensor cores through nvcuda::wmma 16x16x16, fp16 inputs, fp32
 //           accumulation. A block of 4 warps computes a kBM x kBN = 64 weight rows x 128 activation rows
@@ -46,7 +46,6 @@
 
 #include "core/cuda_check.cuh"
 #include "core/cuda_launch.cuh"
-#include "core/split_merge.cuh"
 #include "core/errors.h"
 #include "quant/formats.h"
 #include "quant/matmul_cuda.h"
@@ -172,9 +171,6 @@ struct ProductArgs {
   const float* norm_w = nullptr;
   float eps = 0.0f;
   bool x_bf16 = false;
-  // kInSplitMerge: x holds the accumulators; (max, sum) pairs, splits, heads, head dim (MatvecInput)
-  const float* split_ml = nullptr;
-  int n_splits = 0, n_heads = 0, head_dim = 0;
   bool prefetch = false;  // matvec: each block's weight rows prefetched into L2 before the PDL wait
 };
 
@@ -184,9 +180,7 @@ struct ProductArgs {
 // short and L2-resident); kSwiGlu: silu(g) * u with g = x[c], u = x[cols + c] (x: the gate|up output,
 // ldx = 2 cols); kHalf: f16 or bf16 storage (the attention output), widened exactly. Each formula is
 // the one of the separate kernel it replaces (rms_norm_cuda, the model's SwiGLU), in the same order.
-// kSplitMerge: the split-K attention states merged by every block into shared memory first (the merge
-// kernel's formula and rounding, core/split_merge.cuh), then read as kFloat.
-enum MvIn : int { kInFloat = 0, kInRmsNorm = 1, kInSwiGlu = 2, kInHalf = 3, kInSplitMerge = 4 };
+enum MvIn : int { kInFloat = 0, kInRmsNorm = 1, kInSwiGlu = 2, kInHalf = 3 };
 
 // 8 activations of run j of activation row xr (zeros past cols).
 __device__ __forceinline__ void load_x_run(const float* __restrict__ xr, int j, int64_t cols, bool vec,
@@ -217,7 +211,7 @@ template <int kIn>
 __device__ __forceinline__ void load_in_run(const ProductArgs& a, const float* __restrict__ xr, int j, float inv,
                                             float (&v)[kRun]) {
   const int64_t c0 = int64_t(kRun) * j;
-  if constexpr (kIn == kInFloat || kIn == kInSplitMerge) {
+  if constexpr (kIn == kInFloat) {
     load_x_run(xr, j, a.cols, a.vec_x, v);
   } else if constexpr (kIn == kInRmsNorm) {
     float g[kRun];
@@ -263,26 +257,7 @@ __global__ void __launch_bounds__(kMvWarps * 32) matvec_kernel(ProductArgs a) {
   const int nt = int(a.n - t0 < NT ? a.n - t0 : NT);  // activation rows of this block
   const int nr = int(a.rows - r0 < NR ? (a.rows - r0 > 0 ? a.rows - r0 : 0) : NR);  // kWarpRows: 0 past the end
   // Activation row t of the block; kInHalf rows are 16-bit, so the pointer steps in that type.
-  const float* xm = nullptr;  // kInSplitMerge: the merged row in shared memory
-  if constexpr (kIn == kInSplitMerge) {
-    __shared__ __align__(16) float xm_sh[kSplitMergeMaxCols];
-    __shared__ float wm_sh[kSplitMergeMaxHeads][kMaxSplits];
-    __shared__ float inv_sh[kSplitMergeMaxHeads];
-    for (int h = warp; h < a.n_heads; h += kMvWarps) {
-      const float inv = split_merge_weights(a.split_ml, a.n_splits, a.n_heads, h, lane, wm_sh[h]);
-      if (lane == 0) inv_sh[h] = inv;
-    }
-    __syncthreads();
-    for (int e = threadIdx.x; e < a.cols; e += kMvWarps * 32) {
-      const int h = e / a.head_dim;
-      const float v = split_merge_sum(a.x + e, int64_t(a.n_heads) * a.head_dim, a.n_splits, wm_sh[h]) * inv_sh[h];
-      xm_sh[e] = a.x_bf16 ? __bfloat162float(__float2bfloat16_rn(v)) : __half2float(__float2half_rn(v));
-    }
-    __syncthreads();
-    xm = xm_sh;
-  }
   auto x_row = [&](int t) {
-    if constexpr (kIn == kInSplitMerge) return xm;  // one row
     const int64_t off = (t0 + t) * a.ldx;
     return kIn == kInHalf ? reinterpret_cast<const float*>(reinterpret_cast<const uint16_t*>(a.x) + off) : a.x + off;
   };
@@ -1043,34 +1018,19 @@ void matvec_cuda_fused(const QMatrix& w, const MatvecInput& in, float* y, bool a
                 ", got ", in.ldx);
   SELFEXT_CHECK(in.kind != MatvecInput::kRmsNorm || in.norm_w != nullptr, ArgumentError,
                 "an RMSNorm input needs its weight");
-  const bool merge = in.kind == MatvecInput::kSplitMerge;
-  if (merge) {
-    SELFEXT_CHECK(in.split_ml != nullptr && in.n_splits >= 1 && in.n_splits <= kMaxSplits && in.n_heads >= 1 &&
-                      in.n_heads <= kSplitMergeMaxHeads && in.head_dim >= 1 &&
-                      int64_t(in.n_heads) * in.head_dim == w.cols && w.cols <= kSplitMergeMaxCols,
-                  ArgumentError, "a split-merge input needs its (max, sum) pairs, 1..", kMaxSplits, " splits, at most ",
-                  kSplitMergeMaxHeads, " heads and n_heads * head_dim = cols <= ", kSplitMergeMaxCols, " (got ",
-                  in.n_splits, " splits, ", in.n_heads, " x ", in.head_dim, ", cols ", w.cols, ")");
-  }
   ProductArgs a = product_args(w, static_cast<const float*>(in.x), 1, in.ldx, y, w.rows, accumulate);
   a.norm_w = in.norm_w;
   a.eps = in.eps;
-  a.x_bf16 = in.kind == MatvecInput::kBF16 || (merge && in.split_bf16);
-  a.split_ml = in.split_ml;
-  a.n_splits = in.n_splits;
-  a.n_heads = in.n_heads;
-  a.head_dim = in.head_dim;
+  a.x_bf16 = in.kind == MatvecInput::kBF16;
   // One row: only the row's own alignment matters for the 16-byte loads (kSwiGlu's up half starts cols
   // elements in, aligned whenever cols % 8 == 0), and the norm weight's for kRmsNorm.
-  a.vec_x = w.cols % kRun == 0 && (merge || aligned16(in.x)) &&
-            (in.kind != MatvecInput::kRmsNorm || aligned16(in.norm_w));  // the merged row is in aligned smem
+  a.vec_x = w.cols % kRun == 0 && aligned16(in.x) && (in.kind != MatvecInput::kRmsNorm || aligned16(in.norm_w));
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   SELFEXT_CUDA_FORMAT_SWITCH(w.type, F, {
     switch (in.kind) {
       case MatvecInput::kFloat: launch_matvec_nt<F, 1, kInFloat>(a, s); break;
       case MatvecInput::kRmsNorm: launch_matvec_nt<F, 1, kInRmsNorm>(a, s); break;
       case MatvecInput::kSwiGlu: launch_matvec_nt<F, 1, kInSwiGlu>(a, s); break;
-      case MatvecInput::kSplitMerge: launch_matvec_nt<F, 1, kInSplitMerge>(a, s); break;
       default: launch_matvec_nt<F, 1, kInHalf>(a, s); break;
     }
   });
@@ -1091,8 +1051,6 @@ void prepare_activation_cuda(const MatvecInput& in, int64_t cols, float* out_f, 
                 "of 32, got ", cols);
   SELFEXT_CHECK(in.x != nullptr && xq != nullptr, ArgumentError, "x and xq must not be null");
   SELFEXT_CHECK(reinterpret_cast<uintptr_t>(xq) % 256 == 0, ArgumentError, "xq must be 256-byte aligned");
-  SELFEXT_CHECK(in.kind != MatvecInput::kSplitMerge, ArgumentError,
-                "prepare_activation: a split-merge input is read by matvec_cuda_fused only");
   SELFEXT_CHECK(in.kind != MatvecInput::kRmsNorm || in.norm_w != nullptr, ArgumentError,
                 "an RMSNorm input needs its weight");
   PrepArgs a{};

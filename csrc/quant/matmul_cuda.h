@@ -31,20 +31,12 @@ void matmul_cuda(const QMatrix& w, const float* x, int64_t n, int64_t ldx, float
 //   kF16/kBF16 x[c] widened                            (x: 16-bit, the attention output)
 // Each formula matches the separate kernel it replaces, in the same order (the RMS sum to float32 rounding).
 struct MatvecInput {
-  enum Kind { kFloat, kRmsNorm, kSwiGlu, kF16, kBF16, kSplitMerge } kind = kFloat;
+  enum Kind { kFloat, kRmsNorm, kSwiGlu, kF16, kBF16 } kind = kFloat;
   const void* x = nullptr;
   int64_t ldx = 0;             // unused for one row except in the kSwiGlu bound check
   const float* norm_w = nullptr;
   float eps = 0.0f;
-  // kSplitMerge: x is the split-K attention states' accumulators and split_ml their (max, sum) pairs
-  // (core/split_merge.cuh, n_rows = n_heads); every block merges them into the row of n_heads * head_dim
-  // = w.cols values, each rounded to f16 (bf16 when split_bf16) as the merge kernel would store it.
-  const float* split_ml = nullptr;
-  int n_splits = 0, n_heads = 0, head_dim = 0;
-  bool split_bf16 = false;
 };
-// The largest kSplitMerge row and head count matvec_cuda_fused takes (its shared-memory staging).
-constexpr int kSplitMergeMaxCols = 2048, kSplitMergeMaxHeads = 32;
 void matvec_cuda_fused(const QMatrix& w, const MatvecInput& in, float* y, bool accumulate, void* stream);
 
 // --- decode products over 16-bit activation codes (Q4_0, Q4_K, Q6_K) ---------------------------------
