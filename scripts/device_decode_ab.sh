@@ -27,3 +27,10 @@ for m in smollm2-shapes llama-3-8b-q4_k_m-shapes; do
   echo "--- per-kernel, PDL off, $m"
   SELFEXT_CUDA_PDL=0 timeout 90 python3 profile_decode.py $m --steps 16 --torch-profile 2>&1 | grep -v Warn | tail -9
 done
+# where the 16-bit-code products' time goes (one cold call per shape; scripts/ncu_mvq.py)
+if command -v ncu >/dev/null; then
+  echo "--- ncu mvq"
+  timeout 150 ncu -k regex:mvq_ --section SpeedOfLight --section WarpStateStats --section Occupancy \
+    --section LaunchStats python3 ../scripts/ncu_mvq.py Q4_K Q6_K > "$OUT/ncu_mvq.txt" 2>&1
+  grep -E "mvq_|Duration|DRAM Throughput|L1/TEX Cache Throughput|Achieved Occupancy|Registers Per" "$OUT/ncu_mvq.txt" | head -60
+fi

@@ -1,4 +1,4 @@
-"""One call of each 16-bit-code decode product (Llama-3-8B shapes), for `ncu -k regex:mvq_q` (scripts/device_prefetch_ab.sh)."""
+"""One call of each 16-bit-code decode product (Llama-3-8B shapes), for `ncu -k regex:mvq_` (scripts/device_decode_ab.sh)."""
 import os
 import sys
 

@@ -753,7 +753,7 @@ bool mvq_enabled() {
   return !(e && std::strcmp(e, "0") == 0);
 }
 // Decode products prefetch their weights into L2 before the PDL wait (prefetch_l2) only when the whole
-// matrix is small: measured on an H200 (2026-12-02, scripts/device_prefetch_ab.sh, two alternating rounds):
+// matrix is small: measured on an H200 (2026-12-02, bench/results/device-ab-nvidia-h200-2026-12-02.txt, two alternating rounds):
 // SmolLM2-shaped steps (matrices <= 1.1 MB, the 28 MB head) 1.088 / 1.078 -> 0.985 / 1.020 ms; Llama-3-8B
 // shapes (2.4-66 MB) unchanged (3.41 / 3.39 ms Q4_K_M, 2.47-2.53 ms Q4_0) while standalone products of 33 MB
 // were up to 18% slower with it.
