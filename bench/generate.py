@@ -47,7 +47,17 @@ def model_path(name: str) -> str:
     out = HERE / ".models" / f"{name}.gguf"
     if not out.exists():
         out.parent.mkdir(exist_ok=True)
-        gguf_factory.write_benchmark_model(out, preset, qtype)
+        # SmolLM2's tokenizer when the default model is installed, else a synthetic one of the same size
+        # (49152 tokens: the same shapes and speed), so the random-weight models need nothing brought over.
+        from selfext_native.default_model import default_model_path
+        from selfext_native.errors import ArgumentError
+
+        try:
+            default_model_path()
+            tokenizer = "smollm2"
+        except ArgumentError:
+            tokenizer = "gpt2-padded"
+        gguf_factory.write_benchmark_model(out, preset, qtype, tokenizer=tokenizer)
     return str(out)
 
 
