@@ -1,27 +1,34 @@
 #!/usr/bin/env bash
-# Decode attention A/B on the device after device_run.sh build: the CUDA attention and loop tests (the
-# default is the T_q = 1 kernel), the graph-timed decode bench, decode steps of random-weight models (no
-# model transfer) with the tile kernel (SELFEXT_CUDA_SE_DECODE=0) vs the default, then per-kernel CUPTI
-# tables of the default (PDL off, so each kernel's time is its own); A/B of the warp-rows matvec
-# (SELFEXT_CUDA_MV_WARP_ROWS=0: off) and the L2 prefetch (SELFEXT_CUDA_PREFETCH=0: off). Files under $OUT.
+# Decode A/Bs on the device after device_run.sh build (~6 minutes): the CUDA tests, the graph-timed decode
+# attention bench, decode steps of random-weight models (no model transfer) for each knob under study,
+# alternating, then per-kernel CUPTI tables of the default (PDL off, so each kernel's time is its own) and
+# ncu on the 16-bit-code products. Knobs: the 16-bit-code products' rows per warp and warps per row
+# (SELFEXT_CUDA_MVQ_NR, SELFEXT_CUDA_MVQ_KS), the warp-rows matvec (SELFEXT_CUDA_MV_WARP_ROWS=0: off) and
+# the L2 prefetch (SELFEXT_CUDA_PREFETCH=0: off). Files under $OUT.
 set -u
 OUT=${OUT:-/tmp/device_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-timeout 200 python3 -m pytest tests/test_llm_cuda.py tests/test_attention_cuda.py tests/test_quant_cuda.py -m cuda -q \
+timeout 240 python3 -m pytest tests/test_llm_cuda.py tests/test_attention_cuda.py tests/test_quant_cuda.py -m cuda -q \
   -p no:cacheprovider -rfE -k "not errors_name" 2>&1 | tail -8
-timeout 150 python3 bench/attention_cuda.py --decode-only --out "$OUT" 2>&1 | tail -12
+timeout 100 python3 bench/attention_cuda.py --decode-only --out "$OUT" 2>&1 | tail -12
 cd bench
 run() { echo "--- $1 $2"; env $2 timeout 60 python3 profile_decode.py $1 --steps 64 2>&1 | tail -1; }
-for m in smollm2-shapes smollm2-shapes llama-3-8b-q4_k_m-shapes; do
-  run $m SELFEXT_CUDA_SE_DECODE=0
-  run $m SELFEXT_CUDA_SE_DECODE=1
-done
-# the warp-rows matvec (narrow matrices: SmolLM2's products and head) and the L2 prefetch, each off vs on
 for round in 1 2; do
+  for m in llama-3-8b-q4_k_m-shapes llama-3-8b-q4_0-shapes; do
+    run $m SELFEXT_CUDA_MVQ_KS=1
+    run $m SELFEXT_CUDA_MVQ_KS=auto
+    run $m SELFEXT_CUDA_MVQ_KS=2
+    run $m "SELFEXT_CUDA_MVQ_KS=auto SELFEXT_CUDA_MVQ_NR=2"
+  done
   run smollm2-shapes SELFEXT_CUDA_MV_WARP_ROWS=0
   run smollm2-shapes SELFEXT_CUDA_PREFETCH=0
   run smollm2-shapes SELFEXT_CUDA_MV_WARP_ROWS=1
+done
+for ks in 1 auto; do
+  echo "--- quant_cuda decode, SELFEXT_CUDA_MVQ_KS=$ks"
+  SELFEXT_CUDA_MVQ_KS=$ks timeout 100 python3 quant_cuda.py --decode-only --types Q4_K,Q6_K,Q4_0 \
+    --out "$OUT/quant-ks-$ks.json" 2>&1 | grep "^| Q"
 done
 for m in smollm2-shapes llama-3-8b-q4_k_m-shapes; do
   echo "--- per-kernel, PDL off, $m"
@@ -30,7 +37,7 @@ done
 # where the 16-bit-code products' time goes (one cold call per shape; scripts/ncu_mvq.py)
 if command -v ncu >/dev/null; then
   echo "--- ncu mvq"
-  timeout 150 ncu -k regex:mvq_ --section SpeedOfLight --section WarpStateStats --section Occupancy \
+  timeout 100 ncu -k regex:mvq_ --section SpeedOfLight --section WarpStateStats --section Occupancy \
     --section LaunchStats python3 ../scripts/ncu_mvq.py Q4_K Q6_K > "$OUT/ncu_mvq.txt" 2>&1
   grep -E "mvq_|Duration|DRAM Throughput|L1/TEX Cache Throughput|Achieved Occupancy|Registers Per" "$OUT/ncu_mvq.txt" | head -60
 fi

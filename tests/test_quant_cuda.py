@@ -235,6 +235,23 @@ def test_matvec_q_cuda(name, kind, rng):
     check_q(name, kind, rng, 2205, 1024, accumulate=True)
 
 
+@pytest.mark.parametrize("ks", ["2", "4", "auto"])
+@pytest.mark.parametrize("nr", ["1", "2", "4"])
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_K", "Q6_K"])
+def test_matvec_q_cuda_split_rows(name, nr, ks, rng, monkeypatch):
+    """KS warps sharing each row group's chunks (SELFEXT_CUDA_MVQ_KS) with NR rows per group
+    (SELFEXT_CUDA_MVQ_NR): row counts that leave a block's last groups empty (1, 17, 1029), chunk counts
+    below, at and above KS (1, 3, 4, 9), plain and accumulating."""
+    monkeypatch.setenv("SELFEXT_CUDA_MVQ_NR", nr)
+    monkeypatch.setenv("SELFEXT_CUDA_MVQ_KS", ks)
+    shapes = [(1, 1024), (17, 3072), (1029, 4096), (40, 9216)]
+    if name == "Q4_0":
+        shapes.append((9, 1184))  # odd block count: rows at every 2-byte offset
+    for rows, cols in shapes:
+        check_q(name, "float", rng, rows, cols)
+    check_q(name, "rmsnorm", rng, 33, 4096, accumulate=True)
+
+
 def test_matvec_q_cuda_nonfinite_input_gives_nan_rows(rng):
     """An inf in the activations gives NaN outputs (as the float product would give inf/NaN), never a
     finite wrong value."""

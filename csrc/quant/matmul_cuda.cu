@@ -713,25 +713,30 @@ __device__ __forceinline__ float warp_sum(float v) {
 // in flight (Llama-3-8B Q4_K_M shapes 3.05-3.11 -> 4.18-4.21 ms per step, H200, two rounds); removed.
 constexpr int kMvqWarps = 8;
 
-template <typename Ops, int NR>
+// KS > 1 (opt-in, SELFEXT_CUDA_MVQ_KS, until measured): KS warps share each row group, warp k taking the
+// chunks k, k + KS, ... and the block adding their partial sums through shared memory, so a product of
+// few rows (1024-row K and V of 8B shapes: 1024 warps for 132 SMs at KS = 1) keeps more loads in flight.
+template <typename Ops, int NR, int KS>
 __global__ void __launch_bounds__(kMvqWarps * 32) mvq_rows_kernel(const uint8_t* __restrict__ w, int64_t row_bytes,
                                                                   int64_t rows, int64_t cols, ActQ x, float* y,
                                                                   bool accumulate, bool prefetch) {
-  const int64_t b0 = int64_t(blockIdx.x) * kMvqWarps * NR;
+  static_assert(kMvqWarps % KS == 0, "KS must divide the block's warps");
+  constexpr int kBlockRows = kMvqWarps / KS * NR;
+  const int64_t b0 = int64_t(blockIdx.x) * kBlockRows;
   if (prefetch && threadIdx.x == 0 && b0 < rows)  // the block's rows, while the previous kernel runs
-    prefetch_l2(w + b0 * row_bytes, (min(rows, b0 + kMvqWarps * NR) - b0) * row_bytes);
+    prefetch_l2(w + b0 * row_bytes, (min(rows, b0 + kBlockRows) - b0) * row_bytes);
   kernel_prologue();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t r0 = b0 + int64_t(warp) * NR;
-  if (r0 >= rows) return;
+  const int64_t r0 = b0 + int64_t(warp / KS) * NR;
+  if (KS == 1 && r0 >= rows) return;  // KS > 1: every warp reaches the barrier below
   const int n_chunks = int((cols + kMvqChunk - 1) / kMvqChunk);
   float acc[NR];
 #pragma unroll
   for (int r = 0; r < NR; ++r) acc[r] = 0.0f;
 #pragma unroll 2
-  for (int c = 0; c < n_chunks; ++c) {
+  for (int c = warp % KS; c < n_chunks; c += KS) {
     typename Ops::Act a;
-    if (!Ops::load(x, cols, c, lane, a)) continue;
+    if (r0 >= rows || !Ops::load(x, cols, c, lane, a)) continue;
 #pragma unroll
     for (int r = 0; r < NR; ++r) {
       if (r0 + r >= rows) break;
@@ -740,10 +745,28 @@ __global__ void __launch_bounds__(kMvqWarps * 32) mvq_rows_kernel(const uint8_t*
       acc[r] += Ops::dot(raw, a);
     }
   }
+  if constexpr (KS == 1) {
 #pragma unroll
-  for (int r = 0; r < NR; ++r) {
-    const float v = warp_sum(acc[r]);
-    if (lane == 0 && r0 + r < rows) y[r0 + r] = accumulate ? y[r0 + r] + v : v;
+    for (int r = 0; r < NR; ++r) {
+      const float v = warp_sum(acc[r]);
+      if (lane == 0 && r0 + r < rows) y[r0 + r] = accumulate ? y[r0 + r] + v : v;
+    }
+  } else {
+    __shared__ float red[kMvqWarps][NR];
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+      const float v = warp_sum(acc[r]);
+      if (lane == 0) red[warp][r] = v;
+    }
+    __syncthreads();
+    const int t = threadIdx.x;
+    if (t < kBlockRows && b0 + t < rows) {
+      const int g = t / NR, r = t % NR;
+      float v = 0.0f;
+#pragma unroll
+      for (int k = 0; k < KS; ++k) v += red[g * KS + k][r];
+      y[b0 + t] = accumulate ? y[b0 + t] + v : v;
+    }
   }
 }
 
@@ -1089,18 +1112,41 @@ void matvec_q_cuda(const QMatrix& w, const void* xq, float* y, bool accumulate, 
   // NR rows per warp. Measured on an H200 (bench/quant_cuda.py --decode-only, Llama-3-8B shapes,
   // 2026-12-02, bench/results/quant_cuda-nvidia-h200-decode-mvq-nr*.json, the kernels before Q6_K's
   // direct loads): NR = 1 is best everywhere (0.41-0.54 of the copy bandwidth) except Q4_0 with 14336
-  // rows (NR = 2: 0.59 vs 0.54); NR = 4 is worse.
+  // rows (NR = 2: 0.59 vs 0.54); NR = 4 is worse. KS = 1 warp per row group. SELFEXT_CUDA_MVQ_NR=1|2|4 and
+  // SELFEXT_CUDA_MVQ_KS=1|2|4|auto override them (read at every call, for measuring; KS = auto: the
+  // smallest KS, at most 4 and at most half the chunk count per step, giving >= 32 warps per SM).
+  const char* nr_env = std::getenv("SELFEXT_CUDA_MVQ_NR");
+  const char* ks_env = std::getenv("SELFEXT_CUDA_MVQ_KS");
+  int nr = w.type == QType::Q4_0 && w.rows >= 8192 ? 2 : 1;
+  if (nr_env && (std::strcmp(nr_env, "1") == 0 || std::strcmp(nr_env, "2") == 0 || std::strcmp(nr_env, "4") == 0))
+    nr = std::atoi(nr_env);
+  int ks = 1;
+  if (ks_env && (std::strcmp(ks_env, "2") == 0 || std::strcmp(ks_env, "4") == 0)) {
+    ks = std::atoi(ks_env);
+  } else if (ks_env && std::strcmp(ks_env, "auto") == 0) {
+    int dev = 0, sms = 0;
+    SELFEXT_CUDA_CHECK(cudaGetDevice(&dev));
+    SELFEXT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    const int64_t n_chunks = (w.cols + kMvqChunk - 1) / kMvqChunk;
+    while (ks < 4 && 2 * ks <= n_chunks && (w.rows + nr - 1) / nr * ks < 32 * int64_t(sms)) ks *= 2;
+  }
   auto rows_layout = [&](auto ops) {
     using Ops = decltype(ops);
-    const bool two = w.type == QType::Q4_0 && w.rows >= 8192;
-    const int nr = two ? 2 : 1;
-    const dim3 grid(unsigned((w.rows + nr * kMvqWarps - 1) / (nr * kMvqWarps)));
-    if (two)
-      launch_kernel(mvq_rows_kernel<Ops, 2>, grid, dim3(kMvqWarps * 32), 0, s, wp, w.row_bytes, w.rows, w.cols, x, y,
-                    accumulate, pf);
-    else
-      launch_kernel(mvq_rows_kernel<Ops, 1>, grid, dim3(kMvqWarps * 32), 0, s, wp, w.row_bytes, w.rows, w.cols, x, y,
-                    accumulate, pf);
+    auto go = [&](auto nr_c, auto ks_c) {
+      constexpr int NR = decltype(nr_c)::value, KS = decltype(ks_c)::value;
+      constexpr int kBlockRows = kMvqWarps / KS * NR;
+      const dim3 grid(unsigned((w.rows + kBlockRows - 1) / kBlockRows));
+      launch_kernel(mvq_rows_kernel<Ops, NR, KS>, grid, dim3(kMvqWarps * 32), 0, s, wp, w.row_bytes, w.rows, w.cols, x,
+                    y, accumulate, pf);
+    };
+    auto by_ks = [&](auto nr_c) {
+      if (ks == 1) go(nr_c, std::integral_constant<int, 1>{});
+      else if (ks == 2) go(nr_c, std::integral_constant<int, 2>{});
+      else go(nr_c, std::integral_constant<int, 4>{});
+    };
+    if (nr == 1) by_ks(std::integral_constant<int, 1>{});
+    else if (nr == 2) by_ks(std::integral_constant<int, 2>{});
+    else by_ks(std::integral_constant<int, 4>{});
   };
   if (w.type == QType::Q4_0) rows_layout(MvqQ4_0{});
   else if (w.type == QType::Q4_K) rows_layout(MvqQ4_K{});
