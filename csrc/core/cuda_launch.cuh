@@ -42,14 +42,14 @@ __device__ __forceinline__ void kernel_prologue() {
   pdl_launch_dependents();
 }
 
-// A hint to bring the bytes [p, p + bytes) into L2, for a kernel's inputs that no earlier kernel of the
-// chain writes (weights; the keys and values of earlier tokens), issued before pdl_wait: with PDL the
-// kernel's blocks are resident while the previous kernel still runs, so the lines are on their way from
-// DRAM before the wait is released and the first loads after it hit L2. Nothing waits for it and nothing
-// is fetched into L1, so it cannot change what the kernel reads: L2 is where every SM's writes land (a
-// line fetched early is updated there). sm_90 bulk prefetches of whole 16-byte granules of the range (the
-// instruction's alignment rule: a partial granule at either end is left out), one per 64 KiB; a no-op on
-// older devices.
+// A hint to bring the bytes [p, p + bytes) into L2, for a kernel's inputs that are (all or mostly) not
+// written by the kernels just before it (weights; the cached keys and values), issued before pdl_wait:
+// with PDL the kernel's blocks are resident while the previous kernel still runs, so the lines are on
+// their way from DRAM before the wait is released and the first loads after it hit L2. Nothing waits for
+// it and nothing is fetched into L1, so it cannot change what the kernel reads: L2 is where every SM's
+// writes land (a line fetched early is updated there). sm_90 bulk prefetches of whole 16-byte granules of
+// the range (the instruction's alignment rule: a partial granule at either end is left out), one per
+// 64 KiB; a no-op on older devices.
 __device__ __forceinline__ void prefetch_l2(const void* p, int64_t bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   uint64_t a = (reinterpret_cast<uint64_t>(p) + 15) & ~uint64_t(15);
