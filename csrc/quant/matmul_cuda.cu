@@ -198,6 +198,12 @@ __device__ __forceinline__ void load_x_run(const float* __restrict__ xr, int j, 
 
 // --- matrix-vector: decode ------------------------------------------------------------------------
 
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
 // Products with at most this many activation rows take the matrix-vector kernel. Below it, the
 // product is bound by reading the weights once; the matvec reads them at close to the memory's rate,
 // while the tensor-core kernel pays for a 128-row activation tile it mostly pads. Above it, the
@@ -278,8 +284,7 @@ __global__ void __launch_bounds__(kMvWarps * 32) matvec_kernel(ProductArgs a) {
           const float v = x_row(t)[c];
           ss += v * v;
         }
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+      ss = warp_sum(ss);
       if (lane == 0) ss_part[warp][t] = ss;
     }
     __syncthreads();
@@ -350,9 +355,7 @@ __global__ void __launch_bounds__(kMvWarps * 32) matvec_kernel(ProductArgs a) {
     for (int r = 0; r < NR; ++r)
 #pragma unroll
       for (int t = 0; t < NT; ++t) {
-        float v = acc[r][t];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        const float v = warp_sum(acc[r][t]);
         if (lane == 0 && r < nr && t < nt) {
           float* dst = a.y + (t0 + t) * a.ldy + r0 + r;
           *dst = a.accumulate ? *dst + v : v;
@@ -364,9 +367,7 @@ __global__ void __launch_bounds__(kMvWarps * 32) matvec_kernel(ProductArgs a) {
     for (int r = 0; r < NR; ++r)
 #pragma unroll
       for (int t = 0; t < NT; ++t) {
-        float v = acc[r][t];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        const float v = warp_sum(acc[r][t]);
         if (lane == 0) red[warp][r * NT + t] = v;
       }
     __syncthreads();
@@ -476,8 +477,7 @@ __global__ void __launch_bounds__(kPrepThreads) prepare_activation_kernel(const 
     __shared__ float part[kPrepThreads / 32];
     float ss = 0.0f;
     for (int64_t c = threadIdx.x; c < a.cols; c += kPrepThreads) ss += xf[c] * xf[c];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    ss = warp_sum(ss);
     if (lane == 0) part[warp] = ss;
     __syncthreads();
     ss = 0.0f;
@@ -698,12 +698,6 @@ struct MvqQ6_K {
     return fmaf(d * float(r.sc_hi) * a.da_hi, s_hi, d * float(r.sc_lo) * a.da_lo * s_lo);
   }
 };
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // A warp owns NR rows and walks their chunks, loading each chunk's activations once for its NR rows.
 // Bound by the L1 on wide matrices (ncu, H200, 2026-12-02, 28672 x 4096 Q4_K: L1 85% busy, DRAM 38%): the
