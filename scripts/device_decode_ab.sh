@@ -3,8 +3,9 @@
 # attention bench, decode steps of random-weight models (no model transfer) for each knob under study,
 # alternating, then per-kernel CUPTI tables of the default (PDL off, so each kernel's time is its own) and
 # ncu on the 16-bit-code products. Knobs: the 16-bit-code products' rows per warp and warps per row
-# (SELFEXT_CUDA_MVQ_NR, SELFEXT_CUDA_MVQ_KS), the warp-rows matvec (SELFEXT_CUDA_MV_WARP_ROWS=0: off) and
-# the L2 prefetch (SELFEXT_CUDA_PREFETCH=0: off). Files under $OUT.
+# (SELFEXT_CUDA_MVQ_NR, SELFEXT_CUDA_MVQ_KS), the warp-rows matvec (SELFEXT_CUDA_MV_WARP_ROWS=0: off), the
+# L2 prefetch (SELFEXT_CUDA_PREFETCH=0: off) and the Q/K/V products storing qkv_post's outputs themselves
+# (SELFEXT_CUDA_QKV_STORE=1: on). Files under $OUT.
 set -u
 OUT=${OUT:-/tmp/device_out}
 mkdir -p "$OUT"
@@ -23,7 +24,9 @@ for round in 1 2; do
   done
   run smollm2-shapes SELFEXT_CUDA_MV_WARP_ROWS=0
   run smollm2-shapes SELFEXT_CUDA_PREFETCH=0
-  run smollm2-shapes SELFEXT_CUDA_MV_WARP_ROWS=1
+  run smollm2-shapes SELFEXT_CUDA_QKV_STORE=0
+  run smollm2-shapes SELFEXT_CUDA_QKV_STORE=1
+  run llama-3-8b-q4_k_m-shapes SELFEXT_CUDA_QKV_STORE=1
 done
 for ks in 1 auto; do
   echo "--- quant_cuda decode, SELFEXT_CUDA_MVQ_KS=$ks"

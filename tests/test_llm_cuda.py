@@ -132,6 +132,21 @@ def test_decode_graphs_equal_eager_decode_across_length_buckets(model_dir, rng, 
     assert np.abs(graphed - ref).max() <= GPU_TOL["f16"] * np.abs(ref).max()
 
 
+def _fused_case_model(model_dir, name):
+    """A case of the decode-path tests: a weight type, "mixed" (Q, K, V of different types: three
+    products), "qwen2-TYPE" (Q/K/V biases) or "untied-TYPE"."""
+    kw = dict(qtype="Q8_0")
+    if name == "mixed":
+        kw["qtype"] = {"default": "Q4_K", "attn_q": "Q8_0", "attn_k": "Q6_K", "attn_v": "Q4_0", "ffn_up": "Q5_K"}
+    elif name.startswith("qwen2-"):
+        kw.update(arch="qwen2", qtype=name.split("-", 1)[1])
+    elif name.startswith("untied-"):
+        kw.update(tied=False, qtype=name.split("-", 1)[1])
+    else:
+        kw["qtype"] = name
+    return _model(model_dir, f"fused-{name}", n_ctx_train=1024, **kw)
+
+
 @pytest.mark.parametrize("case", ["Q4_K-f16", "Q4_0-bf16", "Q6_K-f16", "F16-f16", "mixed-f16", "qwen2-Q8_0-f16",
                                   "untied-Q5_1-f16"])
 def test_fused_decode_equals_unfused(model_dir, rng, monkeypatch, case):
@@ -140,16 +155,7 @@ def test_fused_decode_equals_unfused(model_dir, rng, monkeypatch, case):
     # order, so the two agree to float32 rounding (which can move one float16 rounding of q/k/v by an
     # ulp, 2^-11 relative): bounded like graphs vs eager.
     name, kv = case.rsplit("-", 1)
-    kw = dict(qtype="Q8_0")
-    if name == "mixed":  # Q, K, V of different types: three products, each with the norm folded in
-        kw["qtype"] = {"default": "Q4_K", "attn_q": "Q8_0", "attn_k": "Q6_K", "attn_v": "Q4_0", "ffn_up": "Q5_K"}
-    elif name.startswith("qwen2-"):
-        kw.update(arch="qwen2", qtype=name.split("-", 1)[1])
-    elif name.startswith("untied-"):
-        kw.update(tied=False, qtype=name.split("-", 1)[1])
-    else:
-        kw["qtype"] = name
-    path = _model(model_dir, f"fused-{name}", n_ctx_train=1024, **kw)
+    path = _fused_case_model(model_dir, name)
     toks = _tokens(rng, 300)  # crosses a 256-key graph bucket
     args = dict(n_ctx=1024, self_extend=(4, 64), device="cuda", kv_type=kv)
     # The unfused path with the float products (SELFEXT_CUDA_MVQ=0): the same formulas as the fused one.
@@ -171,6 +177,28 @@ def test_fused_decode_equals_unfused(model_dir, rng, monkeypatch, case):
         tol = max(tol, 0.25 * np.abs(q8 - ref).max() / np.abs(ref).max())
     assert np.abs(fused - ref).max() <= tol * np.abs(ref).max(), case
     assert np.abs(codes - ref).max() <= tol * np.abs(ref).max(), case
+
+
+@pytest.mark.parametrize("fused", ["0", "1"])
+@pytest.mark.parametrize("case", ["Q4_K-f16", "Q4_0-bf16", "mixed-f16", "qwen2-Q8_0-f16", "qwen2-Q6_K-bf16"])
+def test_qkv_store_equals_qkv_post(model_dir, rng, monkeypatch, case, fused):
+    # SELFEXT_CUDA_QKV_STORE=1: the decode Q/K/V products write the query row and the K/V cache
+    # themselves (QkvScatter) instead of qkv_post: the same float add of the bias and the same rounding,
+    # so every decode step's logits are the same bits, on the fused and both unfused paths (float and
+    # 16-bit-code products), with three separate products (mixed), biases (qwen2) and a bf16 cache.
+    name, kv = case.rsplit("-", 1)
+    path = _fused_case_model(model_dir, name)
+    toks = _tokens(rng, 300)  # crosses a 256-key graph bucket
+    args = dict(n_ctx=1024, self_extend=(4, 64), device="cuda", kv_type=kv)
+    monkeypatch.setenv("SELFEXT_CUDA_FUSED", fused)
+    for mvq in (["0", "1"] if fused == "0" else ["1"]):
+        monkeypatch.setenv("SELFEXT_CUDA_MVQ", mvq)
+        monkeypatch.delenv("SELFEXT_CUDA_QKV_STORE", raising=False)
+        posted = _decode_rows(LLM(path, **args), toks)
+        monkeypatch.setenv("SELFEXT_CUDA_QKV_STORE", "1")
+        stored = _decode_rows(LLM(path, **args), toks)
+        assert np.isfinite(stored).all()
+        assert np.array_equal(stored, posted), (case, fused, mvq, np.abs(stored - posted).max())
 
 
 def test_selfextend_gpu_equals_cpu_on_quantized_weights(model_dir, rng):

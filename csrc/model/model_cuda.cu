@@ -298,6 +298,11 @@ class ModelCuda final : public Model {
   // SwiGLU) is prepare_activation_cuda, which writes the float row and its 16-bit codes, and the Q4_0 /
   // Q4_K products run matvec_q_cuda on the codes (SELFEXT_CUDA_MVQ=0 turns it off).
   bool decode_q_ = false;
+  // Decode rows of SelfExtend models: the Q/K/V products store through QkvScatter (bias, rounding, the
+  // query row and the cache writes of qkv_post, the same bits) and qkv_post is not launched: one kernel
+  // fewer per layer. Opt-in (SELFEXT_CUDA_QKV_STORE=1) until it has run on a GPU: written and
+  // compile-checked on 2026-12-02 after the day's device time was spent.
+  bool qkv_store_ = false;
   std::map<std::tuple<int64_t, int64_t, int64_t>, cudaGraphExec_t> graphs_;
   QMatrix token_embd_, output_;
   const float* output_norm_ = nullptr;
@@ -415,6 +420,8 @@ ModelCuda::ModelCuda(ModelConfig config, ModelWeights weights, int device)
     for (const QMatrix* m : {&l.wqkv, &l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate_up, &l.w_gate, &l.w_up, &l.w_down})
       any_q = any_q || (m->data && matvec_q_supported(*m));
   decode_q_ = !fuse_decode_ && any_q && c.n_embd % 32 == 0 && c.q_dim() % 32 == 0 && c.n_ff % 32 == 0;
+  const char* senv = std::getenv("SELFEXT_CUDA_QKV_STORE");
+  qkv_store_ = !c.cope && senv && std::strcmp(senv, "1") == 0;
   sync();
 }
 
@@ -509,10 +516,10 @@ void ModelCuda::layer(int il, int64_t n, int64_t pos0, int64_t graph_bound) {
   const bool dq = decode_q_ && n == 1;
   void* xq = scratch_.as<void>(sl_.xq);
   auto product = [&](const QMatrix& w, const MatvecInput& fused_in, const float* plain_x, int64_t ldx, float* y,
-                     int64_t ldy, bool accumulate) {
-    if (fuse) matvec_cuda_fused(w, fused_in, y, accumulate, stream_);
-    else if (dq && matvec_q_supported(w)) matvec_q_cuda(w, xq, y, accumulate, stream_);
-    else matmul_cuda(w, plain_x, n, ldx, y, ldy, accumulate, ws, stream_);
+                     int64_t ldy, bool accumulate, const QkvScatter* sc = nullptr) {
+    if (fuse) matvec_cuda_fused(w, fused_in, y, accumulate, stream_, sc);
+    else if (dq && matvec_q_supported(w)) matvec_q_cuda(w, xq, y, accumulate, stream_, sc);
+    else matmul_cuda(w, plain_x, n, ldx, y, ldy, accumulate, ws, stream_, sc);
   };
   // The separate step before a product group, writing `out` (n rows of cols floats).
   auto step = [&](const MatvecInput& in, int64_t cols, float* out, auto&& plain) {
@@ -524,17 +531,27 @@ void ModelCuda::layer(int il, int64_t n, int64_t pos0, int64_t graph_bound) {
   // --- attention ---
   const MatvecInput attn_in{MatvecInput::kRmsNorm, x, E, l.attn_norm, c.rms_eps};
   step(attn_in, E, xb, [&] { rms_norm_cuda<float>(RmsNormParams{x, l.attn_norm, xb, n, E, E, E, c.rms_eps, stream_}); });
-  if (l.wqkv.data) {
-    product(l.wqkv, attn_in, xb, E, qkv, QKVD, false);
-  } else {
-    product(l.wq, attn_in, xb, E, qkv, QKVD, false);
-    product(l.wk, attn_in, xb, E, qkv + QD, QKVD, false);
-    product(l.wv, attn_in, xb, E, qkv + QD + KD, QKVD, false);
-  }
   const int32_t* dpos = graph_bound > 0 ? scratch_.as<int32_t>(sl_.pos) : nullptr;
-  QkvPostArgs qa{qkv, QKVD, l.bq, l.bk, l.bv, q16, kc, vc, c.n_ctx, pos0, dpos, c.n_head, c.n_head_kv, c.head_dim,
-                 (c.cope && c.rope_dim > 0) ? rope_table_.as<float>() : nullptr, c.rope_dim, c.rope_style};
-  launch_kernel(qkv_post_kernel<T>, dim3(unsigned(n), unsigned(blocks_for(QKVD, 256))), dim3(256), 0, stream_, qa);
+  // qkv_store_: the products do qkv_post's work in their stores (QkvScatter; row0 per product).
+  const bool scatter = qkv_store_ && n == 1;
+  QkvScatter sc{q16, kc, vc, l.bq, l.bk, l.bv, 0, int(QD), int(KD), int(c.head_dim), c.n_ctx, pos0, dpos,
+                c.kv_dtype == DType::kBFloat16};
+  auto part = [&](int64_t row0) {
+    sc.row0 = row0;
+    return scatter ? &sc : nullptr;
+  };
+  if (l.wqkv.data) {
+    product(l.wqkv, attn_in, xb, E, qkv, QKVD, false, part(0));
+  } else {
+    product(l.wq, attn_in, xb, E, qkv, QKVD, false, part(0));
+    product(l.wk, attn_in, xb, E, qkv + QD, QKVD, false, part(QD));
+    product(l.wv, attn_in, xb, E, qkv + QD + KD, QKVD, false, part(QD + KD));
+  }
+  if (!scatter) {
+    QkvPostArgs qa{qkv, QKVD, l.bq, l.bk, l.bv, q16, kc, vc, c.n_ctx, pos0, dpos, c.n_head, c.n_head_kv, c.head_dim,
+                   (c.cope && c.rope_dim > 0) ? rope_table_.as<float>() : nullptr, c.rope_dim, c.rope_style};
+    launch_kernel(qkv_post_kernel<T>, dim3(unsigned(n), unsigned(blocks_for(QKVD, 256))), dim3(256), 0, stream_, qa);
+  }
 
   // A decode graph plans for graph_bound keys and reads the run-time count from the device.
   AttentionParams ap = layer_attention_params(c, q16, kc, vc, att16, n, graph_bound > 0 ? graph_bound : pos0 + n,

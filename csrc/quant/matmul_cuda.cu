@@ -47,6 +47,7 @@
 #include "core/cuda_check.cuh"
 #include "core/cuda_launch.cuh"
 #include "core/errors.h"
+#include "core/half.h"
 #include "quant/formats.h"
 #include "quant/matmul_cuda.h"
 
@@ -172,7 +173,27 @@ struct ProductArgs {
   float eps = 0.0f;
   bool x_bf16 = false;
   bool prefetch = false;  // matvec: each block's weight rows prefetched into L2 before the PDL wait
+  bool scatter = false;   // matvec, one row: stores through qkv_store (sc) instead of into y
+  QkvScatter sc{};
 };
+
+// The Q/K/V product's store of output row r (QkvScatter): the model's qkv step, same float add and
+// rounding (core/half.h's round to nearest even).
+__device__ __forceinline__ void qkv_store(const QkvScatter& s, int64_t r, float v) {
+  const int64_t e = s.row0 + r;
+  const int seg = e < s.q_dim ? 0 : (e < s.q_dim + s.kv_dim ? 1 : 2);
+  const int64_t local = e - (seg == 0 ? 0 : (seg == 1 ? s.q_dim : s.q_dim + s.kv_dim));
+  const float* bias = seg == 0 ? s.bq : (seg == 1 ? s.bk : s.bv);
+  const float val = v + (bias ? bias[local] : 0.f);
+  const uint16_t bits = s.bf16 ? from_float<bf16>(val).bits : from_float<f16>(val).bits;
+  if (seg == 0) {
+    static_cast<uint16_t*>(s.q)[local] = bits;
+  } else {
+    const int64_t pos = s.pos_dev ? int64_t(*s.pos_dev) : s.pos;
+    const int64_t h = local / s.head_dim, d = local % s.head_dim;
+    static_cast<uint16_t*>(seg == 1 ? s.k_cache : s.v_cache)[(h * s.n_ctx + pos) * s.head_dim + d] = bits;
+  }
+}
 
 // What the matvec reads as its activations. kFloat: x itself. The others fold the elementwise step
 // before a decode product into the product's loads (one kernel fewer each, decode being launch-bound):
@@ -358,7 +379,8 @@ __global__ void __launch_bounds__(kMvWarps * 32) matvec_kernel(ProductArgs a) {
         const float v = warp_sum(acc[r][t]);
         if (lane == 0 && r < nr && t < nt) {
           float* dst = a.y + (t0 + t) * a.ldy + r0 + r;
-          *dst = a.accumulate ? *dst + v : v;
+          if (a.scatter) qkv_store(a.sc, r0 + r, v);
+          else *dst = a.accumulate ? *dst + v : v;
         }
       }
   } else {  // the block's warps share its rows: shuffles, then across warps through shared memory
@@ -378,7 +400,8 @@ __global__ void __launch_bounds__(kMvWarps * 32) matvec_kernel(ProductArgs a) {
 #pragma unroll
         for (int k = 0; k < kMvWarps; ++k) s += red[k][i];
         float* dst = a.y + (t0 + t) * a.ldy + r0 + r;
-        *dst = a.accumulate ? *dst + s : s;
+        if (a.scatter) qkv_store(a.sc, r0 + r, s);
+        else *dst = a.accumulate ? *dst + s : s;
       }
     }
   }
@@ -713,7 +736,8 @@ constexpr int kMvqWarps = 8;
 template <typename Ops, int NR, int KS>
 __global__ void __launch_bounds__(kMvqWarps * 32) mvq_rows_kernel(const uint8_t* __restrict__ w, int64_t row_bytes,
                                                                   int64_t rows, int64_t cols, ActQ x, float* y,
-                                                                  bool accumulate, bool prefetch) {
+                                                                  bool accumulate, bool prefetch, bool scatter,
+                                                                  const QkvScatter sc) {
   static_assert(kMvqWarps % KS == 0, "KS must divide the block's warps");
   constexpr int kBlockRows = kMvqWarps / KS * NR;
   const int64_t b0 = int64_t(blockIdx.x) * kBlockRows;
@@ -743,7 +767,10 @@ __global__ void __launch_bounds__(kMvqWarps * 32) mvq_rows_kernel(const uint8_t*
 #pragma unroll
     for (int r = 0; r < NR; ++r) {
       const float v = warp_sum(acc[r]);
-      if (lane == 0 && r0 + r < rows) y[r0 + r] = accumulate ? y[r0 + r] + v : v;
+      if (lane == 0 && r0 + r < rows) {
+        if (scatter) qkv_store(sc, r0 + r, v);
+        else y[r0 + r] = accumulate ? y[r0 + r] + v : v;
+      }
     }
   } else {
     __shared__ float red[kMvqWarps][NR];
@@ -759,7 +786,8 @@ __global__ void __launch_bounds__(kMvqWarps * 32) mvq_rows_kernel(const uint8_t*
       float v = 0.0f;
 #pragma unroll
       for (int k = 0; k < KS; ++k) v += red[g * KS + k][r];
-      y[b0 + t] = accumulate ? y[b0 + t] + v : v;
+      if (scatter) qkv_store(sc, b0 + t, v);
+      else y[b0 + t] = accumulate ? y[b0 + t] + v : v;
     }
   }
 }
@@ -1001,6 +1029,17 @@ ProductArgs product_args(const QMatrix& w, const float* x, int64_t n, int64_t ld
   return a;
 }
 
+// The checks of a QkvScatter against the product it stores.
+void check_scatter(const QkvScatter& sc, const QMatrix& w, int64_t n) {
+  SELFEXT_CHECK(n == 1, ArgumentError, "a Q/K/V scatter store takes one activation row, got ", n);
+  SELFEXT_CHECK(sc.q && sc.k_cache && sc.v_cache && sc.head_dim > 0 && sc.q_dim % sc.head_dim == 0 &&
+                    sc.kv_dim % sc.head_dim == 0 && sc.row0 >= 0 && sc.row0 + w.rows <= int64_t(sc.q_dim) + 2 * sc.kv_dim &&
+                    (sc.pos_dev || (sc.pos >= 0 && sc.pos < sc.n_ctx)),
+                ArgumentError, "Q/K/V scatter: the query row, both caches, head_dim dividing q_dim and kv_dim, rows ",
+                sc.row0, " + ", w.rows, " within q_dim + 2 kv_dim = ", int64_t(sc.q_dim) + 2 * sc.kv_dim,
+                " and a position in [0, n_ctx) are needed");
+}
+
 }  // namespace
 
 size_t matmul_cuda_workspace_bytes(QType type, int64_t cols, int64_t n) {
@@ -1010,7 +1049,7 @@ size_t matmul_cuda_workspace_bytes(QType type, int64_t cols, int64_t n) {
 }
 
 void matmul_cuda(const QMatrix& w, const float* x, int64_t n, int64_t ldx, float* y, int64_t ldy, bool accumulate,
-                 void* workspace, void* stream) {
+                 void* workspace, void* stream, const QkvScatter* scatter) {
   (void)workspace;
   check_matrix(w);
   SELFEXT_CHECK(n >= 0, ArgumentError, "n must be >= 0, got ", n);
@@ -1019,7 +1058,12 @@ void matmul_cuda(const QMatrix& w, const float* x, int64_t n, int64_t ldx, float
   SELFEXT_CHECK(ldx >= w.cols, ArgumentError, "ldx must be >= cols = ", w.cols, ", got ", ldx);
   SELFEXT_CHECK(ldy >= w.rows, ArgumentError, "ldy must be >= rows = ", w.rows, ", got ", ldy);
   SELFEXT_CHECK(n <= int64_t(65535) * kBN, ArgumentError, "n = ", n, " activation rows is too many for one call");
-  const ProductArgs a = product_args(w, x, n, ldx, y, ldy, accumulate);
+  ProductArgs a = product_args(w, x, n, ldx, y, ldy, accumulate);
+  if (scatter) {
+    check_scatter(*scatter, w, n);
+    a.scatter = true;
+    a.sc = *scatter;
+  }
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   SELFEXT_CUDA_FORMAT_SWITCH(w.type, F, {
     if (n <= kMatvecMaxN) launch_matvec<F>(a, s);
@@ -1027,7 +1071,8 @@ void matmul_cuda(const QMatrix& w, const float* x, int64_t n, int64_t ldx, float
   });
 }
 
-void matvec_cuda_fused(const QMatrix& w, const MatvecInput& in, float* y, bool accumulate, void* stream) {
+void matvec_cuda_fused(const QMatrix& w, const MatvecInput& in, float* y, bool accumulate, void* stream,
+                       const QkvScatter* scatter) {
   check_matrix(w);
   SELFEXT_CHECK(in.x != nullptr && y != nullptr, ArgumentError, "x and y must not be null");
   const bool swiglu = in.kind == MatvecInput::kSwiGlu;
@@ -1039,6 +1084,11 @@ void matvec_cuda_fused(const QMatrix& w, const MatvecInput& in, float* y, bool a
   a.norm_w = in.norm_w;
   a.eps = in.eps;
   a.x_bf16 = in.kind == MatvecInput::kBF16;
+  if (scatter) {
+    check_scatter(*scatter, w, 1);
+    a.scatter = true;
+    a.sc = *scatter;
+  }
   // One row: only the row's own alignment matters for the 16-byte loads (kSwiGlu's up half starts cols
   // elements in, aligned whenever cols % 8 == 0), and the norm weight's for kRmsNorm.
   a.vec_x = w.cols % kRun == 0 && aligned16(in.x) && (in.kind != MatvecInput::kRmsNorm || aligned16(in.norm_w));
@@ -1085,12 +1135,14 @@ void prepare_activation_cuda(const MatvecInput& in, int64_t cols, float* out_f, 
                 0, static_cast<cudaStream_t>(stream), a);
 }
 
-void matvec_q_cuda(const QMatrix& w, const void* xq, float* y, bool accumulate, void* stream) {
+void matvec_q_cuda(const QMatrix& w, const void* xq, float* y, bool accumulate, void* stream,
+                   const QkvScatter* scatter) {
   check_matrix(w);
   SELFEXT_CHECK(w.type == QType::Q4_0 || w.type == QType::Q4_K || w.type == QType::Q6_K, ArgumentError,
                 "matvec_q takes Q4_0, Q4_K or Q6_K weights, got ", qtype_name(w.type));
   SELFEXT_CHECK(xq != nullptr && y != nullptr, ArgumentError, "xq and y must not be null");
   SELFEXT_CHECK(reinterpret_cast<uintptr_t>(xq) % 256 == 0, ArgumentError, "xq must be 256-byte aligned");
+  if (scatter) check_scatter(*scatter, w, 1);
   ActQ x{};
   const int8_t* base = static_cast<const int8_t*>(xq);
   const int8_t *h, *l, *d, *s16;
@@ -1131,7 +1183,7 @@ void matvec_q_cuda(const QMatrix& w, const void* xq, float* y, bool accumulate, 
       constexpr int kBlockRows = kMvqWarps / KS * NR;
       const dim3 grid(unsigned((w.rows + kBlockRows - 1) / kBlockRows));
       launch_kernel(mvq_rows_kernel<Ops, NR, KS>, grid, dim3(kMvqWarps * 32), 0, s, wp, w.row_bytes, w.rows, w.cols, x,
-                    y, accumulate, pf);
+                    y, accumulate, pf, scatter != nullptr, scatter ? *scatter : QkvScatter{});
     };
     auto by_ks = [&](auto nr_c) {
       if (ks == 1) go(nr_c, std::integral_constant<int, 1>{});

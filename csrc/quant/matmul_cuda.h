@@ -13,6 +13,8 @@
 
 namespace selfext {
 
+struct QkvScatter;  // below: a decode Q/K/V product's store into the query row and the caches
+
 // Scratch bytes matmul_cuda needs for n activation rows of length cols (0 when it needs none).
 size_t matmul_cuda_workspace_bytes(QType type, int64_t cols, int64_t n);
 
@@ -21,7 +23,7 @@ size_t matmul_cuda_workspace_bytes(QType type, int64_t cols, int64_t n);
 // x: (n, w.cols) float32, row stride ldx; y: (n, w.rows) float32, row stride ldy; workspace:
 // matmul_cuda_workspace_bytes(w.type, w.cols, n) bytes (256-byte aligned), or null when that is 0.
 void matmul_cuda(const QMatrix& w, const float* x, int64_t n, int64_t ldx, float* y, int64_t ldy, bool accumulate,
-                 void* workspace, void* stream);
+                 void* workspace, void* stream, const QkvScatter* scatter = nullptr);
 
 // One decode row through the matrix-vector kernel with the elementwise step before it folded into the
 // loads: y[r] = (accumulate ? y[r] : 0) + sum_c in(c) * W[r, c], where in(c) is
@@ -37,7 +39,26 @@ struct MatvecInput {
   const float* norm_w = nullptr;
   float eps = 0.0f;
 };
-void matvec_cuda_fused(const QMatrix& w, const MatvecInput& in, float* y, bool accumulate, void* stream);
+void matvec_cuda_fused(const QMatrix& w, const MatvecInput& in, float* y, bool accumulate, void* stream,
+                       const QkvScatter* scatter = nullptr);
+
+// A decode row's Q/K/V product with the model's qkv step as its store (matvec_cuda_fused, matvec_q_cuda,
+// and matmul_cuda with n = 1): output row r, at e = row0 + r of the q | k | v row, becomes
+// val = y + bias[e'] (e' = e within its part) rounded to the cache's 16-bit type and written to q[e'] or,
+// for K and V, to the cache at (kv head, pos) -- the same float add and rounding as the separate step, so
+// the results are the same bits; y itself is not written. Without RoPE (the attention rotates).
+struct QkvScatter {
+  void* q = nullptr;                          // (q_dim) 16-bit query row
+  void* k_cache = nullptr;                    // (n_kv, n_ctx, head_dim) 16-bit, this layer's
+  void* v_cache = nullptr;
+  const float *bq = nullptr, *bk = nullptr, *bv = nullptr;  // biases or null
+  int64_t row0 = 0;                           // the product's first output row within q | k | v
+  int q_dim = 0, kv_dim = 0, head_dim = 0;
+  int64_t n_ctx = 0;
+  int64_t pos = 0;                            // the token's position, or *pos_dev when pos_dev is set
+  const int32_t* pos_dev = nullptr;
+  bool bf16 = false;                          // bf16 (else f16) q and cache
+};
 
 // --- decode products over 16-bit activation codes (Q4_0, Q4_K, Q6_K) ---------------------------------
 // One activation row is first prepared (prepare_activation_cuda: the MatvecInput step applied, then
@@ -51,7 +72,8 @@ size_t activation_q_bytes(int64_t cols);
 // in.x as MatvecInput (cols values, cols % 32 == 0); out_f (nullable): the prepared float32 row as well.
 void prepare_activation_cuda(const MatvecInput& in, int64_t cols, float* out_f, void* xq, void* stream);
 // y[r] = (accumulate ? y[r] : 0) + sum_c W[r, c] x[c], x the row prepared in xq (w.cols values).
-void matvec_q_cuda(const QMatrix& w, const void* xq, float* y, bool accumulate, void* stream);
+void matvec_q_cuda(const QMatrix& w, const void* xq, float* y, bool accumulate, void* stream,
+                   const QkvScatter* scatter = nullptr);
 
 // Embedding lookup: out[t, :] = dequantized row ids[t] of w, for t < n (ids: device int32, each in
 // [0, w.rows) -- the caller checks them on the host); out (n, w.cols) float32, row stride ldo.
