@@ -1,20 +1,34 @@
 #!/usr/bin/env bash
-# Decode A/Bs on the device after device_run.sh build (~6 minutes): the CUDA tests, the graph-timed decode
+# Decode A/Bs on the device after device_run.sh build: the CUDA tests, the graph-timed decode
 # attention bench, decode steps of random-weight models (no model transfer) for each knob under study,
 # alternating, then per-kernel CUPTI tables of the default (PDL off, so each kernel's time is its own) and
 # ncu on the 16-bit-code products. Knobs: the 16-bit-code products' rows per warp and warps per row
 # (SELFEXT_CUDA_MVQ_NR, SELFEXT_CUDA_MVQ_KS), the warp-rows matvec (SELFEXT_CUDA_MV_WARP_ROWS=0: off), the
-# L2 prefetch (SELFEXT_CUDA_PREFETCH=0: off) and the Q/K/V products storing qkv_post's outputs themselves
-# (SELFEXT_CUDA_QKV_STORE=1: on). Files under $OUT.
+# L2 prefetch (SELFEXT_CUDA_PREFETCH=0: off), the Q/K/V products storing qkv_post's outputs themselves
+# (SELFEXT_CUDA_QKV_STORE=1: on) and 128-thread decode attention blocks (SELFEXT_CUDA_SE_DEC_THREADS=128).
+# Files under $OUT.
+# Sections: scripts/device_decode_ab.sh [tests] [ab] [bench] [ncu] (default: all four, ~7 minutes after the
+# build; split them over two calls when the build shares the first).
 set -u
 OUT=${OUT:-/tmp/device_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+want() { [ $# -eq 0 ] && return 0; for x in $SECTIONS; do [ "$x" = "$1" ] && return 0; done; return 1; }
+SECTIONS="${*:-tests ab bench ncu}"
+cd "$(dirname "$0")/.."
+if want tests; then
 timeout 240 python3 -m pytest tests/test_llm_cuda.py tests/test_attention_cuda.py tests/test_quant_cuda.py -m cuda -q \
   -p no:cacheprovider -rfE -k "not errors_name" 2>&1 | tail -8
+fi
+if want bench; then
 timeout 100 python3 bench/attention_cuda.py --decode-only --out "$OUT" 2>&1 | tail -12
+echo "--- attention decode, SELFEXT_CUDA_SE_DEC_THREADS=128"
+mkdir -p "$OUT/dec128"
+SELFEXT_CUDA_SE_DEC_THREADS=128 timeout 100 python3 bench/attention_cuda.py --decode-only --out "$OUT/dec128" 2>&1 | tail -9
+fi
 cd bench
 run() { echo "--- $1 $2"; env $2 timeout 60 python3 profile_decode.py $1 --steps 64 2>&1 | tail -1; }
+if want ab; then
 for round in 1 2; do
   for m in llama-3-8b-q4_k_m-shapes llama-3-8b-q4_0-shapes; do
     run $m SELFEXT_CUDA_MVQ_KS=1
@@ -27,18 +41,23 @@ for round in 1 2; do
   run smollm2-shapes SELFEXT_CUDA_QKV_STORE=0
   run smollm2-shapes SELFEXT_CUDA_QKV_STORE=1
   run llama-3-8b-q4_k_m-shapes SELFEXT_CUDA_QKV_STORE=1
-done
-for ks in 1 auto; do
-  echo "--- quant_cuda decode, SELFEXT_CUDA_MVQ_KS=$ks"
-  SELFEXT_CUDA_MVQ_KS=$ks timeout 100 python3 quant_cuda.py --decode-only --types Q4_K,Q6_K,Q4_0 \
-    --out "$OUT/quant-ks-$ks.json" 2>&1 | grep "^| Q"
+  run smollm2-shapes SELFEXT_CUDA_SE_DEC_THREADS=128
+  run llama-3-8b-q4_k_m-shapes SELFEXT_CUDA_SE_DEC_THREADS=128
 done
 for m in smollm2-shapes llama-3-8b-q4_k_m-shapes; do
   echo "--- per-kernel, PDL off, $m"
   SELFEXT_CUDA_PDL=0 timeout 90 python3 profile_decode.py $m --steps 16 --torch-profile 2>&1 | grep -v Warn | tail -9
 done
+fi
+if want bench; then
+for ks in 1 auto; do
+  echo "--- quant_cuda decode, SELFEXT_CUDA_MVQ_KS=$ks"
+  SELFEXT_CUDA_MVQ_KS=$ks timeout 100 python3 quant_cuda.py --decode-only --types Q4_K,Q6_K,Q4_0 \
+    --out "$OUT/quant-ks-$ks.json" 2>&1 | grep "^| Q"
+done
+fi
 # where the 16-bit-code products' time goes (one cold call per shape; scripts/ncu_mvq.py)
-if command -v ncu >/dev/null; then
+if want ncu && command -v ncu >/dev/null; then
   echo "--- ncu mvq"
   timeout 100 ncu -k regex:mvq_ --section SpeedOfLight --section WarpStateStats --section Occupancy \
     --section LaunchStats python3 ../scripts/ncu_mvq.py Q4_K Q6_K > "$OUT/ncu_mvq.txt" 2>&1

@@ -191,15 +191,23 @@ DECODE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("kernel, cps", [("1", None), ("1", "3"), ("1", "100000"), ("0", None)],
-                         ids=["decode", "decode-3-chunks-per-split", "decode-one-split", "tile"])
+@pytest.mark.parametrize("kernel, cps, threads",
+                         [("1", None, None), ("1", "3", None), ("1", "100000", None), ("1", None, "128"),
+                          ("1", "3", "128"), ("1", "100000", "128"), ("0", None, None)],
+                         ids=["decode", "decode-3-chunks-per-split", "decode-one-split", "decode128",
+                              "decode128-3-chunks-per-split", "decode128-one-split", "tile"])
 @pytest.mark.parametrize("T_k, H, H_kv, D, G, W, style, rope_dim, dtype", DECODE_CASES)
-def test_self_extend_decode_kernels(rng, monkeypatch, kernel, cps, T_k, H, H_kv, D, G, W, style, rope_dim, dtype):
+def test_self_extend_decode_kernels(rng, monkeypatch, kernel, cps, threads, T_k, H, H_kv, D, G, W, style, rope_dim,
+                                    dtype):
     """T_q = 1 through the decode kernel (SELFEXT_CUDA_SE_DECODE=1) and through the tile kernel (=0); the
-    decode kernel also with at least 3 chunks per split and with one split (its own output, no merge)."""
+    decode kernel also with at least 3 chunks per split and with one split (its own output, no merge), and
+    each of those with 128-thread blocks of 32-key chunks (SELFEXT_CUDA_SE_DEC_THREADS=128: two element
+    pairs per thread in P V at D >= 80)."""
     monkeypatch.setenv("SELFEXT_CUDA_SE_DECODE", kernel)
     if cps is not None:
         monkeypatch.setenv("SELFEXT_CUDA_SE_DEC_CPS", cps)
+    if threads is not None:
+        monkeypatch.setenv("SELFEXT_CUDA_SE_DEC_THREADS", threads)
     q = _randn(rng, (1, H, D), dtype, 1.5)
     k = _randn(rng, (T_k, H_kv, D), dtype, 1.5)
     v = _randn(rng, (T_k, H_kv, D), dtype)

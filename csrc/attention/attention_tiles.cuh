@@ -125,12 +125,12 @@ __device__ __forceinline__ void load_q_async(T* smem, const T* q, int64_t stride
   }
 }
 
-// kBN rows of K or V starting at key j0 (rows >= j_end zero-filled).
-template <typename T, int kHeadDim, int kThreads>
+// kRows (kBN) rows of K or V starting at key j0 (rows >= j_end zero-filled).
+template <typename T, int kHeadDim, int kThreads, int kRows = kBN>
 __device__ __forceinline__ void load_kv_async(T* smem, const T* x, int64_t stride_t, int64_t stride_h, int kvh,
                                               int j0, int j_end) {
   using L = Layout<kHeadDim>;
-  for (int idx = threadIdx.x; idx < kBN * L::kChunks; idx += kThreads) {
+  for (int idx = threadIdx.x; idx < kRows * L::kChunks; idx += kThreads) {
     const int r = idx / L::kChunks, c = idx % L::kChunks;
     const int j = j0 + r;
     const bool ok = j < j_end;

@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "attention/attention_cuda.h"
 #include "attention/attention_host.cuh"
@@ -218,25 +219,30 @@ __global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs 
 // for (9, 3, 64); a single block per kv head took ~6 us per 64-key chunk, so the work per chunk is
 // spread over more threads now. After (same bench, tree of ea8fcb0): 110 us at 32k (1.23 TB/s, 0.30 of the
 // read rate; tile kernel 189), 10.3 / 8.2 us at T = 640 for (32, 8, 128) / (9, 3, 64).
+// kThreads = 256 (the default) or 128 (SELFEXT_CUDA_SE_DEC_THREADS=128, opt-in until measured: half the
+// shared memory per block, so more independent blocks per SM): kThreads / 4 keys per chunk, four threads
+// per key in the logit phase.
 constexpr int kDecThreads = 256;
-constexpr int kDecKeys = kBN;  // 64 keys per chunk: four threads per key in the logit phase
+constexpr int kDecMinThreads = 128;  // the smallest block: the most blocks per SM any variant plans for
 constexpr int kDecMaxRep = 8;  // query heads per kv head this kernel takes (GQA groups up to 8)
 
 // Latency: chunk 0's K/V copies are issued before the query setup, chunk c+1's while chunk c is computed
 // (double-buffered, dynamic shared memory), and each thread's RoPE table loads for its key before the
 // wait for the chunk; a plan of one split writes the normalized output itself (no merge kernel).
-template <int kHeadDim>
+template <int kHeadDim, int kThreads>
 constexpr size_t dec_smem_bytes() {
-  return size_t(4) * kDecKeys * Layout<kHeadDim>::kStride * 2;  // K and V, two buffers each
+  return size_t(4) * (kThreads / 4) * Layout<kHeadDim>::kStride * 2;  // K and V, two buffers each
 }
 
-template <typename T, int kHeadDim>
-__global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, int chunks_per_split) {
+template <typename T, int kHeadDim, int kThreads>
+__global__ void __launch_bounds__(kThreads) se_decode_kernel(const SeArgs a, int chunks_per_split) {
+  constexpr int kKeys = kThreads / 4;  // keys per chunk
+  static_assert(kKeys % 32 == 0, "the softmax phase takes whole warps of keys");
   // The block's keys and values up to the planned bound, while the previous kernel runs (rows of one kv
   // head contiguous, as in the model's cache; the run-time key count is read only after the wait).
   if (a.prefetch && threadIdx.x == 0 && a.k_st == kHeadDim && a.v_st == kHeadDim) {
-    const int jb = blockIdx.y * chunks_per_split * kDecKeys;
-    const int je = min(a.rm.T_k, jb + chunks_per_split * kDecKeys);
+    const int jb = blockIdx.y * chunks_per_split * kKeys;
+    const int je = min(a.rm.T_k, jb + chunks_per_split * kKeys);
     if (jb < je) {
       const int64_t off = int64_t(blockIdx.x) * a.k_sh + int64_t(jb) * kHeadDim;
       prefetch_l2(static_cast<const T*>(a.k) + off, int64_t(je - jb) * kHeadDim * int64_t(sizeof(T)));
@@ -248,12 +254,13 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
   using L = Layout<kHeadDim>;
   constexpr int S = L::kStride;
   constexpr int kPairs = kHeadDim / 2;
-  static_assert(4 * kPairs <= kDecThreads, "P V: four threads per element pair");
+  constexpr int kGroups = kThreads / 4;                        // P V: four threads per group of pairs
+  constexpr int kPPT = (kPairs + kGroups - 1) / kGroups;       // element pairs per thread
   extern __shared__ __align__(16) unsigned char dec_smem[];
-  T* ks = reinterpret_cast<T*>(dec_smem);  // (2, kDecKeys, S) K chunks as read
-  T* vsm = ks + 2 * kDecKeys * S;          // (2, kDecKeys, S) V chunks
+  T* ks = reinterpret_cast<T*>(dec_smem);  // (2, kKeys, S) K chunks as read
+  T* vsm = ks + 2 * kKeys * S;             // (2, kKeys, S) V chunks
   __shared__ float qn[kDecMaxRep][kHeadDim], qg[kDecMaxRep][kHeadDim];
-  __shared__ float pr[kDecMaxRep][kDecKeys];
+  __shared__ float pr[kDecMaxRep][kKeys];
   __shared__ float m_sh[kDecMaxRep], l_sh[kDecMaxRep], alpha_sh[kDecMaxRep];
 
   const int kvh = blockIdx.x, split = blockIdx.y, tid = threadIdx.x;
@@ -263,14 +270,14 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
   const int i = T_k - 1;  // the query's position
   const int G = a.group, W = a.window;
   const int rd = a.rope.rope_dim, np = rd / 2;
-  const int j_begin = split * chunks_per_split * kDecKeys;
-  const int j_end = min(T_k, j_begin + chunks_per_split * kDecKeys);
+  const int j_begin = split * chunks_per_split * kKeys;
+  const int j_end = min(T_k, j_begin + chunks_per_split * kKeys);
   const bool need_g = j_begin < j_end && i - j_begin >= W;  // some key of this block is outside the window
   const T* k = static_cast<const T*>(a.k);
   const T* v = static_cast<const T*>(a.v);
   if (j_begin < j_end) {  // chunk 0 in flight during the query setup
-    load_kv_async<T, kHeadDim, kDecThreads>(ks, k, a.k_st, a.k_sh, kvh, j_begin, j_end);
-    load_kv_async<T, kHeadDim, kDecThreads>(vsm, v, a.v_st, a.v_sh, kvh, j_begin, j_end);
+    load_kv_async<T, kHeadDim, kThreads, kKeys>(ks, k, a.k_st, a.k_sh, kvh, j_begin, j_end);
+    load_kv_async<T, kHeadDim, kThreads, kKeys>(vsm, v, a.v_st, a.v_sh, kvh, j_begin, j_end);
     cp_async_commit();
   }
 
@@ -278,7 +285,7 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
   {
     const uint16_t* q = static_cast<const uint16_t*>(a.q);
     const int ig = int(se_grouped_query_pos(i, G, W));
-    for (int e = tid; e < n_rep * kHeadDim; e += kDecThreads) {
+    for (int e = tid; e < n_rep * kHeadDim; e += kThreads) {
       const int r = e / kHeadDim, d = e % kHeadDim;
       const uint16_t* qr = q + int64_t(kvh * n_rep + r) * a.q_sh;
       if (d >= rd) {
@@ -307,16 +314,19 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
       l_sh[tid] = 0.f;
     }
   }
-  // P V: thread (dp, kq) = (tid / 4, tid % 4) accumulates elements 2 dp, 2 dp + 1 of every row over the
-  // keys kq, kq + 4, ... of each chunk; the four partial sums meet once, after the last chunk.
+  // P V: thread (dp, kq) = (tid / 4, tid % 4) accumulates the element pairs dp, dp + kGroups, ... (kPPT of
+  // them) of every row over the keys kq, kq + 4, ... of each chunk; the four partial sums meet once, after
+  // the last chunk.
   const int dp = tid >> 2, kq = tid & 3;
   const bool pv_active = dp < kPairs;  // whole warps (4 kPairs is a multiple of 32)
-  float o[kDecMaxRep][2];
+  float o[kDecMaxRep][kPPT][2];
 #pragma unroll
-  for (int r = 0; r < kDecMaxRep; ++r) o[r][0] = o[r][1] = 0.f;
+  for (int r = 0; r < kDecMaxRep; ++r)
+#pragma unroll
+    for (int u = 0; u < kPPT; ++u) o[r][u][0] = o[r][u][1] = 0.f;
 
   int buf = 0;
-  for (int j0 = j_begin; j0 < j_end; j0 += kDecKeys, buf ^= 1) {
+  for (int j0 = j_begin; j0 < j_end; j0 += kKeys, buf ^= 1) {
     // This thread's key: position, branch and every (cos, sin) of its pairs, loaded before the wait.
     const int kk = tid >> 2, sub = tid & 3, j = j0 + kk;
     const bool valid = j < j_end;
@@ -332,13 +342,13 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
     }
     cp_async_wait<0>();
     __syncthreads();  // chunk landed; q ready; every thread done with the previous chunk (other buffer, pr)
-    if (j0 + kDecKeys < j_end) {
-      load_kv_async<T, kHeadDim, kDecThreads>(ks + (buf ^ 1) * kDecKeys * S, k, a.k_st, a.k_sh, kvh, j0 + kDecKeys, j_end);
-      load_kv_async<T, kHeadDim, kDecThreads>(vsm + (buf ^ 1) * kDecKeys * S, v, a.v_st, a.v_sh, kvh, j0 + kDecKeys, j_end);
+    if (j0 + kKeys < j_end) {
+      load_kv_async<T, kHeadDim, kThreads, kKeys>(ks + (buf ^ 1) * kKeys * S, k, a.k_st, a.k_sh, kvh, j0 + kKeys, j_end);
+      load_kv_async<T, kHeadDim, kThreads, kKeys>(vsm + (buf ^ 1) * kKeys * S, v, a.v_st, a.v_sh, kvh, j0 + kKeys, j_end);
       cp_async_commit();
     }
-    const uint16_t* kb = reinterpret_cast<const uint16_t*>(ks + buf * kDecKeys * S);
-    const uint16_t* vb = reinterpret_cast<const uint16_t*>(vsm + buf * kDecKeys * S);
+    const uint16_t* kb = reinterpret_cast<const uint16_t*>(ks + buf * kKeys * S);
+    const uint16_t* vb = reinterpret_cast<const uint16_t*>(vsm + buf * kKeys * S);
     // Logits: key kk = tid / 4; the four threads of a key take every fourth pair and tail element.
     {
       const float(*qq)[kHeadDim] = grouped ? qg : qn;
@@ -373,18 +383,27 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
     }
     __syncthreads();
     // Online softmax of the chunk: warp w takes row w (n_rep <= 8 warps).
-    for (int r = warp; r < n_rep; r += kDecThreads / 32) {
-      const float x0 = pr[r][lane], x1 = pr[r][lane + 32];
-      float cmax = fmaxf(x0, x1);
+    for (int r = warp; r < n_rep; r += kThreads / 32) {
+      constexpr int kPerLane = kKeys / 32;
+      float xs[kPerLane];
+      float cmax = -INFINITY;
+#pragma unroll
+      for (int t = 0; t < kPerLane; ++t) {
+        xs[t] = pr[r][lane + 32 * t];
+        cmax = fmaxf(cmax, xs[t]);
+      }
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) cmax = fmaxf(cmax, __shfl_xor_sync(0xffffffffu, cmax, off));
       const float m_old = m_sh[r];
       const float m_new = fmaxf(m_old, cmax);
       const float base = m_new == -INFINITY ? 0.f : m_new;  // a chunk with no valid key yet: p = 0
-      const float p0 = exp2f(x0 - base), p1 = exp2f(x1 - base);
-      pr[r][lane] = p0;
-      pr[r][lane + 32] = p1;
-      float psum = p0 + p1;
+      float psum = 0.f;
+#pragma unroll
+      for (int t = 0; t < kPerLane; ++t) {
+        const float pv = exp2f(xs[t] - base);
+        pr[r][lane + 32 * t] = pv;
+        psum += pv;
+      }
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) psum += __shfl_xor_sync(0xffffffffu, psum, off);
       if (lane == 0) {
@@ -399,19 +418,27 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
 #pragma unroll
       for (int r = 0; r < kDecMaxRep; ++r) {
         const float al = r < n_rep ? alpha_sh[r] : 0.f;
-        o[r][0] *= al;
-        o[r][1] *= al;
+#pragma unroll
+        for (int u = 0; u < kPPT; ++u) {
+          o[r][u][0] *= al;
+          o[r][u][1] *= al;
+        }
       }
 #pragma unroll 4
-      for (int q = kq; q < kDecKeys; q += 4) {
-        const uint32_t vv = *reinterpret_cast<const uint32_t*>(vb + q * S + 2 * dp);
-        const float v0 = ld_float<T>(uint16_t(vv & 0xffffu)), v1 = ld_float<T>(uint16_t(vv >> 16));
+      for (int q = kq; q < kKeys; q += 4) {
 #pragma unroll
-        for (int r = 0; r < kDecMaxRep; ++r) {
-          if (r >= n_rep) break;
-          const float pw = pr[r][q];
-          o[r][0] = fmaf(pw, v0, o[r][0]);
-          o[r][1] = fmaf(pw, v1, o[r][1]);
+        for (int u = 0; u < kPPT; ++u) {
+          const int pp = dp + u * kGroups;
+          if (kPPT > 1 && pp >= kPairs) break;
+          const uint32_t vv = *reinterpret_cast<const uint32_t*>(vb + q * S + 2 * pp);
+          const float v0 = ld_float<T>(uint16_t(vv & 0xffffu)), v1 = ld_float<T>(uint16_t(vv >> 16));
+#pragma unroll
+          for (int r = 0; r < kDecMaxRep; ++r) {
+            if (r >= n_rep) break;
+            const float pw = pr[r][q];
+            o[r][u][0] = fmaf(pw, v0, o[r][u][0]);
+            o[r][u][1] = fmaf(pw, v1, o[r][u][1]);
+          }
         }
       }
     }
@@ -421,18 +448,25 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
 #pragma unroll
   for (int r = 0; r < kDecMaxRep; ++r)
 #pragma unroll
-    for (int c = 0; c < 2; ++c) {
-      o[r][c] += __shfl_xor_sync(0xffffffffu, o[r][c], 1);
-      o[r][c] += __shfl_xor_sync(0xffffffffu, o[r][c], 2);
-    }
+    for (int u = 0; u < kPPT; ++u)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        o[r][u][c] += __shfl_xor_sync(0xffffffffu, o[r][u][c], 1);
+        o[r][u][c] += __shfl_xor_sync(0xffffffffu, o[r][u][c], 2);
+      }
   if (gridDim.y == 1) {  // one split: the normalized output, no merge
     if (kq != 0) return;
 #pragma unroll
     for (int r = 0; r < kDecMaxRep; ++r) {
       if (r >= n_rep) break;
       const float lsum = l_sh[r], inv = lsum > 0.f ? 1.f / lsum : 0.f;
-      T* dst = static_cast<T*>(a.oa.out) + int64_t(kvh * n_rep + r) * a.oa.stride_h + 2 * dp;
-      *reinterpret_cast<uint32_t*>(dst) = pack2<T>(o[r][0] * inv, o[r][1] * inv);
+#pragma unroll
+      for (int u = 0; u < kPPT; ++u) {
+        const int pp = dp + u * kGroups;
+        if (kPPT > 1 && pp >= kPairs) break;
+        T* dst = static_cast<T*>(a.oa.out) + int64_t(kvh * n_rep + r) * a.oa.stride_h + 2 * pp;
+        *reinterpret_cast<uint32_t*>(dst) = pack2<T>(o[r][u][0] * inv, o[r][u][1] * inv);
+      }
     }
     return;
   }
@@ -442,7 +476,13 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
 #pragma unroll
     for (int r = 0; r < kDecMaxRep; ++r) {
       if (r >= n_rep) break;
-      *reinterpret_cast<float2*>(a.oa.ws_o + (row0 + r) * kHeadDim + 2 * dp) = make_float2(o[r][0], o[r][1]);
+#pragma unroll
+      for (int u = 0; u < kPPT; ++u) {
+        const int pp = dp + u * kGroups;
+        if (kPPT > 1 && pp >= kPairs) break;
+        *reinterpret_cast<float2*>(a.oa.ws_o + (row0 + r) * kHeadDim + 2 * pp) =
+            make_float2(o[r][u][0], o[r][u][1]);
+      }
     }
   }
   if (tid < n_rep) {
@@ -451,14 +491,14 @@ __global__ void __launch_bounds__(kDecThreads) se_decode_kernel(const SeArgs a, 
   }
 }
 
-// Decode plan: 64-key chunks spread so every SM holds as many blocks as fit (blocks_per_sm, from the
+// Decode plan: chunks of `keys` keys spread so every SM holds as many blocks as fit (blocks_per_sm, from the
 // occupancy of the kernel; at most 128 splits per kv head). SELFEXT_CUDA_SE_DEC_CPS=N raises the chunks per
 // split to at least N (fewer splits; N >= the chunk count: one split and no merge), for measuring.
 struct DecodePlan {
   int n_splits, chunks_per_split;
 };
-inline DecodePlan decode_plan(int64_t T_k, int n_kv_heads, int sms, int blocks_per_sm) {
-  const int64_t chunks = std::max<int64_t>(1, (T_k + kDecKeys - 1) / kDecKeys);
+inline DecodePlan decode_plan(int64_t T_k, int n_kv_heads, int sms, int blocks_per_sm, int keys) {
+  const int64_t chunks = std::max<int64_t>(1, (T_k + keys - 1) / keys);
   int64_t want = std::max<int64_t>(1, int64_t(std::max(1, blocks_per_sm)) * sms / std::max(1, n_kv_heads));
   want = std::min<int64_t>({want, chunks, 128});
   DecodePlan d;
@@ -471,18 +511,25 @@ inline DecodePlan decode_plan(int64_t T_k, int n_kv_heads, int sms, int blocks_p
   return d;
 }
 
-// Blocks of the decode kernel resident per SM (its dynamic shared memory set), cached per head dim.
-template <typename T, int kHeadDim>
+// Blocks of the decode kernel resident per SM (its dynamic shared memory set), cached per instantiation.
+template <typename T, int kHeadDim, int kThreads>
 int decode_blocks_per_sm() {
   static int cached = [] {
-    auto kernel = se_decode_kernel<T, kHeadDim>;
-    SELFEXT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            int(dec_smem_bytes<kHeadDim>())));
+    auto kernel = se_decode_kernel<T, kHeadDim, kThreads>;
+    constexpr size_t smem = dec_smem_bytes<kHeadDim, kThreads>();
+    SELFEXT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     int n = 0;
-    SELFEXT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kDecThreads, dec_smem_bytes<kHeadDim>()));
+    SELFEXT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, smem));
     return std::max(1, n);
   }();
   return cached;
+}
+
+// The decode block's thread count: kDecThreads, or 128 with SELFEXT_CUDA_SE_DEC_THREADS=128 (read at
+// every call, so a process can compare both).
+inline int decode_threads() {
+  const char* e = std::getenv("SELFEXT_CUDA_SE_DEC_THREADS");
+  return e && std::strcmp(e, "128") == 0 ? 128 : kDecThreads;
 }
 
 // Whether run_se takes the decode kernel: T_q = 1 with GQA groups up to 8, unless SELFEXT_CUDA_SE_DECODE=0
@@ -596,24 +643,31 @@ void run_se(const AttentionParams& p) {
   const int64_t n_key_tiles = (p.T_k + kBN - 1) / kBN;
   const int sms = multiprocessor_count();
   if (use_decode_kernel(p.T_q, n_rep, p.rope_dim)) {
-    const DecodePlan dp = decode_plan(p.T_k, p.n_kv_heads, sms, decode_blocks_per_sm<T, kHeadDim>());
-    const size_t smem = dec_smem_bytes<kHeadDim>();
-    if (dp.n_splits == 1) {  // the kernel writes the output
-      launch_kernel(se_decode_kernel<T, kHeadDim>, dim3(unsigned(p.n_kv_heads), 1u), dim3(kDecThreads), smem, stream,
-                    a, dp.chunks_per_split);
-      return;
-    }
-    const SplitWorkspace wl = split_workspace(dp.n_splits, 1, p.n_heads, kHeadDim);
-    DeviceScratch own(p.workspace ? 0 : wl.total, stream);
-    char* base = p.workspace ? static_cast<char*>(p.workspace) : own.as<char>();
-    SELFEXT_CHECK(!p.workspace || p.workspace_bytes >= int64_t(wl.total), ArgumentError,
-                  "self_extend_attention: the workspace has ", p.workspace_bytes, " bytes, this call needs ", wl.total);
-    a.oa.ws_o = reinterpret_cast<float*>(base + wl.o_offset);
-    a.oa.ws_ml = reinterpret_cast<float*>(base + wl.ml_offset);
-    launch_kernel(se_decode_kernel<T, kHeadDim>, dim3(unsigned(p.n_kv_heads), unsigned(dp.n_splits)),
-                  dim3(kDecThreads), smem, stream, a, dp.chunks_per_split);
-    launch_merge<T>(a.oa.ws_o, a.oa.ws_ml, dp.n_splits, 1, p.n_heads, kHeadDim, p.out, p.out_stride_t,
-                    p.out_stride_h, stream);
+    auto decode = [&](auto threads_c) {
+      constexpr int kThreads = decltype(threads_c)::value;
+      const DecodePlan dp = decode_plan(p.T_k, p.n_kv_heads, sms, decode_blocks_per_sm<T, kHeadDim, kThreads>(),
+                                        kThreads / 4);
+      constexpr size_t smem = dec_smem_bytes<kHeadDim, kThreads>();
+      auto kernel = se_decode_kernel<T, kHeadDim, kThreads>;
+      if (dp.n_splits == 1) {  // the kernel writes the output
+        launch_kernel(kernel, dim3(unsigned(p.n_kv_heads), 1u), dim3(kThreads), smem, stream, a, dp.chunks_per_split);
+        return;
+      }
+      const SplitWorkspace wl = split_workspace(dp.n_splits, 1, p.n_heads, kHeadDim);
+      DeviceScratch own(p.workspace ? 0 : wl.total, stream);
+      char* base = p.workspace ? static_cast<char*>(p.workspace) : own.as<char>();
+      SELFEXT_CHECK(!p.workspace || p.workspace_bytes >= int64_t(wl.total), ArgumentError,
+                    "self_extend_attention: the workspace has ", p.workspace_bytes, " bytes, this call needs ",
+                    wl.total);
+      a.oa.ws_o = reinterpret_cast<float*>(base + wl.o_offset);
+      a.oa.ws_ml = reinterpret_cast<float*>(base + wl.ml_offset);
+      launch_kernel(kernel, dim3(unsigned(p.n_kv_heads), unsigned(dp.n_splits)), dim3(kThreads), smem, stream, a,
+                    dp.chunks_per_split);
+      launch_merge<T>(a.oa.ws_o, a.oa.ws_ml, dp.n_splits, 1, p.n_heads, kHeadDim, p.out, p.out_stride_t,
+                      p.out_stride_h, stream);
+    };
+    if (decode_threads() == 128) decode(std::integral_constant<int, 128>{});
+    else decode(std::integral_constant<int, kDecThreads>{});
     return;
   }
   // Prefill: 8 warps (128 rows) per block amortize each K tile's rotation over more rows.
@@ -742,8 +796,8 @@ int64_t self_extend_attention_cuda_workspace_bytes(const AttentionParams& p) {
   // plan is counted whenever T_q = 1.
   int64_t dec = 0;
   if (use_decode_kernel(p.T_q, n_rep, 2)) {
-    // the most splits any head dim's plan takes: at most 2048 / kDecThreads resident blocks per SM
-    const DecodePlan dp = decode_plan(p.T_k, p.n_kv_heads, sms, 2048 / kDecThreads);
+    // the most splits any plan takes: at most 2048 / kDecMinThreads resident blocks per SM, the smallest chunks
+    const DecodePlan dp = decode_plan(p.T_k, p.n_kv_heads, sms, 2048 / kDecMinThreads, kDecMinThreads / 4);
     dec = int64_t(attn_cuda::split_workspace(dp.n_splits, 1, p.n_heads, p.head_dim).total);
   }
   if (use_prerotated_k(p) && p.T_q > 1) {  // the rotated K copies (both, at most)
