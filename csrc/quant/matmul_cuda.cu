@@ -755,13 +755,13 @@ __global__ void __launch_bounds__(kMvqWarps * 32) mvq_rows_kernel(const uint8_t*
   for (int c = warp % KS; c < n_chunks; c += KS) {
     typename Ops::Act a;
     if (r0 >= rows || !Ops::load(x, cols, c, lane, a)) continue;
+    typename Ops::Raw raw[NR];  // every row's bytes requested before the first product waits on them
 #pragma unroll
-    for (int r = 0; r < NR; ++r) {
-      if (r0 + r >= rows) break;
-      typename Ops::Raw raw;
-      Ops::fetch(w + (r0 + r) * row_bytes, c, lane, raw);
-      acc[r] += Ops::dot(raw, a);
-    }
+    for (int r = 0; r < NR; ++r)
+      if (r0 + r < rows) Ops::fetch(w + (r0 + r) * row_bytes, c, lane, raw[r]);
+#pragma unroll
+    for (int r = 0; r < NR; ++r)
+      if (r0 + r < rows) acc[r] += Ops::dot(raw[r], a);
   }
   if constexpr (KS == 1) {
 #pragma unroll
