@@ -193,7 +193,7 @@ def test_qkv_store_equals_qkv_post(model_dir, rng, monkeypatch, case, fused):
     monkeypatch.setenv("SELFEXT_CUDA_FUSED", fused)
     for mvq in (["0", "1"] if fused == "0" else ["1"]):
         monkeypatch.setenv("SELFEXT_CUDA_MVQ", mvq)
-        monkeypatch.delenv("SELFEXT_CUDA_QKV_STORE", raising=False)
+        monkeypatch.setenv("SELFEXT_CUDA_QKV_STORE", "0")
         posted = _decode_rows(LLM(path, **args), toks)
         monkeypatch.setenv("SELFEXT_CUDA_QKV_STORE", "1")
         stored = _decode_rows(LLM(path, **args), toks)

@@ -235,7 +235,7 @@ def test_matvec_q_cuda(name, kind, rng):
     check_q(name, kind, rng, 2205, 1024, accumulate=True)
 
 
-@pytest.mark.parametrize("ks", ["2", "4", "auto"])
+@pytest.mark.parametrize("ks", ["1", "2", "4", "auto"])
 @pytest.mark.parametrize("nr", ["1", "2", "4"])
 @pytest.mark.parametrize("name", ["Q4_0", "Q4_K", "Q6_K"])
 def test_matvec_q_cuda_split_rows(name, nr, ks, rng, monkeypatch):

@@ -300,8 +300,10 @@ class ModelCuda final : public Model {
   bool decode_q_ = false;
   // Decode rows of SelfExtend models: the Q/K/V products store through QkvScatter (bias, rounding, the
   // query row and the cache writes of qkv_post, the same bits) and qkv_post is not launched: one kernel
-  // fewer per layer. Opt-in (SELFEXT_CUDA_QKV_STORE=1) until it has run on a GPU: written and
-  // compile-checked on 2026-12-02 after the day's device time was spent.
+  // fewer per layer. Measured on an H200 (2026-12-02, scripts/device_decode_ab.sh, two alternating
+  // rounds): SmolLM2-shaped steps (fused) 1.089 / 1.106 -> 1.085 / 1.065 ms; Llama-3-8B Q4_K_M shapes
+  // (unfused, three separate products there) 3.007 / 3.018 -> 3.084 / 3.086 ms. So on by default for
+  // the fused path only; SELFEXT_CUDA_QKV_STORE=0 / 1 forces it off / on.
   bool qkv_store_ = false;
   std::map<std::tuple<int64_t, int64_t, int64_t>, cudaGraphExec_t> graphs_;
   QMatrix token_embd_, output_;
@@ -421,7 +423,8 @@ ModelCuda::ModelCuda(ModelConfig config, ModelWeights weights, int device)
       any_q = any_q || (m->data && matvec_q_supported(*m));
   decode_q_ = !fuse_decode_ && any_q && c.n_embd % 32 == 0 && c.q_dim() % 32 == 0 && c.n_ff % 32 == 0;
   const char* senv = std::getenv("SELFEXT_CUDA_QKV_STORE");
-  qkv_store_ = !c.cope && senv && std::strcmp(senv, "1") == 0;
+  qkv_store_ = !c.cope && (senv && (std::strcmp(senv, "0") == 0 || std::strcmp(senv, "1") == 0) ? senv[0] == '1'
+                                                                                                : fuse_decode_);
   sync();
 }
 

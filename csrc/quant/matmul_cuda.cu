@@ -730,7 +730,7 @@ struct MvqQ6_K {
 // in flight (Llama-3-8B Q4_K_M shapes 3.05-3.11 -> 4.18-4.21 ms per step, H200, two rounds); removed.
 constexpr int kMvqWarps = 8;
 
-// KS > 1 (opt-in, SELFEXT_CUDA_MVQ_KS, until measured): KS warps share each row group, warp k taking the
+// KS > 1 (chosen per product by launch in matvec_q_cuda): KS warps share each row group, warp k taking the
 // chunks k, k + KS, ... and the block adding their partial sums through shared memory, so a product of
 // few rows (1024-row K and V of 8B shapes: 1024 warps for 132 SMs at KS = 1) keeps more loads in flight.
 template <typename Ops, int NR, int KS>
@@ -1155,21 +1155,22 @@ void matvec_q_cuda(const QMatrix& w, const void* xq, float* y, bool accumulate, 
   const uint8_t* wp = static_cast<const uint8_t*>(w.data);
   const int64_t bytes = w.rows * w.row_bytes;
   const bool pf = l2_prefetch_enabled() && bytes <= kPrefetchMaxBytes;
-  // NR rows per warp. Measured on an H200 (bench/quant_cuda.py --decode-only, Llama-3-8B shapes,
-  // 2026-12-02, bench/results/quant_cuda-nvidia-h200-decode-mvq-nr*.json, the kernels before Q6_K's
-  // direct loads): NR = 1 is best everywhere (0.41-0.54 of the copy bandwidth) except Q4_0 with 14336
-  // rows (NR = 2: 0.59 vs 0.54); NR = 4 is worse. KS = 1 warp per row group. SELFEXT_CUDA_MVQ_NR=1|2|4 and
-  // SELFEXT_CUDA_MVQ_KS=1|2|4|auto override them (read at every call, for measuring; KS = auto: the
-  // smallest KS, at most 4 and at most half the chunk count per step, giving >= 32 warps per SM).
+  // NR rows per warp, KS warps per row group. Measured on an H200 in decode steps (2026-12-02,
+  // scripts/device_decode_ab.sh, random weights, two alternating rounds; bench/results/device-ab-*.txt):
+  // NR = 2 with KS = auto (the smallest KS, at most 4 and at most half the chunk count per step, giving
+  // >= 32 warps per SM: the 1024-row K and V products get KS = 4) against NR = 1, KS = 1: Llama-3-8B
+  // Q4_K_M shapes 3.007 / 3.018 -> 2.887 / 2.937 ms, Q4_0 shapes 2.420 / 2.462 -> 2.286 / 2.269 ms;
+  // KS = auto alone 3.07 / 2.50-2.55 ms and KS = 2 everywhere 3.16-3.22 / 2.53 ms (both slower).
+  // SELFEXT_CUDA_MVQ_NR=1|2|4 and SELFEXT_CUDA_MVQ_KS=1|2|4|auto override them (read at every call).
   const char* nr_env = std::getenv("SELFEXT_CUDA_MVQ_NR");
   const char* ks_env = std::getenv("SELFEXT_CUDA_MVQ_KS");
-  int nr = w.type == QType::Q4_0 && w.rows >= 8192 ? 2 : 1;
+  int nr = 2;
   if (nr_env && (std::strcmp(nr_env, "1") == 0 || std::strcmp(nr_env, "2") == 0 || std::strcmp(nr_env, "4") == 0))
     nr = std::atoi(nr_env);
   int ks = 1;
-  if (ks_env && (std::strcmp(ks_env, "2") == 0 || std::strcmp(ks_env, "4") == 0)) {
+  if (ks_env && (std::strcmp(ks_env, "1") == 0 || std::strcmp(ks_env, "2") == 0 || std::strcmp(ks_env, "4") == 0)) {
     ks = std::atoi(ks_env);
-  } else if (ks_env && std::strcmp(ks_env, "auto") == 0) {
+  } else {  // auto
     int dev = 0, sms = 0;
     SELFEXT_CUDA_CHECK(cudaGetDevice(&dev));
     SELFEXT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
