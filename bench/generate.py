@@ -160,7 +160,7 @@ def child_cuda(path: str) -> dict:
     llm = LLM(path, n_ctx=8192, device="cuda", n_batch=4096)
     load_s = time.perf_counter() - t
     model = llm._model
-    out = {"load_s": load_s, "allocated_mib": model.allocated_bytes / 2**20}
+    out = {"load_s": load_s, "allocated_mib": model.allocated_bytes / 2**20, "decode_path": model.decode_path}
     for n in (512, 4096):
         model.truncate(0)
         model.forward(ids[:n], False)  # warm-up
@@ -218,7 +218,7 @@ def main_cuda(args) -> None:
         r = json.loads(out.stdout.strip().splitlines()[-1])
         wbytes = decode_weight_bytes(path)
         step = r["decode_step_ms"] / 1e3
-        rows.append({"model": name, "decode": variant, "prefill 512 t/s": round(r["prefill512_tps"]),
+        rows.append({"model": name, "decode": variant, "path": r["decode_path"], "prefill 512 t/s": round(r["prefill512_tps"]),
                      "prefill 4096 t/s": round(r["prefill4096_tps"]),
                      "decode native t/s": round(r["decode_native_tps"], 1),
                      "decode e2e t/s": round(r["decode_e2e_tps"], 1),

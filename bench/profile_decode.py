@@ -65,7 +65,8 @@ def main() -> None:
 
     t = time.perf_counter()
     steps()
-    print(f"{args.model}: {(time.perf_counter() - t) / args.steps * 1e3:.3f} ms per decode step (end to end)")
+    print(f"{args.model}: {(time.perf_counter() - t) / args.steps * 1e3:.3f} ms per decode step (end to end; "
+          f"{model.decode_path})")
     if args.torch_profile:
         import torch
         from torch.profiler import ProfilerActivity, profile

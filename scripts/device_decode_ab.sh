@@ -7,8 +7,10 @@
 # L2 prefetch (SELFEXT_CUDA_PREFETCH=0: off), the Q/K/V products storing qkv_post's outputs themselves
 # (SELFEXT_CUDA_QKV_STORE=1: on) and 128-thread decode attention blocks (SELFEXT_CUDA_SE_DEC_THREADS=128).
 # Files under $OUT.
-# Sections: scripts/device_decode_ab.sh [tests] [ab] [bench] [ncu] (default: all four, ~7 minutes after the
-# build; split them over two calls when the build shares the first).
+# Sections: scripts/device_decode_ab.sh [mega] [tests] [ab] [bench] [ncu] (default: the last four, ~7 minutes
+# after the build; split them over two calls when the build shares the first). mega: the decode
+# megakernel's tests (a hang there is a barrier bug: a short timeout) and its A/B (SELFEXT_CUDA_MEGA=1,
+# blocks per SM, its L2 prefetch).
 set -u
 OUT=${OUT:-/tmp/device_out}
 mkdir -p "$OUT"
@@ -26,8 +28,22 @@ echo "--- attention decode, SELFEXT_CUDA_SE_DEC_THREADS=128"
 mkdir -p "$OUT/dec128"
 SELFEXT_CUDA_SE_DEC_THREADS=128 timeout 100 python3 bench/attention_cuda.py --decode-only --out "$OUT/dec128" 2>&1 | tail -9
 fi
+if want mega; then
+timeout 200 python3 -m pytest tests/test_llm_cuda.py -m cuda -q -p no:cacheprovider -rfE -k "megakernel" 2>&1 | tail -8
+fi
 cd bench
 run() { echo "--- $1 $2"; env $2 timeout 60 python3 profile_decode.py $1 --steps 64 2>&1 | tail -1; }
+if want mega; then
+for round in 1 2; do
+  for m in smollm2-shapes llama-3-8b-q4_k_m-shapes; do
+    run $m SELFEXT_CUDA_MEGA=0
+    run $m SELFEXT_CUDA_MEGA=1
+  done
+  run smollm2-shapes "SELFEXT_CUDA_MEGA=1 SELFEXT_CUDA_MEGA_BPS=1"
+  run smollm2-shapes "SELFEXT_CUDA_MEGA=1 SELFEXT_CUDA_MEGA_BPS=4"
+  run smollm2-shapes "SELFEXT_CUDA_MEGA=1 SELFEXT_CUDA_MEGA_PREFETCH=0"
+done
+fi
 if want ab; then
 for round in 1 2; do
   for m in llama-3-8b-q4_k_m-shapes llama-3-8b-q4_0-shapes; do

@@ -201,6 +201,72 @@ def test_qkv_store_equals_qkv_post(model_dir, rng, monkeypatch, case, fused):
         assert np.array_equal(stored, posted), (case, fused, mvq, np.abs(stored - posted).max())
 
 
+@pytest.mark.parametrize("case", ["Q4_K-f16", "Q4_0-bf16", "Q4_1-f16", "Q8_0-bf16", "mixed-f16", "qwen2-Q6_K-f16",
+                                  "untied-Q5_0-f16", "Q4_K-f16-bps1", "Q4_1-f16-bps4", "Q4_K-f16-noprefetch"])
+def test_megakernel_decode_equals_graphed_decode(model_dir, rng, monkeypatch, case):
+    # SELFEXT_CUDA_MEGA=1: the whole decode step as one persistent kernel (model/decode_mega.cuh) running
+    # the fused path's own block functions between grid barriers. The products are the same code on the
+    # same inputs (the same bits); the decode attention is planned for the megakernel's grid instead of
+    # the SM count, so its split-K merge sums in another order: float32 rounding that can move the
+    # float16 attention output by an ulp. Bounded like graphs vs eager, and against the reference.
+    # Cases: every weight family, three separate Q/K/V products (mixed), biases (qwen2), an untied head,
+    # a bf16 cache; 1 and 4 blocks per SM (other splits, a grid of more blocks than some phases' work),
+    # and without the next phase's L2 prefetch.
+    parts = case.split("-")
+    extra = parts.pop() if parts[-1] in ("bps1", "bps4", "noprefetch") else None
+    kv = parts.pop()
+    name = "-".join(parts)
+    path = _fused_case_model(model_dir, name)
+    toks = _tokens(rng, 300)  # crosses a 256-key graph bucket: a second phase list
+    args = dict(n_ctx=1024, self_extend=(4, 64), device="cuda", kv_type=kv)
+    monkeypatch.setenv("SELFEXT_CUDA_FUSED", "1")
+    monkeypatch.setenv("SELFEXT_CUDA_MEGA", "0")
+    llm = LLM(path, **args)
+    assert llm._model.decode_path == "graphs-fused"
+    graphed = _decode_rows(llm, toks).astype(np.float64)
+    del llm
+    monkeypatch.setenv("SELFEXT_CUDA_MEGA", "1")
+    if extra == "bps1":
+        monkeypatch.setenv("SELFEXT_CUDA_MEGA_BPS", "1")
+    elif extra == "bps4":
+        monkeypatch.setenv("SELFEXT_CUDA_MEGA_BPS", "4")
+    elif extra == "noprefetch":
+        monkeypatch.setenv("SELFEXT_CUDA_MEGA_PREFETCH", "0")
+    llm = LLM(path, **args)
+    assert llm._model.decode_path == "megakernel", case
+    mega = _decode_rows(llm, toks).astype(np.float64)
+    # Twice: the barrier state left by every launch is the next one's start.
+    again = _decode_rows(llm, toks).astype(np.float64)
+    assert np.isfinite(mega).all()
+    assert np.array_equal(mega, again), case
+    scale = np.abs(graphed).max()
+    assert np.abs(mega - graphed).max() <= 2e-3 * scale, (case, np.abs(mega - graphed).max() / scale)
+    ref = reference_logits(path, toks, group=4, window=64, act_quant=None)
+    tol = GPU_TOL[kv]
+    if "Q6_K" in name:  # random Q6_K weights: the sensitivity bound of test_logits_match_reference_and_cpu
+        q8 = reference_logits(path, toks, group=4, window=64, act_quant="q8")
+        tol = max(tol, 0.25 * np.abs(q8 - ref).max() / np.abs(ref).max())
+    assert np.abs(mega - ref).max() <= tol * np.abs(ref).max(), case
+    # A prompt still runs the layer kernels (prefill); the decode steps after it read the cache it wrote.
+    llm.reset()
+    llm.eval(toks[:40])
+    tail = np.stack([llm.eval([t])[0] for t in toks[40:48]]).astype(np.float64)
+    assert np.abs(tail - ref[40:48]).max() <= tol * np.abs(ref).max(), case
+
+
+@pytest.mark.parametrize("env", [dict(SELFEXT_CUDA_FUSED="0"), dict(SELFEXT_CUDA_GRAPHS="0"),
+                                 dict(SELFEXT_CUDA_QKV_STORE="0")])
+def test_megakernel_needs_the_graphed_fused_path(model_dir, monkeypatch, env):
+    # The megakernel runs the fused path's products with the Q/K/V store inside CUDA graphs; where one of
+    # them is switched off, SELFEXT_CUDA_MEGA=1 leaves decode on the path asked for.
+    path = _fused_case_model(model_dir, "Q4_K")
+    monkeypatch.setenv("SELFEXT_CUDA_MEGA", "1")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    llm = LLM(path, n_ctx=1024, device="cuda")
+    assert llm._model.decode_path != "megakernel"
+
+
 def test_selfextend_gpu_equals_cpu_on_quantized_weights(model_dir, rng):
     path = _model(model_dir, "llama-Q4_K-se", qtype="Q4_K")
     toks = _tokens(rng, 150)

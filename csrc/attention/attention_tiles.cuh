@@ -361,14 +361,14 @@ __device__ __forceinline__ void store_rows(const OutArgs& oa, const RowMap& rm, 
 // Split-K merge (flash-decoding) as its own kernel: one block per (query, head), one thread per element
 // of head_dim; the formula and the loads are core/split_merge.cuh's (a serial loop over 10 splits cost
 // ~6.6 us per call on an H200; all splits' loads at once, 2.7 us).
+// Row `row` of the merge (one (query, head) pair), any block size; the kernel below runs one row per
+// block, the decode megakernel one per virtual block.
 template <typename T>
-__global__ void merge_splits_kernel(const float* __restrict__ ws_o, const float* __restrict__ ws_ml, int n_splits,
-                                    int64_t n_rows, int head_dim, int n_heads, T* out, int64_t stride_t,
-                                    int64_t stride_h) {
-  kernel_prologue();
+__device__ __forceinline__ void merge_splits_row(const float* ws_o, const float* ws_ml, int n_splits, int64_t n_rows,
+                                                 int head_dim, int n_heads, T* out, int64_t stride_t,
+                                                 int64_t stride_h, int64_t row) {
   __shared__ float w_sh[kMaxSplits];
   __shared__ float inv_sh;
-  const int64_t row = blockIdx.x;  // t * n_heads + head
   const int64_t t = row / n_heads, h = row % n_heads;
   if (threadIdx.x < 32) {
     const float inv = split_merge_weights(ws_ml, n_splits, n_rows, row, threadIdx.x, w_sh);
@@ -380,6 +380,14 @@ __global__ void merge_splits_kernel(const float* __restrict__ ws_o, const float*
     const float acc = split_merge_sum(ws_o + row * head_dim + d, n_rows * head_dim, n_splits, w_sh);
     out[t * stride_t + h * stride_h + d].bits = st_bits<T>(acc * inv);
   }
+}
+
+template <typename T>
+__global__ void merge_splits_kernel(const float* __restrict__ ws_o, const float* __restrict__ ws_ml, int n_splits,
+                                    int64_t n_rows, int head_dim, int n_heads, T* out, int64_t stride_t,
+                                    int64_t stride_h) {
+  kernel_prologue();
+  merge_splits_row<T>(ws_o, ws_ml, n_splits, n_rows, head_dim, n_heads, out, stride_t, stride_h, blockIdx.x);
 }
 
 }  // namespace attn_cuda

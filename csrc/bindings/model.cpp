@@ -191,6 +191,8 @@ void register_model(py::module_& m) {
            py::arg("group"), py::arg("window"))
       .def_property_readonly("device", [](PyModel& s) { return s.device(); })
       .def_property_readonly("allocated_bytes", [](PyModel& s) { return s.model().allocated_bytes(); })
+      .def_property_readonly("decode_path", [](PyModel& s) { return s.model().decode_path(); },
+                             "How a one-token step runs: cpu, megakernel, graphs-fused, graphs or eager.")
       .def_static("plan_bytes", [](const py::dict& config) { return ModelCpu::plan_bytes(config_from_dict(config)); },
                   py::arg("config"), "Bytes a Model with this config allocates (KV cache, scratch, RoPE table).");
 }

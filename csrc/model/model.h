@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "attention/params.h"
@@ -87,6 +88,9 @@ class Model {
 
   // Bytes this object allocated (KV cache + scratch + tables; on CUDA also the weights), on its device.
   virtual int64_t allocated_bytes() const = 0;
+  // How a decode step (one token) runs here: "cpu"; on CUDA "megakernel", "graphs-fused", "graphs" or
+  // "eager" (tests and benchmarks report it; environment switches choose it).
+  virtual std::string decode_path() const { return "cpu"; }
 
  protected:
   Model(ModelConfig config, ModelWeights weights);

@@ -23,6 +23,7 @@
 #include "core/cuda_launch.cuh"
 #include "core/cuda_info.h"
 #include "core/half.h"
+#include "model/decode_mega.cuh"
 #include "model/model_cuda.h"
 #include "model/rms_norm.h"
 #include "quant/formats.h"
@@ -188,7 +189,7 @@ struct DeviceLayer {
 // Scratch of one chunk, by part: float32 unless noted. B = n_batch.
 struct ScratchLayout {
   int64_t ids, pos, x, xb, qkv, q16, att16, ff, ffa, logits, matmul_ws, xq, attn_ws, attn_decode_ws, attn_decode_bytes,
-      total;
+      mega_sync, total;
 };
 
 ScratchLayout scratch_layout(const ModelConfig& c, const ModelWeights& w) {
@@ -243,6 +244,7 @@ ScratchLayout scratch_layout(const ModelConfig& c, const ModelWeights& w) {
     s.attn_decode_bytes = self_extend_attention_cuda_workspace_bytes(p);
   }
   s.attn_decode_ws = take(s.attn_decode_bytes);
+  s.mega_sync = take(sizeof(mega::MegaSync));  // zeroed once; every megakernel launch leaves it zero
   s.total = off;
   return s;
 }
@@ -260,6 +262,9 @@ class ModelCuda final : public Model {
   int64_t allocated_bytes() const override {
     return weights_.bytes() + k_cache_.bytes() + v_cache_.bytes() + scratch_.bytes() + rope_table_.bytes();
   }
+  std::string decode_path() const override {
+    return !use_graphs_ ? "eager" : mega_ ? "megakernel" : fuse_decode_ ? "graphs-fused" : "graphs";
+  }
 
  private:
   void forward_chunk(const int32_t* tokens, int64_t n, float* logits, bool all_logits,
@@ -276,6 +281,10 @@ class ModelCuda final : public Model {
   // The last row of x through the final norm and the head, into host_logits_ (rows r0 .. r0+rows-1).
   void head(int64_t r0, int64_t rows);
   void decode_graphed(int32_t token, float* logits);
+  // The decode step as the megakernel's phases (the fused path's products, attention, merge and head).
+  template <typename T>
+  void mega_phases(mega::DecodeMega& m, int64_t bound);
+  bool mega_eligible() const;
   void sync() { SELFEXT_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
   int device_;
@@ -305,6 +314,11 @@ class ModelCuda final : public Model {
   // (unfused, three separate products there) 3.007 / 3.018 -> 3.084 / 3.086 ms. So on by default for
   // the fused path only; SELFEXT_CUDA_QKV_STORE=0 / 1 forces it off / on.
   bool qkv_store_ = false;
+  // Decode steps of the fused path as one persistent kernel (model/decode_mega.cuh): SELFEXT_CUDA_MEGA=1
+  // (opt-in until measured on a GPU), where mega_eligible(); its phase lists per decode graph.
+  bool mega_ = false;
+  int mega_blocks_ = 0;
+  std::map<std::tuple<int64_t, int64_t, int64_t>, std::unique_ptr<mega::DecodeMega>> megas_;
   std::map<std::tuple<int64_t, int64_t, int64_t>, cudaGraphExec_t> graphs_;
   QMatrix token_embd_, output_;
   const float* output_norm_ = nullptr;
@@ -425,7 +439,26 @@ ModelCuda::ModelCuda(ModelConfig config, ModelWeights weights, int device)
   const char* senv = std::getenv("SELFEXT_CUDA_QKV_STORE");
   qkv_store_ = !c.cope && (senv && (std::strcmp(senv, "0") == 0 || std::strcmp(senv, "1") == 0) ? senv[0] == '1'
                                                                                                 : fuse_decode_);
+  const char* menv = std::getenv("SELFEXT_CUDA_MEGA");
+  mega_ = menv && std::strcmp(menv, "1") == 0 && mega_eligible();
+  if (mega_) mega_blocks_ = mega::DecodeMega::grid_blocks();
+  SELFEXT_CUDA_CHECK(cudaMemsetAsync(scratch_.as<char>(sl_.mega_sync), 0, sizeof(mega::MegaSync), stream_));
   sync();
+}
+
+bool ModelCuda::mega_eligible() const {
+  const ModelConfig& c = cfg_;
+  const char* se_env = std::getenv("SELFEXT_CUDA_SE_DECODE");
+  if (!fuse_decode_ || !use_graphs_ || c.cope || !qkv_store_ || c.rope_dim <= 0 || (se_env && std::strcmp(se_env, "0") == 0))
+    return false;
+  if (!(c.head_dim == 64 || c.head_dim == 128) || c.n_head % c.n_head_kv != 0 ||
+      c.n_head / c.n_head_kv > attn_cuda::kDecMaxRep)
+    return false;
+  if (!mega::supported_type(output_.type)) return false;
+  for (const DeviceLayer& l : layers_)
+    for (const QMatrix* m : {&l.wqkv, &l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate_up, &l.w_gate, &l.w_up, &l.w_down})
+      if (m->data && !mega::supported_type(m->type)) return false;
+  return mega::device_supported();
 }
 
 void ModelCuda::upload(const CudaModelPlan& plan) {
@@ -596,6 +629,63 @@ void ModelCuda::layer(int il, int64_t n, int64_t pos0, int64_t graph_bound) {
   product(l.w_down, down_in, ffa, F, x, E, true);  // x += down(SwiGLU)
 }
 
+template <typename T>
+void ModelCuda::mega_phases(mega::DecodeMega& m, int64_t bound) {
+  const ModelConfig& c = cfg_;
+  const int64_t E = c.n_embd, QD = c.q_dim(), KD = c.kv_dim(), F = c.n_ff;
+  float* x = scratch_.as<float>(sl_.x);
+  float* qkv = scratch_.as<float>(sl_.qkv);
+  float* ff = scratch_.as<float>(sl_.ff);
+  T* q16 = scratch_.as<T>(sl_.q16);
+  T* att16 = scratch_.as<T>(sl_.att16);
+  const int32_t* dpos = scratch_.as<int32_t>(sl_.pos);
+  const size_t layer_elems = size_t(KD) * c.n_ctx;
+  using mv_cuda::fused_matvec_plan;
+  for (int il = 0; il < c.n_layer; ++il) {
+    const DeviceLayer& l = layers_[size_t(il)];
+    T* kc = k_cache_.as<T>() + size_t(il) * layer_elems;
+    T* vc = v_cache_.as<T>() + size_t(il) * layer_elems;
+    // Q, K, V stored by the products (QkvScatter, as the graphed fused path with qkv_store_).
+    const MatvecInput attn_in{MatvecInput::kRmsNorm, x, E, l.attn_norm, c.rms_eps};
+    QkvScatter sc{q16, kc, vc, l.bq, l.bk, l.bv, 0, int(QD), int(KD), int(c.head_dim), c.n_ctx, 0, dpos,
+                  c.kv_dtype == DType::kBFloat16};
+    if (l.wqkv.data) {
+      m.add_matvec(fused_matvec_plan(l.wqkv, attn_in, qkv, false, &sc));
+    } else {
+      const QMatrix* ws[3] = {&l.wq, &l.wk, &l.wv};
+      const int64_t row0[3] = {0, QD, QD + KD};
+      for (int i = 0; i < 3; ++i) {
+        sc.row0 = row0[i];
+        m.add_matvec(fused_matvec_plan(*ws[i], attn_in, qkv + row0[i], false, &sc));
+      }
+    }
+    m.barrier();
+    AttentionParams ap = layer_attention_params(c, q16, kc, vc, att16, 1, bound, rope_table_.as<float>());
+    ap.T_k_dev = dpos + 1;
+    ap.q_dtype = ap.kv_dtype = ap.out_dtype = c.kv_dtype;
+    ap.stream = stream_;
+    ap.workspace = scratch_.as<void>(sl_.attn_decode_ws);
+    ap.workspace_bytes = sl_.attn_decode_bytes;
+    m.add_attention(attn_cuda::se_decode_mega_plan(ap, m.blocks()), int(c.n_head));
+    m.barrier();
+    const MatvecInput att_in{c.kv_dtype == DType::kBFloat16 ? MatvecInput::kBF16 : MatvecInput::kF16, att16, QD};
+    m.add_matvec(fused_matvec_plan(l.wo, att_in, x, true, nullptr));  // x += attn · Wo^T
+    m.barrier();
+    const MatvecInput ffn_in{MatvecInput::kRmsNorm, x, E, l.ffn_norm, c.rms_eps};
+    if (l.w_gate_up.data) {
+      m.add_matvec(fused_matvec_plan(l.w_gate_up, ffn_in, ff, false, nullptr));
+    } else {
+      m.add_matvec(fused_matvec_plan(l.w_gate, ffn_in, ff, false, nullptr));
+      m.add_matvec(fused_matvec_plan(l.w_up, ffn_in, ff + F, false, nullptr));
+    }
+    m.barrier();
+    m.add_matvec(fused_matvec_plan(l.w_down, MatvecInput{MatvecInput::kSwiGlu, ff, 2 * F}, x, true, nullptr));
+    m.barrier();
+  }
+  m.add_matvec(fused_matvec_plan(output_, MatvecInput{MatvecInput::kRmsNorm, x, E, output_norm_, c.rms_eps},
+                                 scratch_.as<float>(sl_.logits), false, nullptr));
+}
+
 void ModelCuda::head(int64_t r0, int64_t rows) {
   const ModelConfig& c = cfg_;
   const int64_t E = c.n_embd, V = c.n_vocab;
@@ -665,8 +755,23 @@ void ModelCuda::decode_graphed(int32_t token, float* logits) {
   host_ids_.as<int32_t>()[0] = token;
   host_pos_.as<int32_t>()[0] = int32_t(pos0);
   host_pos_.as<int32_t>()[1] = int32_t(T_k);
-  cudaGraphExec_t& exec = graphs_[std::make_tuple(bound, c.group, c.window)];
+  const auto key = std::make_tuple(bound, c.group, c.window);
+  cudaGraphExec_t& exec = graphs_[key];
   if (!exec) {
+    mega::DecodeMega* mg = nullptr;
+    if (mega_) {
+      try {
+        auto m = std::make_unique<mega::DecodeMega>(mega_blocks_);
+        if (c.kv_dtype == DType::kFloat16) mega_phases<f16>(*m, bound);
+        else mega_phases<bf16>(*m, bound);
+        m->upload();
+        mg = (megas_[key] = std::move(m)).get();
+      } catch (...) {
+        graphs_.erase(key);
+        megas_.erase(key);
+        throw;
+      }
+    }
     cudaGraph_t graph = nullptr;
     SELFEXT_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
     try {
@@ -675,12 +780,19 @@ void ModelCuda::decode_graphed(int32_t token, float* logits) {
       SELFEXT_CUDA_CHECK(cudaMemcpyAsync(scratch_.as<int32_t>(sl_.pos), host_pos_.as<int32_t>(), 8,
                                          cudaMemcpyHostToDevice, stream_));
       embed_rows_cuda(token_embd_, scratch_.as<int32_t>(sl_.ids), 1, scratch_.as<float>(sl_.x), c.n_embd, stream_);
-      for (int il = 0; il < c.n_layer; ++il) layers(il, 1, pos0, bound);
-      head(0, 1);
+      if (mg) {
+        mg->launch(scratch_.as<mega::MegaSync>(sl_.mega_sync), stream_);
+        SELFEXT_CUDA_CHECK(cudaMemcpyAsync(host_logits_.as<float>(), scratch_.as<float>(sl_.logits),
+                                           size_t(c.n_vocab) * 4, cudaMemcpyDeviceToHost, stream_));
+      } else {
+        for (int il = 0; il < c.n_layer; ++il) layers(il, 1, pos0, bound);
+        head(0, 1);
+      }
     } catch (...) {
       cudaStreamEndCapture(stream_, &graph);
       if (graph) cudaGraphDestroy(graph);
-      graphs_.erase(std::make_tuple(bound, c.group, c.window));
+      graphs_.erase(key);
+      megas_.erase(key);
       cudaGetLastError();
       throw;
     }
@@ -688,7 +800,8 @@ void ModelCuda::decode_graphed(int32_t token, float* logits) {
     const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
     cudaGraphDestroy(graph);
     if (err != cudaSuccess) {
-      graphs_.erase(std::make_tuple(bound, c.group, c.window));
+      graphs_.erase(key);
+      megas_.erase(key);
       SELFEXT_CUDA_CHECK(err);
     }
   }
