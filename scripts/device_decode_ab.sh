@@ -35,10 +35,8 @@ cd bench
 run() { echo "--- $1 $2"; env $2 timeout 60 python3 profile_decode.py $1 --steps 64 2>&1 | tail -1; }
 if want mega; then
 for round in 1 2; do
-  for m in smollm2-shapes llama-3-8b-q4_k_m-shapes; do
-    run $m SELFEXT_CUDA_MEGA=0
-    run $m SELFEXT_CUDA_MEGA=1
-  done
+  run smollm2-shapes SELFEXT_CUDA_MEGA=0
+  run smollm2-shapes SELFEXT_CUDA_MEGA=1
   run smollm2-shapes "SELFEXT_CUDA_MEGA=1 SELFEXT_CUDA_MEGA_BPS=1"
   run smollm2-shapes "SELFEXT_CUDA_MEGA=1 SELFEXT_CUDA_MEGA_BPS=4"
   run smollm2-shapes "SELFEXT_CUDA_MEGA=1 SELFEXT_CUDA_MEGA_PREFETCH=0"
