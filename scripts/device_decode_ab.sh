@@ -40,6 +40,8 @@ for round in 1 2; do
   run smollm2-shapes "SELFEXT_CUDA_MEGA=1 SELFEXT_CUDA_MEGA_BPS=1"
   run smollm2-shapes "SELFEXT_CUDA_MEGA=1 SELFEXT_CUDA_MEGA_BPS=4"
   run smollm2-shapes "SELFEXT_CUDA_MEGA=1 SELFEXT_CUDA_MEGA_PREFETCH=0"
+  run smollm2-shapes "SELFEXT_CUDA_MEGA=1 SELFEXT_CUDA_MEGA_DIAG=1"  # barriers only
+  run smollm2-shapes "SELFEXT_CUDA_MEGA=1 SELFEXT_CUDA_MEGA_DIAG=2"  # work only (wrong results)
 done
 fi
 if want ab; then

@@ -31,27 +31,20 @@ __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
   asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
   return v;
 }
-__device__ __forceinline__ void st_release(unsigned* p, unsigned v) {
-  asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
-}
 
-// Barrier k (0, 1, ...) of the launch. The generation counts the barriers completed; the last block to
-// arrive resets the arrival count and then releases the generation, so no block can arrive at barrier
-// k + 1 before the count is zero again.
+// Barrier k (0, 1, ...) of the launch: the arrival count only grows within a launch, so barrier k is
+// passed when it reaches (k + 1) * gridDim.x; one atomic and one polled word, no reset on the critical
+// path (the last block to leave the kernel zeroes it). Thread 0's fence.acq_rel after the block's
+// __syncthreads releases the block's writes of the phase (cumulativity); its acquiring loads order the
+// next phase's reads after every other block's release.
 __device__ __forceinline__ void grid_barrier(MegaSync* s, unsigned k) {
-  __syncthreads();  // the block's writes of the phase precede thread 0's fence
+  __syncthreads();
   if (threadIdx.x == 0) {
-    __threadfence();
-    const unsigned old = atomicAdd(&s->arrive, 1u);
-    if (old == gridDim.x - 1) {
-      atomicExch(&s->arrive, 0u);
-      __threadfence();
-      st_release(&s->gen, k + 1);
-    } else {
-      while (ld_acquire(&s->gen) <= k) {
-      }
+    const unsigned target = (k + 1) * gridDim.x;
+    asm volatile("fence.acq_rel.gpu;" ::: "memory");
+    asm volatile("red.relaxed.gpu.global.add.u32 [%0], 1;" ::"l"(&s->arrive) : "memory");
+    while (ld_acquire(&s->arrive) < target) {
     }
-    __threadfence();
   }
   __syncthreads();
 }
@@ -130,20 +123,43 @@ __device__ __forceinline__ void prefetch_phase(const MegaPhase& ph) {
   }
 }
 
-__global__ void __launch_bounds__(kThreads) decode_mega_kernel(const MegaPhase* phases, int n_phases, MegaSync* sync) {
+// The phases' parameters are read from shared memory: a phase's fields in global memory would be
+// re-read from L2 after every barrier (the acquire discards the SM's L1 lines), a chain of dependent
+// round trips before the first weight load. The block copies phase p + 1 while it runs phase p.
+constexpr int kPhaseWords = int(sizeof(MegaPhase) / 8);
+static_assert(sizeof(MegaPhase) % 8 == 0, "phases are copied in 8-byte words");
+
+__device__ __forceinline__ void copy_phase(MegaPhase* dst, const MegaPhase* src) {
+  const uint64_t* s = reinterpret_cast<const uint64_t*>(src);
+  uint64_t* d = reinterpret_cast<uint64_t*>(dst);
+  for (int i = threadIdx.x; i < kPhaseWords; i += blockDim.x) d[i] = __ldg(s + i);
+}
+
+// diag (benchmarks only, SELFEXT_CUDA_MEGA_DIAG): 1 skips the phases' work (the barriers' cost), 2 skips
+// the barriers (the work's cost; wrong results).
+__global__ void __launch_bounds__(kThreads) decode_mega_kernel(const MegaPhase* phases, int n_phases, MegaSync* sync,
+                                                               int diag) {
   extern __shared__ __align__(16) unsigned char smem[];
-  if (threadIdx.x == 0 && n_phases > 0) prefetch_phase(phases[0]);
+  __shared__ MegaPhase sph[3];  // phases p, p + 1 (ready, prefetched at p's start) and p + 2 (being copied)
+  for (int i = 0; i < 2 && i < n_phases; ++i) copy_phase(&sph[i], &phases[i]);
+  __syncthreads();
+  if (threadIdx.x == 0 && n_phases > 0) prefetch_phase(sph[0]);
   unsigned k = 0;  // barriers passed
   for (int p = 0; p < n_phases; ++p) {
-    const MegaPhase& ph = phases[p];
-    if (threadIdx.x == 0 && p + 1 < n_phases) prefetch_phase(phases[p + 1]);
-    for (int vb = blockIdx.x; vb < ph.n_blocks; vb += gridDim.x) {
-      if (ph.kind == kMatvec) matvec_phase(ph, vb);
-      else if (ph.kind == kSeDecode) attention_phase(ph, vb, smem);
-      else merge_phase(ph, vb);
-      __syncthreads();  // the next virtual block reuses the shared memory
+    const MegaPhase& ph = sph[p % 3];
+    if (threadIdx.x == 0 && p + 1 < n_phases) prefetch_phase(sph[(p + 1) % 3]);
+    if (p + 2 < n_phases) copy_phase(&sph[(p + 2) % 3], &phases[p + 2]);  // the slot of phase p - 1
+    const bool bar = ph.barrier && diag != 2;  // read before the __syncthreads after which sph[p % 3] is rewritten
+    if (diag != 1) {
+      for (int vb = blockIdx.x; vb < ph.n_blocks; vb += gridDim.x) {
+        if (ph.kind == kMatvec) matvec_phase(ph, vb);
+        else if (ph.kind == kSeDecode) attention_phase(ph, vb, smem);
+        else merge_phase(ph, vb);
+        __syncthreads();  // the next virtual block reuses the shared memory
+      }
     }
-    if (ph.barrier) grid_barrier(sync, k++);
+    __syncthreads();  // phase p + 2's copy is complete; nothing reads phase p's slot after this
+    if (bar) grid_barrier(sync, k++);
   }
   // The last block to leave resets the barrier state for the next launch (every other block is past its
   // last barrier by then).
@@ -151,7 +167,6 @@ __global__ void __launch_bounds__(kThreads) decode_mega_kernel(const MegaPhase* 
     __threadfence();
     if (atomicAdd(&sync->exit, 1u) == gridDim.x - 1) {
       atomicExch(&sync->arrive, 0u);
-      atomicExch(&sync->gen, 0u);
       atomicExch(&sync->exit, 0u);
     }
   }
@@ -268,8 +283,10 @@ void DecodeMega::launch(MegaSync* sync, cudaStream_t stream) const {
   attr[0].val.cooperative = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
+  int diag = 0;
+  if (const char* e = std::getenv("SELFEXT_CUDA_MEGA_DIAG")) diag = std::atoi(e);
   SELFEXT_CUDA_CHECK(cudaLaunchKernelEx(&cfg, decode_mega_kernel, static_cast<const MegaPhase*>(dev_),
-                                        int(host_.size()), sync));
+                                        int(host_.size()), sync, diag));
 }
 
 }  // namespace mega

@@ -11,8 +11,8 @@
 // share of phase p + 1's weights (or keys and values) is already on its way into L2.
 //
 // Memory ordering: a phase's writes (plain stores by any block) are ordered before the barrier's
-// release (thread 0: __threadfence, then the arrival atomic; the last arriver's st.release of the
-// generation), and the next phase's reads after the waiters' ld.acquire.gpu of it, which at gpu scope
+// release (thread 0, after the block's __syncthreads: fence.acq_rel.gpu, then the arrival add), and
+// the next phase's reads after the waiters' ld.acquire.gpu of the arrival count, which at gpu scope
 // also discards the SM's L1 lines: so plain (L1-cached) loads of data written in earlier phases are
 // correct. Nothing written in the kernel is read through the non-coherent (ld.global.nc) path: the
 // activation loads are plain loads (checked in the SASS, see decode_mega.cu).
@@ -59,7 +59,7 @@ struct MegaPhase {
 
 // Grid-barrier state: zero before a launch, zero again after it (the last block to leave resets it).
 struct MegaSync {
-  unsigned arrive, gen, exit, pad;
+  unsigned arrive, exit, pad[2];
 };
 
 // Whether the megakernel runs products of this type (the formats instantiated in decode_mega.cu).
