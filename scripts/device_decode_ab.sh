@@ -10,7 +10,8 @@
 # Sections: scripts/device_decode_ab.sh [mega] [tests] [ab] [bench] [ncu] (default: the last four, ~7 minutes
 # after the build; split them over two calls when the build shares the first). mega: the decode
 # megakernel's tests (a hang there is a barrier bug: a short timeout) and its A/B (SELFEXT_CUDA_MEGA=1,
-# blocks per SM, its L2 prefetch).
+# blocks per SM, its L2 prefetch). merge: the decode attention's in-kernel split merge against the merge
+# kernel (SELFEXT_CUDA_SE_DEC_MERGE=kernel).
 set -u
 OUT=${OUT:-/tmp/device_out}
 mkdir -p "$OUT"
@@ -43,6 +44,18 @@ for round in 1 2; do
   run smollm2-shapes "SELFEXT_CUDA_MEGA=1 SELFEXT_CUDA_MEGA_DIAG=1"  # barriers only
   run smollm2-shapes "SELFEXT_CUDA_MEGA=1 SELFEXT_CUDA_MEGA_DIAG=2"  # work only (wrong results)
 done
+fi
+if want merge; then
+for round in 1 2; do
+  for m in smollm2-shapes llama-3-8b-q4_k_m-shapes; do
+    run $m SELFEXT_CUDA_SE_DEC_MERGE=kernel
+    run $m SELFEXT_CUDA_SE_DEC_MERGE=block
+  done
+  run smollm2-shapes SELFEXT_CUDA_MEGA=1
+  run smollm2-shapes "SELFEXT_CUDA_MEGA=1 SELFEXT_CUDA_MEGA_BPS=1"
+done
+echo "--- per-kernel, PDL off, smollm2-shapes"
+SELFEXT_CUDA_PDL=0 timeout 90 python3 profile_decode.py smollm2-shapes --steps 16 --torch-profile 2>&1 | grep -v Warn | tail -9
 fi
 if want ab; then
 for round in 1 2; do
