@@ -32,6 +32,10 @@ fi
 if want mega; then
 timeout 200 python3 -m pytest tests/test_llm_cuda.py -m cuda -q -p no:cacheprovider -rfE -k "megakernel" 2>&1 | tail -8
 fi
+if want prefill; then
+echo "--- attention prefill (SE, prerot column), CoPE and decode, no flex"
+timeout 240 python3 bench/attention_cuda.py --no-flex --out "$OUT" 2>&1 | tail -24
+fi
 cd bench
 run() { echo "--- $1 $2"; env $2 timeout 60 python3 profile_decode.py $1 --steps 64 2>&1 | tail -1; }
 if want mega; then
