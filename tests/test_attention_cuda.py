@@ -191,24 +191,19 @@ DECODE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("kernel, cps, threads, merge",
-                         [("1", None, None, None), ("1", "3", None, None), ("1", "100000", None, None),
-                          ("1", None, "128", None), ("1", "3", "128", None), ("1", "100000", "128", None),
-                          ("1", None, None, "kernel"), ("1", "3", "128", "kernel"), ("0", None, None, None)],
+@pytest.mark.parametrize("kernel, cps, threads",
+                         [("1", None, None), ("1", "3", None), ("1", "100000", None), ("1", None, "128"),
+                          ("1", "3", "128"), ("1", "100000", "128"), ("0", None, None)],
                          ids=["decode", "decode-3-chunks-per-split", "decode-one-split", "decode128",
-                              "decode128-3-chunks-per-split", "decode128-one-split", "decode-merge-kernel",
-                              "decode128-3-chunks-per-split-merge-kernel", "tile"])
+                              "decode128-3-chunks-per-split", "decode128-one-split", "tile"])
 @pytest.mark.parametrize("T_k, H, H_kv, D, G, W, style, rope_dim, dtype", DECODE_CASES)
-def test_self_extend_decode_kernels(rng, monkeypatch, kernel, cps, threads, merge, T_k, H, H_kv, D, G, W, style,
-                                    rope_dim, dtype):
+def test_self_extend_decode_kernels(rng, monkeypatch, kernel, cps, threads, T_k, H, H_kv, D, G, W, style, rope_dim,
+                                    dtype):
     """T_q = 1 through the decode kernel (SELFEXT_CUDA_SE_DECODE=1) and through the tile kernel (=0); the
     decode kernel also with at least 3 chunks per split and with one split (its own output, no merge), and
     each of those with 128-thread blocks of 32-key chunks (SELFEXT_CUDA_SE_DEC_THREADS=128: two element
-    pairs per thread in P V at D >= 80). Split plans merge in the kernel's last split block per kv head,
-    or (SELFEXT_CUDA_SE_DEC_MERGE=kernel) in the separate merge kernel."""
+    pairs per thread in P V at D >= 80)."""
     monkeypatch.setenv("SELFEXT_CUDA_SE_DECODE", kernel)
-    if merge is not None:
-        monkeypatch.setenv("SELFEXT_CUDA_SE_DEC_MERGE", merge)
     if cps is not None:
         monkeypatch.setenv("SELFEXT_CUDA_SE_DEC_CPS", cps)
     if threads is not None:

@@ -59,18 +59,15 @@ inline SplitPlan plan_splits(int64_t n_blocks, int64_t n_key_tiles, int sms) {
   return sp;
 }
 
-// Split-K scratch: n_counters arrival counters (the decode kernel's in-kernel merge; zero between calls),
-// then the partial accumulators, then the (max, sum) pairs, each part 256-byte aligned. The counters come
-// first so that every plan (any n_splits) of a workspace finds them at the same place.
+// Split-K scratch: the partial accumulators, then the (max, sum) pairs, each 256-byte aligned.
 struct SplitWorkspace {
-  size_t cnt_offset, o_offset, ml_offset, total;
+  size_t o_offset, ml_offset, total;
 };
-inline SplitWorkspace split_workspace(int n_splits, int64_t T_q, int n_heads, int head_dim, int n_counters) {
+inline SplitWorkspace split_workspace(int n_splits, int64_t T_q, int n_heads, int head_dim) {
   auto up = [](size_t b) { return (b + 255) / 256 * 256; };
   SplitWorkspace w;
-  w.cnt_offset = 0;
-  w.o_offset = up(size_t(n_counters) * sizeof(unsigned));
-  w.ml_offset = w.o_offset + up(size_t(n_splits) * T_q * n_heads * head_dim * sizeof(float));
+  w.o_offset = 0;
+  w.ml_offset = up(size_t(n_splits) * T_q * n_heads * head_dim * sizeof(float));
   w.total = w.ml_offset + up(size_t(n_splits) * T_q * n_heads * 2 * sizeof(float));
   return w;
 }

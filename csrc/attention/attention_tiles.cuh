@@ -319,9 +319,6 @@ struct OutArgs {
   float* ws_o;   // split: (n_splits, T_q, n_heads, head_dim) unnormalized accumulators
   float* ws_ml;  // split: (n_splits, T_q, n_heads, 2) running max (natural log units) and sum
   int n_heads;
-  // decode kernel, split: one arrival counter per kv head (zero before the call, left zero by it); the
-  // last split block of a kv head to finish merges its rows. Null: the merge kernel does.
-  unsigned* ws_count = nullptr;
 };
 
 template <typename T, int kHeadDim>

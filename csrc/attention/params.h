@@ -53,10 +53,6 @@ struct AttentionParams {
   // memory nodes in a graph).
   void* workspace = nullptr;
   int64_t workspace_bytes = 0;
-  // The workspace's tail of arrival counters (the decode kernel's in-kernel merge) is zero, as every
-  // call leaves it: set by owners that zeroed it once and give it to nothing else (the model's decode
-  // scratch); otherwise each call zeroes it first (one memset).
-  bool workspace_zeroed = false;
 };
 
 class ThreadPool;

@@ -62,10 +62,9 @@ constexpr int kDecMaxRep = 8;  // query heads per kv head this kernel takes (GQA
 // wait for the chunk; a plan of one split writes the normalized output itself (no merge kernel).
 template <int kHeadDim, int kThreads>
 constexpr size_t dec_smem_bytes() {
-  // K and V, two buffers each; then q at both positions, the chunk's probabilities, m, l, alpha and the
-  // in-kernel merge's flag (padded to 16 bytes).
+  // K and V, two buffers each; then q at both positions, the chunk's probabilities, m, l and alpha.
   return size_t(4) * (kThreads / 4) * Layout<kHeadDim>::kStride * 2 +
-         (size_t(2) * kDecMaxRep * kHeadDim + size_t(kDecMaxRep) * (kThreads / 4) + 3 * kDecMaxRep + 4) * 4;
+         (size_t(2) * kDecMaxRep * kHeadDim + size_t(kDecMaxRep) * (kThreads / 4) + 3 * kDecMaxRep) * 4;
 }
 
 // Block (kvh, split) of the decode grid (n_kv_heads, n_splits), kThreads threads, smem: dec_smem_bytes
@@ -271,7 +270,7 @@ __device__ __forceinline__ void se_decode_block(const SeArgs& a, int chunks_per_
     }
   }
   __syncthreads();
-  // Inactive warps (pv_active is per warp) reduce zeros: every thread stays for the merge's barriers.
+  if (!pv_active) return;
 #pragma unroll
   for (int r = 0; r < kDecMaxRep; ++r)
 #pragma unroll
@@ -282,7 +281,7 @@ __device__ __forceinline__ void se_decode_block(const SeArgs& a, int chunks_per_
         o[r][u][c] += __shfl_xor_sync(0xffffffffu, o[r][u][c], 2);
       }
   if (n_splits == 1) {  // one split: the normalized output, no merge
-    if (!pv_active || kq != 0) return;
+    if (kq != 0) return;
 #pragma unroll
     for (int r = 0; r < kDecMaxRep; ++r) {
       if (r >= n_rep) break;
@@ -299,7 +298,7 @@ __device__ __forceinline__ void se_decode_block(const SeArgs& a, int chunks_per_
   }
   // The block's partial state: unnormalized accumulators, max in natural-log units, and the sum.
   const int64_t row0 = int64_t(split) * a.oa.n_heads + int64_t(kvh) * n_rep;  // T_q = 1
-  if (pv_active && kq == 0) {
+  if (kq == 0) {
 #pragma unroll
     for (int r = 0; r < kDecMaxRep; ++r) {
       if (r >= n_rep) break;
@@ -315,30 +314,6 @@ __device__ __forceinline__ void se_decode_block(const SeArgs& a, int chunks_per_
   if (tid < n_rep) {
     a.oa.ws_ml[(row0 + tid) * 2] = m_sh[tid] == -INFINITY ? -INFINITY : m_sh[tid] * kLn2;
     a.oa.ws_ml[(row0 + tid) * 2 + 1] = l_sh[tid];
-  }
-  if (a.oa.ws_count == nullptr) return;  // the merge kernel combines the splits
-  // The last of the kv head's split blocks to arrive merges its n_rep rows (one launch fewer per
-  // decode step, and no grid-wide wait for the slowest head). Release: the block's stores, then thread
-  // 0's fence.acq_rel.gpu and the arrival; acquire: the last arriver's acq_rel add orders its block's
-  // reads (after the __syncthreads) after every other split's release; it resets the counter for the
-  // next call (stream order, or the megakernel's next grid barrier, publishes the reset).
-  __syncthreads();
-  int* last_sh = reinterpret_cast<int*>(alpha_sh + kDecMaxRep);
-  if (tid == 0) {
-    unsigned* cnt = a.oa.ws_count + kvh;
-    unsigned prev;
-    asm volatile("fence.acq_rel.gpu;" ::: "memory");
-    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(prev) : "l"(cnt) : "memory");
-    const bool last = prev == unsigned(n_splits - 1);
-    if (last) asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(cnt), "r"(0u) : "memory");
-    *last_sh = last;
-  }
-  __syncthreads();
-  if (!*last_sh) return;
-  for (int r = 0; r < n_rep; ++r) {
-    merge_splits_row<T>(a.oa.ws_o, a.oa.ws_ml, n_splits, a.oa.n_heads, kHeadDim, a.oa.n_heads,
-                        static_cast<T*>(a.oa.out), 0, a.oa.stride_h, int64_t(kvh) * n_rep + r);
-    __syncthreads();  // the merge's shared weights are rewritten for the next row
   }
 }
 

@@ -212,13 +212,6 @@ int decode_blocks_per_sm() {
   return cached;
 }
 
-// Whether the decode kernel's last split block of each kv head merges the splits (default) instead of
-// a merge kernel after it (SELFEXT_CUDA_SE_DEC_MERGE=kernel, for measuring; read at every call).
-inline bool decode_merges_in_kernel() {
-  const char* e = std::getenv("SELFEXT_CUDA_SE_DEC_MERGE");
-  return !(e && std::strcmp(e, "kernel") == 0);
-}
-
 // The decode block's thread count: kDecThreads, or 128 with SELFEXT_CUDA_SE_DEC_THREADS=128 (read at
 // every call, so a process can compare both).
 inline int decode_threads() {
@@ -354,8 +347,7 @@ void run_se(const AttentionParams& p) {
         launch_kernel(kernel, dim3(unsigned(p.n_kv_heads), 1u), dim3(kThreads), smem, stream, a, dp.chunks_per_split);
         return;
       }
-      const bool in_kernel = decode_merges_in_kernel();
-      const SplitWorkspace wl = split_workspace(dp.n_splits, 1, p.n_heads, kHeadDim, p.n_kv_heads);
+      const SplitWorkspace wl = split_workspace(dp.n_splits, 1, p.n_heads, kHeadDim);
       DeviceScratch own(p.workspace ? 0 : wl.total, stream);
       char* base = p.workspace ? static_cast<char*>(p.workspace) : own.as<char>();
       SELFEXT_CHECK(!p.workspace || p.workspace_bytes >= int64_t(wl.total), ArgumentError,
@@ -363,16 +355,10 @@ void run_se(const AttentionParams& p) {
                     wl.total);
       a.oa.ws_o = reinterpret_cast<float*>(base + wl.o_offset);
       a.oa.ws_ml = reinterpret_cast<float*>(base + wl.ml_offset);
-      if (in_kernel) {
-        a.oa.ws_count = reinterpret_cast<unsigned*>(base + wl.cnt_offset);
-        if (!(p.workspace && p.workspace_zeroed))
-          SELFEXT_CUDA_CHECK(cudaMemsetAsync(a.oa.ws_count, 0, size_t(p.n_kv_heads) * sizeof(unsigned), stream));
-      }
       launch_kernel(kernel, dim3(unsigned(p.n_kv_heads), unsigned(dp.n_splits)), dim3(kThreads), smem, stream, a,
                     dp.chunks_per_split);
-      if (!in_kernel)
-        launch_merge<T>(a.oa.ws_o, a.oa.ws_ml, dp.n_splits, 1, p.n_heads, kHeadDim, p.out, p.out_stride_t,
-                        p.out_stride_h, stream);
+      launch_merge<T>(a.oa.ws_o, a.oa.ws_ml, dp.n_splits, 1, p.n_heads, kHeadDim, p.out, p.out_stride_t,
+                      p.out_stride_h, stream);
     };
     if (decode_threads() == 128) decode(std::integral_constant<int, 128>{});
     else decode(std::integral_constant<int, kDecThreads>{});
@@ -412,7 +398,7 @@ void run_se(const AttentionParams& p) {
   }
   // Partial states in the caller's workspace when given (the model's decode steps: no allocation, so
   // no memory nodes in its graphs), else in the stream-ordered pool.
-  const SplitWorkspace wl = split_workspace(sp.n_splits, p.T_q, p.n_heads, kHeadDim, p.n_kv_heads);
+  const SplitWorkspace wl = split_workspace(sp.n_splits, p.T_q, p.n_heads, kHeadDim);
   if (p.workspace) {
     SELFEXT_CHECK(p.workspace_bytes >= int64_t(wl.total), ArgumentError, "self_extend_attention: the workspace has ",
                   p.workspace_bytes, " bytes, this call needs ", wl.total);
@@ -502,17 +488,13 @@ SeDecodeMega se_decode_mega_plan(const AttentionParams& p, int blocks) {
   m.head_dim = p.head_dim;
   m.bf16 = p.q_dtype == DType::kBFloat16;
   if (m.plan.n_splits > 1) {
-    const bool in_kernel = decode_merges_in_kernel();
-    const SplitWorkspace wl = split_workspace(m.plan.n_splits, 1, p.n_heads, p.head_dim, p.n_kv_heads);
+    const SplitWorkspace wl = split_workspace(m.plan.n_splits, 1, p.n_heads, p.head_dim);
     SELFEXT_CHECK(p.workspace != nullptr && p.workspace_bytes >= int64_t(wl.total), ArgumentError,
                   "self_extend_attention: the decode megakernel needs a workspace of ", wl.total, " bytes, has ",
                   p.workspace ? p.workspace_bytes : 0);
-    SELFEXT_CHECK(!in_kernel || p.workspace_zeroed, ArgumentError,
-                  "self_extend_attention: the decode megakernel needs a zeroed workspace (workspace_zeroed)");
     char* base = static_cast<char*>(p.workspace);
     m.a.oa.ws_o = reinterpret_cast<float*>(base + wl.o_offset);
     m.a.oa.ws_ml = reinterpret_cast<float*>(base + wl.ml_offset);
-    if (in_kernel) m.a.oa.ws_count = reinterpret_cast<unsigned*>(base + wl.cnt_offset);
   }
   return m;
 }
@@ -546,7 +528,7 @@ int64_t self_extend_attention_cuda_workspace_bytes(const AttentionParams& p) {
   if (use_decode_kernel(p.T_q, n_rep, 2)) {
     // the most splits any plan takes: at most 2048 / kDecMinThreads resident blocks per SM, the smallest chunks
     const DecodePlan dp = decode_plan(p.T_k, p.n_kv_heads, sms, 2048 / kDecMinThreads, kDecMinThreads / 4);
-    dec = int64_t(attn_cuda::split_workspace(dp.n_splits, 1, p.n_heads, p.head_dim, p.n_kv_heads).total);
+    dec = int64_t(attn_cuda::split_workspace(dp.n_splits, 1, p.n_heads, p.head_dim).total);
   }
   if (use_prerotated_k(p) && p.T_q > 1) {  // the rotated K copies (both, at most)
     dec += int64_t(2) * p.T_k * p.n_kv_heads * p.head_dim * 2;
@@ -555,7 +537,7 @@ int64_t self_extend_attention_cuda_workspace_bytes(const AttentionParams& p) {
   const int64_t groups = (rows + 63) / 64 * p.n_kv_heads;
   const attn_cuda::SplitPlan sp = attn_cuda::plan_splits(groups, (p.T_k + 63) / 64, sms);
   if (sp.n_splits == 1) return table + dec;
-  return table + std::max(dec, int64_t(attn_cuda::split_workspace(sp.n_splits, p.T_q, p.n_heads, p.head_dim, p.n_kv_heads).total));
+  return table + std::max(dec, int64_t(attn_cuda::split_workspace(sp.n_splits, p.T_q, p.n_heads, p.head_dim).total));
 }
 
 int cuda_exchange_device(int device) {

@@ -140,10 +140,7 @@ __device__ __forceinline__ void copy_phase(MegaPhase* dst, const MegaPhase* src)
 __global__ void __launch_bounds__(kThreads) decode_mega_kernel(const MegaPhase* phases, int n_phases, MegaSync* sync,
                                                                int diag) {
   extern __shared__ __align__(16) unsigned char smem[];
-  // Phases p, p + 1 (ready, prefetched at p's start) and p + 2 (being copied): raw storage, as MegaPhase's
-  // member initializers would ask for a dynamic initialization of shared memory.
-  __shared__ __align__(16) unsigned char sph_raw[3 * sizeof(MegaPhase)];
-  MegaPhase* sph = reinterpret_cast<MegaPhase*>(sph_raw);
+  __shared__ MegaPhase sph[3];  // phases p, p + 1 (ready, prefetched at p's start) and p + 2 (being copied)
   for (int i = 0; i < 2 && i < n_phases; ++i) copy_phase(&sph[i], &phases[i]);
   __syncthreads();
   if (threadIdx.x == 0 && n_phases > 0) prefetch_phase(sph[0]);
@@ -250,9 +247,7 @@ void DecodeMega::add_attention(const attn_cuda::SeDecodeMega& s, int n_heads) {
   ph.n_blocks = (n_heads / s.a.rm.n_rep) * s.plan.n_splits;
   ph.prefetch = prefetch_enabled();
   host_.push_back(ph);
-  // One split writes the output; several merge in the attention's last split block per kv head, or
-  // (SELFEXT_CUDA_SE_DEC_MERGE=kernel) in a merge phase after a barrier.
-  if (s.plan.n_splits == 1 || s.a.oa.ws_count != nullptr) return;
+  if (s.plan.n_splits == 1) return;  // the attention wrote the output
   barrier();
   MegaPhase m;
   m.kind = kMerge;

@@ -443,9 +443,6 @@ ModelCuda::ModelCuda(ModelConfig config, ModelWeights weights, int device)
   mega_ = menv && std::strcmp(menv, "1") == 0 && mega_eligible();
   if (mega_) mega_blocks_ = mega::DecodeMega::grid_blocks();
   SELFEXT_CUDA_CHECK(cudaMemsetAsync(scratch_.as<char>(sl_.mega_sync), 0, sizeof(mega::MegaSync), stream_));
-  // The decode attention's arrival counters (its workspace's tail) start at zero; every step leaves them so.
-  if (sl_.attn_decode_bytes > 0)
-    SELFEXT_CUDA_CHECK(cudaMemsetAsync(scratch_.as<char>(sl_.attn_decode_ws), 0, size_t(sl_.attn_decode_bytes), stream_));
   sync();
 }
 
@@ -609,7 +606,6 @@ void ModelCuda::layer(int il, int64_t n, int64_t pos0, int64_t graph_bound) {
     if (n == 1 && sl_.attn_decode_bytes > 0) {
       ap.workspace = scratch_.as<void>(sl_.attn_decode_ws);
       ap.workspace_bytes = sl_.attn_decode_bytes;
-      ap.workspace_zeroed = true;
     }
     self_extend_attention_cuda(ap);
   }
@@ -670,7 +666,6 @@ void ModelCuda::mega_phases(mega::DecodeMega& m, int64_t bound) {
     ap.stream = stream_;
     ap.workspace = scratch_.as<void>(sl_.attn_decode_ws);
     ap.workspace_bytes = sl_.attn_decode_bytes;
-    ap.workspace_zeroed = true;
     m.add_attention(attn_cuda::se_decode_mega_plan(ap, m.blocks()), int(c.n_head));
     m.barrier();
     const MatvecInput att_in{c.kv_dtype == DType::kBFloat16 ? MatvecInput::kBF16 : MatvecInput::kF16, att16, QD};
