@@ -10,8 +10,8 @@
 # Sections: scripts/device_decode_ab.sh [mega] [tests] [ab] [bench] [ncu] (default: the last four, ~7 minutes
 # after the build; split them over two calls when the build shares the first). mega: the decode
 # megakernel's tests (a hang there is a barrier bug: a short timeout) and its A/B (SELFEXT_CUDA_MEGA=1,
-# blocks per SM, its L2 prefetch). merge: the decode attention's in-kernel split merge against the merge
-# kernel (SELFEXT_CUDA_SE_DEC_MERGE=kernel).
+# blocks per SM, its L2 prefetch). merge: the per-kernel table of the SmolLM2-shaped step (the in-kernel split
+# merge it once compared was slower again on 2026-12-02 and is gone: docs/cuda_loop.md).
 set -u
 OUT=${OUT:-/tmp/device_out}
 mkdir -p "$OUT"
@@ -50,16 +50,9 @@ for round in 1 2; do
 done
 fi
 if want merge; then
-for round in 1 2; do
-  for m in smollm2-shapes llama-3-8b-q4_k_m-shapes; do
-    run $m SELFEXT_CUDA_SE_DEC_MERGE=kernel
-    run $m SELFEXT_CUDA_SE_DEC_MERGE=block
-  done
-  run smollm2-shapes SELFEXT_CUDA_MEGA=1
-  run smollm2-shapes "SELFEXT_CUDA_MEGA=1 SELFEXT_CUDA_MEGA_BPS=1"
-done
-echo "--- per-kernel, PDL off, smollm2-shapes"
-SELFEXT_CUDA_PDL=0 timeout 90 python3 profile_decode.py smollm2-shapes --steps 16 --torch-profile 2>&1 | grep -v Warn | tail -9
+  # the per-kernel table of the default (PDL off)
+  echo "--- per-kernel, PDL off, smollm2-shapes"
+  SELFEXT_CUDA_PDL=0 timeout 90 python3 profile_decode.py smollm2-shapes --steps 16 --torch-profile 2>&1 | grep -v Warn | tail -9
 fi
 if want ab; then
 for round in 1 2; do

@@ -263,10 +263,20 @@ __global__ void rotate_k_kernel(const uint16_t* __restrict__ k, int64_t k_st, in
   }
 }
 
-// Pre-rotated K for prefill and chunks: SELFEXT_CUDA_SE_PREROT=1 (opt-in until measured on a GPU).
+// Pre-rotated K (rotate_k_kernel once per call, then the kPre kernels) for calls with more than one
+// 128-row query block per kv head: there each K tile would be rotated once per query block, and the
+// rotation's table loads sit between two barriers with nothing to hide them (one block per SM at
+// D = 128). Measured in one run (bench/attention_cuda.py, H200, bf16, G=4, W=1024, 2026-12-02,
+// bench/results/attention_cuda-nvidia_h200-noflex-prerot.json): (32, 8, 128) 115 / 130 / 131 ->
+// 145 / 203 / 213 TFLOP/s at T = 4k / 16k / 32k, (9, 3, 64) 51 / 95 / 101 -> 54 / 133 / 148. With a single
+// query block (short chunks) each tile is rotated once either way and the copies would only add traffic.
+// SELFEXT_CUDA_SE_PREROT=0 / 1 forces either; graphs (T_k_dev) always rotate per tile.
 inline bool use_prerotated_k(const AttentionParams& p) {
+  if (p.rope_dim <= 0 || p.T_k_dev != nullptr) return false;
   const char* e = std::getenv("SELFEXT_CUDA_SE_PREROT");
-  return p.rope_dim > 0 && p.T_k_dev == nullptr && e && std::strcmp(e, "1") == 0;
+  if (e && (std::strcmp(e, "0") == 0 || std::strcmp(e, "1") == 0)) return e[0] == '1';
+  const int64_t rows = p.T_q * (p.n_heads / std::max<int64_t>(1, p.n_kv_heads));
+  return rows > 128;
 }
 
 template <typename T, int kHeadDim, int kWarps, bool kSplit, bool kPre = false>
@@ -366,7 +376,7 @@ void run_se(const AttentionParams& p) {
   }
   // Prefill: 8 warps (128 rows) per block amortize each K tile's rotation over more rows.
   constexpr int kBigWarps = 8, kSmallWarps = 4;
-  // Pre-rotated K (opt-in): both copies rotated once here instead of once per query block and tile.
+  // Pre-rotated K (use_prerotated_k): both copies rotated once here instead of once per query block and tile.
   const bool pre = use_prerotated_k(p);
   const size_t rot_bytes = size_t(p.T_k) * p.n_kv_heads * kHeadDim * 2;
   const bool want_g = a.window < p.T_k;  // some pair can be outside the neighbor window
