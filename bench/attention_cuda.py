@@ -121,6 +121,14 @@ def bench_se_prefill(H, H_kv, D, T, G, W, flex, reps):
         del os.environ["SELFEXT_CUDA_SE_PREROT"]
     row["tile_rot_ms"] = ms_p
     row["tile_rot_tflops"] = flops / ms_p / 1e9
+    # The large blocks as 4 warps of two 16-row tiles (SELFEXT_CUDA_SE_MT=2: opt-in until measured here).
+    os.environ["SELFEXT_CUDA_SE_MT"] = "2"
+    try:
+        ms_m = time_ms(ours, reps)
+    finally:
+        del os.environ["SELFEXT_CUDA_SE_MT"]
+    row["mt2_ms"] = ms_m
+    row["mt2_tflops"] = flops / ms_m / 1e9
 
     pos = torch.arange(T, device=DEV)
     qn, kn = rotate(q, pos, table), rotate(k, pos, table)
@@ -341,6 +349,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="T = 4k only, no flex")
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--decode-only", action="store_true", help="only the SelfExtend decode rows")
+    ap.add_argument("--prefill-only", action="store_true", help="only the SelfExtend prefill rows (no flex)")
     args = ap.parse_args()
     props = torch.cuda.get_device_properties(0)
     l2 = getattr(props, "L2_cache_size", 50 * 2**20)
@@ -349,7 +358,7 @@ def main():
     except OSError:
         commit = ""
     flex = None
-    if not (args.quick or args.no_flex):
+    if not (args.quick or args.no_flex or args.prefill_only):
         try:
             from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -371,13 +380,14 @@ def main():
             r = bench_se_prefill(H, H_kv, D, T, 4, 1024, flex, reps=10 if T <= 16384 else 5)
             print(json.dumps(r), flush=True)
             rows.append(r)
-    rows.append(bench_se_decode(32, 8, 128, 32768, 4, 1024, l2))
-    print(json.dumps(rows[-1]), flush=True)
-    for H, H_kv, D in [(32, 8, 128), (9, 3, 64)]:
+    if not args.prefill_only:
+        rows.append(bench_se_decode(32, 8, 128, 32768, 4, 1024, l2))
+        print(json.dumps(rows[-1]), flush=True)
+    for H, H_kv, D in [] if args.prefill_only else [(32, 8, 128), (9, 3, 64)]:
         for T in [640, 4096]:
             rows.append(bench_se_decode_latency(H, H_kv, D, T, 4, 1024))
             print(json.dumps(rows[-1]), flush=True)
-    for H, D in [] if args.decode_only else [(16, 64), (32, 128)]:
+    for H, D in [] if args.decode_only or args.prefill_only else [(16, 64), (32, 128)]:
         for T in ([1024, 4096] if args.quick else [1024, 4096, 16384]):
             r = bench_cope(H, D, T, 64, reps=10)
             print(json.dumps(r), flush=True)
@@ -398,11 +408,12 @@ def main():
     }
     os.makedirs(args.out, exist_ok=True)
     tag = "h100" if "H100" in doc["device"] else doc["device"].replace(" ", "_").lower()
-    path = os.path.join(args.out, f"attention_cuda-{tag}{'-decode' if args.decode_only else ''}.json")
+    suffix = "-decode" if args.decode_only else "-prefill" if args.prefill_only else ""
+    path = os.path.join(args.out, f"attention_cuda-{tag}{suffix}.json")
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)
     se = [r for r in rows if r["op"] == "self_extend_prefill"]
-    print(md_table(se, ["H", "H_kv", "D", "T", "ours_tflops", "tile_rot_tflops", "sdpa_flash_tflops", "flex_two_pass_tflops",
+    print(md_table(se, ["H", "H_kv", "D", "T", "ours_tflops", "tile_rot_tflops", "mt2_tflops", "sdpa_flash_tflops", "flex_two_pass_tflops",
                         "ours_vs_sdpa_flash", "ours_vs_flex", "flex_vs_ours_rel_diff"]))
     dec = [r for r in rows if r["op"] == "self_extend_decode"]
     print(md_table(dec, ["T", "ours_us", "ours_GBps", "tile_kernel_us", "read_GBps_torch_sum", "ours_vs_read_bw",

@@ -165,11 +165,13 @@ SE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("prerot", ["0", "1"])
+@pytest.mark.parametrize("prerot", ["0", "1", "mt2"])
 @pytest.mark.parametrize("T_q, T_k, H, H_kv, D, G, W, style, rope_dim, dtype", SE_CASES)
 def test_self_extend_full(rng, monkeypatch, prerot, T_q, T_k, H, H_kv, D, G, W, style, rope_dim, dtype):
-    # prerot = 1: K rotated once per call (SELFEXT_CUDA_SE_PREROT=1) instead of per query block and tile
-    monkeypatch.setenv("SELFEXT_CUDA_SE_PREROT", prerot)
+    # prerot = 1: K rotated once per call (SELFEXT_CUDA_SE_PREROT=1) instead of per query block and tile;
+    # mt2: that, with the large blocks as 4 warps of two 16-row tiles (SELFEXT_CUDA_SE_MT=2)
+    monkeypatch.setenv("SELFEXT_CUDA_SE_PREROT", "1" if prerot == "mt2" else prerot)
+    monkeypatch.setenv("SELFEXT_CUDA_SE_MT", "2" if prerot == "mt2" else "1")
     q = _randn(rng, (T_q, H, D), dtype, 1.5)
     k = _randn(rng, (T_k, H_kv, D), dtype, 1.5)
     v = _randn(rng, (T_k, H_kv, D), dtype)
@@ -242,6 +244,26 @@ def test_self_extend_strided_views(rng):
                        rope_dim=D, style="norm", scale=D ** -0.5)
     assert _rel(out, ref) <= SE_TOL[torch.bfloat16]
     assert torch.isnan(big[:, 0]).all() and torch.isnan(big[:, H + 1:]).all(), "wrote outside out"
+
+
+@pytest.mark.parametrize("mt", ["1", "2"])
+@pytest.mark.parametrize("D, style, rope_dim, dtype", [(64, "norm", None, torch.float16),
+                                                       (80, "neox", None, torch.bfloat16),
+                                                       (96, "norm", 64, torch.float16),
+                                                       (128, "norm", None, torch.bfloat16)])
+def test_self_extend_large_blocks(rng, monkeypatch, mt, D, style, rope_dim, dtype):
+    """Enough 128-row query blocks to fill the GPU (the large-block kernel without a split, K rotated once
+    per call), with one or two 16-row tiles per warp (SELFEXT_CUDA_SE_MT; two only at head dims <= 80, the
+    others keep one), at every head dim; the window boundary (W = 300) crosses tiles of both layouts."""
+    monkeypatch.setenv("SELFEXT_CUDA_SE_MT", mt)
+    T, H, H_kv, G, W = 2048, 16, 2, 3, 300  # 2 kv heads x 128 blocks of 128 rows
+    q = _randn(rng, (T, H, D), dtype, 1.5)
+    k = _randn(rng, (T, H_kv, D), dtype, 1.5)
+    v = _randn(rng, (T, H_kv, D), dtype)
+    out, a = run_se(q, k, v, group=G, window=W, rope_dim=rope_dim, style=style)
+    torch.cuda.synchronize()
+    ref = se_reference(q, k, v, torch.arange(T, device=_dev()), group=G, window=W, **a)
+    assert _rel(out, ref) <= SE_TOL[dtype]
 
 
 @pytest.mark.parametrize("prerot", ["0", "1"])

@@ -312,6 +312,99 @@ __device__ __forceinline__ void softmax_pv(float x[8][4], float m[2], float l[2]
   }
 }
 
+// --- kMT 16-row tiles per warp ----------------------------------------------------------------------------
+// The same products for a warp that owns kMT consecutive 16-row tiles (rows vw * 16 .. of the block for
+// virtual warps vw = warp * kMT + mt): every K and V fragment read from shared memory feeds kMT multiplies
+// instead of one, so a tile's ldmatrix traffic per FLOP drops by kMT (with 8 warps of one tile each it
+// was 2.25x the tensor cores' time for the same tile at D = 128, by count of 512-byte ldmatrix.x4 at 128
+// bytes per clock against one m16n8k16 per clock).
+template <typename T, int kHeadDim, int kMT>
+__device__ __forceinline__ void qk_tiles(const T* qs, const T* ks, int warp, int lane, float s[kMT][8][4]) {
+  using L = Layout<kHeadDim>;
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int nb = 0; nb < 8; ++nb) s[mt][nb][0] = s[mt][nb][1] = s[mt][nb][2] = s[mt][nb][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+    uint32_t a[kMT][4];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+      ldmatrix_x4(a[mt], qs + ((warp * kMT + mt) * 16 + (lane & 15)) * L::kStride + kk * 16 + (lane >> 4) * 8);
+#pragma unroll
+    for (int np = 0; np < 4; ++np) {
+      uint32_t b[4];
+      ldmatrix_x4(b, ks + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * L::kStride + kk * 16 + ((lane >> 3) & 1) * 8);
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        mma16816<T>(s[mt][2 * np], a[mt], b[0], b[1]);
+        mma16816<T>(s[mt][2 * np + 1], a[mt], b[2], b[3]);
+      }
+    }
+  }
+}
+
+// The online-softmax step of softmax_pv for one 16-row tile: x becomes P (unnormalized, base 2), m and l
+// move on, o is rescaled.
+template <int kHeadDim>
+__device__ __forceinline__ void softmax_step(float x[8][4], float m[2], float l[2], float o[kHeadDim / 8][4]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int nb = 0; nb < 8; ++nb) mx = fmaxf(mx, fmaxf(x[nb][2 * h], x[nb][2 * h + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m[h], mx);
+    const float base = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing unmasked yet stays empty
+    const float alpha = exp2f(m[h] - base);
+    m[h] = m_new;
+    float sum = 0.f;
+#pragma unroll
+    for (int nb = 0; nb < 8; ++nb) {
+      x[nb][2 * h] = exp2f(x[nb][2 * h] - base);
+      x[nb][2 * h + 1] = exp2f(x[nb][2 * h + 1] - base);
+      sum += x[nb][2 * h] + x[nb][2 * h + 1];
+    }
+    l[h] = l[h] * alpha + sum;
+#pragma unroll
+    for (int db = 0; db < kHeadDim / 8; ++db) {
+      o[db][2 * h] *= alpha;
+      o[db][2 * h + 1] *= alpha;
+    }
+  }
+}
+
+// softmax_pv for kMT tiles: each tile's softmax step, then O += P V with every V fragment shared.
+template <typename T, int kHeadDim, int kMT>
+__device__ __forceinline__ void softmax_pv_tiles(float x[kMT][8][4], float m[kMT][2], float l[kMT][2],
+                                                 float o[kMT][kHeadDim / 8][4], const T* vs, int lane) {
+  using L = Layout<kHeadDim>;
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) softmax_step<kHeadDim>(x[mt], m[mt], l[mt], o[mt]);
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    uint32_t a[kMT][4];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+      a[mt][0] = pack2<T>(x[mt][2 * kk][0], x[mt][2 * kk][1]);
+      a[mt][1] = pack2<T>(x[mt][2 * kk][2], x[mt][2 * kk][3]);
+      a[mt][2] = pack2<T>(x[mt][2 * kk + 1][0], x[mt][2 * kk + 1][1]);
+      a[mt][3] = pack2<T>(x[mt][2 * kk + 1][2], x[mt][2 * kk + 1][3]);
+    }
+#pragma unroll
+    for (int dp = 0; dp < kHeadDim / 16; ++dp) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * L::kStride + dp * 16 + (lane >> 4) * 8);
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        mma16816<T>(o[mt][2 * dp], a[mt], b[0], b[1]);
+        mma16816<T>(o[mt][2 * dp + 1], a[mt], b[2], b[3]);
+      }
+    }
+  }
+}
+
 // --- epilogue ---------------------------------------------------------------------------------------------
 struct OutArgs {
   void* out;  // (T_q, n_heads, head_dim) storage type T, when not split

@@ -39,9 +39,9 @@ namespace {
 using namespace attn_cuda;
 
 
-template <int kHeadDim, int kWarps>
+template <int kHeadDim, int kWarps, int kMT = 1>
 struct SeShape {
-  static constexpr int kBM = 16 * kWarps;
+  static constexpr int kBM = 16 * kWarps * kMT;  // kMT 16-row tiles per warp
   static constexpr int kStride = Layout<kHeadDim>::kStride;
   // Qn, Qg (kBM rows each); Kn, Kg; raw K and V, double-buffered (2 x kBN rows each).
   static constexpr size_t kSmemBytes = size_t(2 * kBM + 6 * kBN) * kStride * 2;
@@ -51,11 +51,12 @@ struct SeShape {
 // kPre: K comes pre-rotated (rotate_k_kernel, once per call) and its tiles land by cp.async straight in
 // double-buffered Kn / Kg buffers: no rotation and one barrier fewer per tile. The same shared memory:
 // Qn, Qg; Kn and Kg (2 x kBN rows each) in place of Kn, Kg and the two raw K tiles; V.
-template <typename T, int kHeadDim, int kWarps, bool kSplit, bool kPre = false>
+// kMT: 16-row tiles per warp (qk_tiles / softmax_pv_tiles: each K and V fragment feeds kMT multiplies).
+template <typename T, int kHeadDim, int kWarps, bool kSplit, bool kPre = false, int kMT = 1>
 __global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs a) {
   kernel_prologue();
   constexpr int kThreads = kWarps * 32;
-  using Sh = SeShape<kHeadDim, kWarps>;
+  using Sh = SeShape<kHeadDim, kWarps, kMT>;
   constexpr int kBM = Sh::kBM, S = Sh::kStride;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* qn = reinterpret_cast<T*>(smem_raw);  // (kBM, S) Q at normal positions
@@ -84,15 +85,25 @@ __global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs 
     kt_end = min(n_kt, kt_begin + a.tiles_per_split);
   }
 
-  const int64_t wr0 = m0 + warp * 16;
+  const int64_t wr0 = m0 + warp * 16 * kMT;
   const bool warp_has_rows = wr0 < rm.rows;
-  const int wi_lo = rm.pos(wr0), wi_hi = rm.pos(wr0 + 15);
-  const int row_i[2] = {rm.pos(wr0 + (lane >> 2)), rm.pos(wr0 + (lane >> 2) + 8)};
-
-  float o[kHeadDim / 8][4];
+  const int wi_lo = rm.pos(wr0), wi_hi = rm.pos(wr0 + 16 * kMT - 1);
+  int row_i[kMT][2];  // this lane's two rows of each tile
 #pragma unroll
-  for (int db = 0; db < kHeadDim / 8; ++db) o[db][0] = o[db][1] = o[db][2] = o[db][3] = 0.f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  for (int mi = 0; mi < kMT; ++mi) {
+    row_i[mi][0] = rm.pos(wr0 + mi * 16 + (lane >> 2));
+    row_i[mi][1] = rm.pos(wr0 + mi * 16 + (lane >> 2) + 8);
+  }
+
+  float o[kMT][kHeadDim / 8][4];
+  float m[kMT][2], l[kMT][2];
+#pragma unroll
+  for (int mi = 0; mi < kMT; ++mi) {
+#pragma unroll
+    for (int db = 0; db < kHeadDim / 8; ++db) o[mi][db][0] = o[mi][db][1] = o[mi][db][2] = o[mi][db][3] = 0.f;
+    m[mi][0] = m[mi][1] = -INFINITY;
+    l[mi][0] = l[mi][1] = 0.f;
+  }
 
   if (kt_begin < kt_end) {
     const T* q = static_cast<const T*>(a.q);
@@ -155,36 +166,43 @@ __global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs 
       if (warp_has_rows && j0 <= wi_hi) {
         const bool wn = max(0, wi_lo - j1) < W;
         const bool wg = wi_hi - j0 >= W;
-        float x[8][4];
-        if (wn && wg) {  // boundary tile: both branches, select per element
-          float xg[8][4];
-          qk_tile<T, kHeadDim>(qn, knb, warp, lane, x);
-          qk_tile<T, kHeadDim>(qg, kgb, warp, lane, xg);
+        float x[kMT][8][4];
+        if (wn && wg) {  // boundary tile: both branches, select per element (one 16-row tile at a time)
+#pragma unroll
+          for (int mi = 0; mi < kMT; ++mi) {
+            float xg[8][4];
+            qk_tile<T, kHeadDim>(qn, knb, warp * kMT + mi, lane, x[mi]);
+            qk_tile<T, kHeadDim>(qg, kgb, warp * kMT + mi, lane, xg);
+#pragma unroll
+            for (int nb = 0; nb < 8; ++nb)
+#pragma unroll
+              for (int c = 0; c < 4; ++c) {
+                const int j = j0 + nb * 8 + (lane & 3) * 2 + (c & 1);
+                if (!se_is_neighbor(row_i[mi][c >> 1], j, W)) x[mi][nb][c] = xg[nb][c];
+              }
+          }
+        } else if (wg) {
+          qk_tiles<T, kHeadDim, kMT>(qg, kgb, warp, lane, x);
+        } else {
+          qk_tiles<T, kHeadDim, kMT>(qn, knb, warp, lane, x);
+        }
+        const bool need_mask = j1 > wi_lo;
+#pragma unroll
+        for (int mi = 0; mi < kMT; ++mi)
 #pragma unroll
           for (int nb = 0; nb < 8; ++nb)
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
               const int j = j0 + nb * 8 + (lane & 3) * 2 + (c & 1);
-              if (!se_is_neighbor(row_i[c >> 1], j, W)) x[nb][c] = xg[nb][c];
+              x[mi][nb][c] = (need_mask && j > row_i[mi][c >> 1]) ? -INFINITY : x[mi][nb][c] * a.scale2;
             }
-        } else if (wg) {
-          qk_tile<T, kHeadDim>(qg, kgb, warp, lane, x);
-        } else {
-          qk_tile<T, kHeadDim>(qn, knb, warp, lane, x);
-        }
-        const bool need_mask = j1 > wi_lo;
-#pragma unroll
-        for (int nb = 0; nb < 8; ++nb)
-#pragma unroll
-          for (int c = 0; c < 4; ++c) {
-            const int j = j0 + nb * 8 + (lane & 3) * 2 + (c & 1);
-            x[nb][c] = (need_mask && j > row_i[c >> 1]) ? -INFINITY : x[nb][c] * a.scale2;
-          }
-        softmax_pv<T, kHeadDim>(x, m, l, o, vs + buf * kBN * S, lane);
+        softmax_pv_tiles<T, kHeadDim, kMT>(x, m, l, o, vs + buf * kBN * S, lane);
       }
     }
   }
-  store_rows<T, kHeadDim>(a.oa, rm, m0, warp, lane, kvh, o, m, l, kSplit, blockIdx.z);
+#pragma unroll
+  for (int mi = 0; mi < kMT; ++mi)
+    store_rows<T, kHeadDim>(a.oa, rm, m0, warp * kMT + mi, lane, kvh, o[mi], m[mi], l[mi], kSplit, blockIdx.z);
 }
 
 template <typename T, int kHeadDim, int kThreads>
@@ -263,6 +281,12 @@ __global__ void rotate_k_kernel(const uint16_t* __restrict__ k, int64_t k_st, in
   }
 }
 
+// 16-row tiles per warp of the large prefill blocks: 1, or 2 with SELFEXT_CUDA_SE_MT=2 (read at every call).
+inline int se_tiles_per_warp() {
+  const char* e = std::getenv("SELFEXT_CUDA_SE_MT");
+  return e && std::strcmp(e, "2") == 0 ? 2 : 1;
+}
+
 // Pre-rotated K (rotate_k_kernel once per call, then the kPre kernels) for calls with more than one
 // 128-row query block per kv head: there each K tile would be rotated once per query block, and the
 // rotation's table loads sit between two barriers with nothing to hide them (one block per SM at
@@ -279,10 +303,10 @@ inline bool use_prerotated_k(const AttentionParams& p) {
   return rows > 128;
 }
 
-template <typename T, int kHeadDim, int kWarps, bool kSplit, bool kPre = false>
+template <typename T, int kHeadDim, int kWarps, bool kSplit, bool kPre = false, int kMT = 1>
 void launch_se(const SeArgs& a, int64_t n_mtiles, int n_kv_heads, int n_splits, cudaStream_t stream) {
-  auto kernel = se_attention_kernel<T, kHeadDim, kWarps, kSplit, kPre>;
-  const size_t smem = SeShape<kHeadDim, kWarps>::kSmemBytes;
+  auto kernel = se_attention_kernel<T, kHeadDim, kWarps, kSplit, kPre, kMT>;
+  const size_t smem = SeShape<kHeadDim, kWarps, kMT>::kSmemBytes;
   SELFEXT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   SELFEXT_CHECK(n_mtiles <= INT_MAX, ArgumentError, "self_extend_attention: too many query rows");
   launch_kernel(kernel, dim3(unsigned(n_mtiles), unsigned(n_kv_heads), unsigned(n_splits)), dim3(kWarps * 32), smem, stream, a);
@@ -394,6 +418,16 @@ void run_se(const AttentionParams& p) {
   const int64_t big_tiles = (rows + 16 * kBigWarps - 1) / (16 * kBigWarps);
   if (big_tiles * p.n_kv_heads >= sms) {
     a.tiles_per_split = int(n_key_tiles);
+    // The same 128-row blocks as 4 warps of two 16-row tiles each (SELFEXT_CUDA_SE_MT=2, opt-in until
+    // measured): half the K/V fragment reads per multiply. Head dims up to 80 only: at 96 and 128 the
+    // doubled accumulators spill (ptxas, sm_90a: 1.0-1.7 KB of spill loads per thread at 255 registers,
+    // against 0.1-0.24 KB at 64 and 80).
+    if constexpr (kHeadDim <= 80) {
+      if (pre && se_tiles_per_warp() == 2) {
+        launch_se<T, kHeadDim, kBigWarps / 2, false, true, 2>(a, big_tiles, p.n_kv_heads, 1, stream);
+        return;
+      }
+    }
     if (pre) launch_se<T, kHeadDim, kBigWarps, false, true>(a, big_tiles, p.n_kv_heads, 1, stream);
     else launch_se<T, kHeadDim, kBigWarps, false>(a, big_tiles, p.n_kv_heads, 1, stream);
     return;
