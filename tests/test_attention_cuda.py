@@ -168,8 +168,9 @@ SE_CASES = [
 @pytest.mark.parametrize("prerot", ["0", "1", "mt2"])
 @pytest.mark.parametrize("T_q, T_k, H, H_kv, D, G, W, style, rope_dim, dtype", SE_CASES)
 def test_self_extend_full(rng, monkeypatch, prerot, T_q, T_k, H, H_kv, D, G, W, style, rope_dim, dtype):
-    # prerot = 1: K rotated once per call (SELFEXT_CUDA_SE_PREROT=1) instead of per query block and tile;
-    # mt2: that, with the large blocks as 4 warps of two 16-row tiles (SELFEXT_CUDA_SE_MT=2)
+    # prerot = 1: K rotated once per call (SELFEXT_CUDA_SE_PREROT=1) instead of per query block and tile,
+    # with the large blocks as 8 warps of one 16-row tile (SELFEXT_CUDA_SE_MT=1); mt2: 4 warps of two
+    # (the default at head dims <= 80)
     monkeypatch.setenv("SELFEXT_CUDA_SE_PREROT", "1" if prerot == "mt2" else prerot)
     monkeypatch.setenv("SELFEXT_CUDA_SE_MT", "2" if prerot == "mt2" else "1")
     q = _randn(rng, (T_q, H, D), dtype, 1.5)

@@ -281,10 +281,13 @@ __global__ void rotate_k_kernel(const uint16_t* __restrict__ k, int64_t k_st, in
   }
 }
 
-// 16-row tiles per warp of the large prefill blocks: 1, or 2 with SELFEXT_CUDA_SE_MT=2 (read at every call).
+// 16-row tiles per warp of the large prefill blocks with K rotated once: 2 (the default, head dims <= 80),
+// SELFEXT_CUDA_SE_MT=1 forces 1 (read at every call). Measured in one run (bench/attention_cuda.py
+// --prefill-only, H200, bf16, G=4, W=1024, 2026-12-02, bench/results/attention_cuda-nvidia_h200-prefill.json):
+// (9, 3, 64) 44 / 132 / 148 -> 45 / 157 / 178 TFLOP/s at T = 4k / 16k / 32k (SDPA-flash 117 / 244 / 288).
 inline int se_tiles_per_warp() {
   const char* e = std::getenv("SELFEXT_CUDA_SE_MT");
-  return e && std::strcmp(e, "2") == 0 ? 2 : 1;
+  return e && std::strcmp(e, "1") == 0 ? 1 : 2;
 }
 
 // Pre-rotated K (rotate_k_kernel once per call, then the kPre kernels) for calls with more than one
@@ -418,8 +421,8 @@ void run_se(const AttentionParams& p) {
   const int64_t big_tiles = (rows + 16 * kBigWarps - 1) / (16 * kBigWarps);
   if (big_tiles * p.n_kv_heads >= sms) {
     a.tiles_per_split = int(n_key_tiles);
-    // The same 128-row blocks as 4 warps of two 16-row tiles each (SELFEXT_CUDA_SE_MT=2, opt-in until
-    // measured): half the K/V fragment reads per multiply. Head dims up to 80 only: at 96 and 128 the
+    // The same 128-row blocks as 4 warps of two 16-row tiles each (se_tiles_per_warp): half the K/V
+    // fragment reads per multiply. Head dims up to 80 only: at 96 and 128 the
     // doubled accumulators spill (ptxas, sm_90a: 1.0-1.7 KB of spill loads per thread at 255 registers,
     // against 0.1-0.24 KB at 64 and 80).
     if constexpr (kHeadDim <= 80) {
