@@ -112,22 +112,21 @@ def bench_se_prefill(H, H_kv, D, T, G, W, flex, reps):
     ms = time_ms(ours, reps)
     row["ours_ms"] = ms
     row["ours_tflops"] = flops / ms / 1e9
-    # The same call with K rotated per query block and tile (SELFEXT_CUDA_SE_PREROT=0; the default rotates
-    # K once per call here: more than one 128-row query block per kv head).
-    os.environ["SELFEXT_CUDA_SE_PREROT"] = "0"
-    try:
-        ms_p = time_ms(ours, reps)
-    finally:
-        del os.environ["SELFEXT_CUDA_SE_PREROT"]
+    def with_env(var, value):  # the same call with one knob forced (read by the native side per call)
+        os.environ[var] = value
+        try:
+            return time_ms(ours, reps)
+        finally:
+            del os.environ[var]
+
+    # K rotated per query block and tile (the default rotates K once per call here: more than one
+    # 128-row query block per kv head).
+    ms_p = with_env("SELFEXT_CUDA_SE_PREROT", "0")
     row["tile_rot_ms"] = ms_p
     row["tile_rot_tflops"] = flops / ms_p / 1e9
-    # The large blocks as 8 warps of one 16-row tile (SELFEXT_CUDA_SE_MT=1; the default takes two tiles per
-    # warp at head dims <= 80, so at 96 and 128 this is the default again).
-    os.environ["SELFEXT_CUDA_SE_MT"] = "1"
-    try:
-        ms_m = time_ms(ours, reps)
-    finally:
-        del os.environ["SELFEXT_CUDA_SE_MT"]
+    # The large blocks as 8 warps of one 16-row tile (the default takes two tiles per warp at head dims
+    # <= 80, so at 96 and 128 this is the default again).
+    ms_m = with_env("SELFEXT_CUDA_SE_MT", "1")
     row["mt1_ms"] = ms_m
     row["mt1_tflops"] = flops / ms_m / 1e9
 

@@ -147,6 +147,16 @@ def _fused_case_model(model_dir, name):
     return _model(model_dir, f"fused-{name}", n_ctx_train=1024, **kw)
 
 
+def _reference_and_tol(path, toks, name, kv):
+    """The float64 reference logits of a decode-path case (G=4, W=64) and the GPU's bound against them."""
+    ref = reference_logits(path, toks, group=4, window=64, act_quant=None)
+    tol = GPU_TOL[kv]
+    if "Q6_K" in name:  # random Q6_K weights: the sensitivity bound of test_logits_match_reference_and_cpu
+        q8 = reference_logits(path, toks, group=4, window=64, act_quant="q8")
+        tol = max(tol, 0.25 * np.abs(q8 - ref).max() / np.abs(ref).max())
+    return ref, tol
+
+
 @pytest.mark.parametrize("case", ["Q4_K-f16", "Q4_0-bf16", "Q6_K-f16", "F16-f16", "mixed-f16", "qwen2-Q8_0-f16",
                                   "untied-Q5_1-f16"])
 def test_fused_decode_equals_unfused(model_dir, rng, monkeypatch, case):
@@ -170,11 +180,7 @@ def test_fused_decode_equals_unfused(model_dir, rng, monkeypatch, case):
     fused = _decode_rows(LLM(path, **args), toks).astype(np.float64)
     scale = np.abs(plain).max()
     assert np.abs(fused - plain).max() <= 2e-3 * scale, case
-    ref = reference_logits(path, toks, group=4, window=64, act_quant=None)
-    tol = GPU_TOL[kv]
-    if "Q6_K" in name:  # random Q6_K weights: the sensitivity bound of test_logits_match_reference_and_cpu
-        q8 = reference_logits(path, toks, group=4, window=64, act_quant="q8")
-        tol = max(tol, 0.25 * np.abs(q8 - ref).max() / np.abs(ref).max())
+    ref, tol = _reference_and_tol(path, toks, name, kv)
     assert np.abs(fused - ref).max() <= tol * np.abs(ref).max(), case
     assert np.abs(codes - ref).max() <= tol * np.abs(ref).max(), case
 
@@ -241,11 +247,7 @@ def test_megakernel_decode_equals_graphed_decode(model_dir, rng, monkeypatch, ca
     assert np.array_equal(mega, again), case
     scale = np.abs(graphed).max()
     assert np.abs(mega - graphed).max() <= 2e-3 * scale, (case, np.abs(mega - graphed).max() / scale)
-    ref = reference_logits(path, toks, group=4, window=64, act_quant=None)
-    tol = GPU_TOL[kv]
-    if "Q6_K" in name:  # random Q6_K weights: the sensitivity bound of test_logits_match_reference_and_cpu
-        q8 = reference_logits(path, toks, group=4, window=64, act_quant="q8")
-        tol = max(tol, 0.25 * np.abs(q8 - ref).max() / np.abs(ref).max())
+    ref, tol = _reference_and_tol(path, toks, name, kv)
     assert np.abs(mega - ref).max() <= tol * np.abs(ref).max(), case
     # A prompt still runs the layer kernels (prefill); the decode steps after it read the cache it wrote.
     llm.reset()

@@ -266,10 +266,10 @@ __device__ __forceinline__ void qk_tile(const T* qs, const T* ks, int warp, int 
 // --- online softmax step + O += P V -------------------------------------------------------------------------
 // x: logits in base-2 units (masked = -inf). m: running max (base 2), l: this lane's partial running sum
 // (summed over the quad at the end). Rows: h = 0 is lane/4, h = 1 is lane/4 + 8.
-template <typename T, int kHeadDim>
-__device__ __forceinline__ void softmax_pv(float x[8][4], float m[2], float l[2], float o[kHeadDim / 8][4],
-                                           const T* vs, int lane) {
-  using L = Layout<kHeadDim>;
+// The online-softmax step of one 16-row tile: x becomes P (unnormalized, base 2), m and l
+// move on, o is rescaled.
+template <int kHeadDim>
+__device__ __forceinline__ void softmax_step(float x[8][4], float m[2], float l[2], float o[kHeadDim / 8][4]) {
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     float mx = -INFINITY;
@@ -295,6 +295,13 @@ __device__ __forceinline__ void softmax_pv(float x[8][4], float m[2], float l[2]
       o[db][2 * h + 1] *= alpha;
     }
   }
+}
+
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void softmax_pv(float x[8][4], float m[2], float l[2], float o[kHeadDim / 8][4],
+                                           const T* vs, int lane) {
+  using L = Layout<kHeadDim>;
+  softmax_step<kHeadDim>(x, m, l, o);
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {  // 16 keys per step: P (accumulator layout) is the A fragment as is
     uint32_t a[4];
@@ -340,37 +347,6 @@ __device__ __forceinline__ void qk_tiles(const T* qs, const T* ks, int warp, int
         mma16816<T>(s[mt][2 * np], a[mt], b[0], b[1]);
         mma16816<T>(s[mt][2 * np + 1], a[mt], b[2], b[3]);
       }
-    }
-  }
-}
-
-// The online-softmax step of softmax_pv for one 16-row tile: x becomes P (unnormalized, base 2), m and l
-// move on, o is rescaled.
-template <int kHeadDim>
-__device__ __forceinline__ void softmax_step(float x[8][4], float m[2], float l[2], float o[kHeadDim / 8][4]) {
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    float mx = -INFINITY;
-#pragma unroll
-    for (int nb = 0; nb < 8; ++nb) mx = fmaxf(mx, fmaxf(x[nb][2 * h], x[nb][2 * h + 1]));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    const float m_new = fmaxf(m[h], mx);
-    const float base = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing unmasked yet stays empty
-    const float alpha = exp2f(m[h] - base);
-    m[h] = m_new;
-    float sum = 0.f;
-#pragma unroll
-    for (int nb = 0; nb < 8; ++nb) {
-      x[nb][2 * h] = exp2f(x[nb][2 * h] - base);
-      x[nb][2 * h + 1] = exp2f(x[nb][2 * h + 1] - base);
-      sum += x[nb][2 * h] + x[nb][2 * h + 1];
-    }
-    l[h] = l[h] * alpha + sum;
-#pragma unroll
-    for (int db = 0; db < kHeadDim / 8; ++db) {
-      o[db][2 * h] *= alpha;
-      o[db][2 * h + 1] *= alpha;
     }
   }
 }
