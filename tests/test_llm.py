@@ -84,6 +84,7 @@ def test_selfextend_decode_chunks_and_prefill_agree(model_dir, rng, kv_type):
     full = LLM(path, n_ctx=128, self_extend=(4, 16), kv_type=kv_type, n_threads=2).logits(toks)
 
     step = LLM(path, n_ctx=128, self_extend=(4, 16), kv_type=kv_type, n_threads=2)
+    assert step._model.decode_path == "cpu"
     rows = [step.eval(toks[:1])[0]] + [step.eval([t])[0] for t in toks[1:]]
     np.testing.assert_allclose(np.stack(rows), full, rtol=0, atol=2e-4 * np.abs(full).max())
 
