@@ -170,7 +170,7 @@ SE_CASES = [
 def test_self_extend_full(rng, monkeypatch, prerot, T_q, T_k, H, H_kv, D, G, W, style, rope_dim, dtype):
     # prerot = 1: K rotated once per call (SELFEXT_CUDA_SE_PREROT=1) instead of per query block and tile,
     # with the large blocks as 8 warps of one 16-row tile (SELFEXT_CUDA_SE_MT=1); mt2: 4 warps of two
-    # (the default at head dims <= 80)
+    # (the default at head dims <= 80; 32-key tiles above)
     monkeypatch.setenv("SELFEXT_CUDA_SE_PREROT", "1" if prerot == "mt2" else prerot)
     monkeypatch.setenv("SELFEXT_CUDA_SE_MT", "2" if prerot == "mt2" else "1")
     q = _randn(rng, (T_q, H, D), dtype, 1.5)
@@ -254,8 +254,8 @@ def test_self_extend_strided_views(rng):
                                                        (128, "norm", None, torch.bfloat16)])
 def test_self_extend_large_blocks(rng, monkeypatch, mt, D, style, rope_dim, dtype):
     """Enough 128-row query blocks to fill the GPU (the large-block kernel without a split, K rotated once
-    per call), with one or two 16-row tiles per warp (SELFEXT_CUDA_SE_MT; two only at head dims <= 80, the
-    others keep one), at every head dim; the window boundary (W = 300) crosses tiles of both layouts."""
+    per call), with one or two 16-row tiles per warp (SELFEXT_CUDA_SE_MT; two take 32-key tiles at head dims
+    96 and 128), at every head dim; the window boundary (W = 300) crosses tiles of both layouts."""
     monkeypatch.setenv("SELFEXT_CUDA_SE_MT", mt)
     T, H, H_kv, G, W = 2048, 16, 2, 3, 300  # 2 kv heads x 128 blocks of 128 rows
     q = _randn(rng, (T, H, D), dtype, 1.5)

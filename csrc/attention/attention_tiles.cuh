@@ -243,18 +243,19 @@ __device__ __forceinline__ void rope_tile(const T* src, T* dst, const RopeArgs& 
   }
 }
 
-// --- S = Q K^T for one warp's 16 rows and a 64-key tile ---------------------------------------------------
-template <typename T, int kHeadDim>
-__device__ __forceinline__ void qk_tile(const T* qs, const T* ks, int warp, int lane, float s[8][4]) {
+// --- S = Q K^T for one warp's 16 rows and a key tile (kTileN keys: 64, or 32) ---------------------------
+template <typename T, int kHeadDim, int kTileN = kBN>
+__device__ __forceinline__ void qk_tile(const T* qs, const T* ks, int warp, int lane, float s[kTileN / 8][4]) {
   using L = Layout<kHeadDim>;
+  static_assert(kTileN % 16 == 0, "key tiles are whole 16-key ldmatrix groups");
 #pragma unroll
-  for (int nb = 0; nb < 8; ++nb) s[nb][0] = s[nb][1] = s[nb][2] = s[nb][3] = 0.f;
+  for (int nb = 0; nb < kTileN / 8; ++nb) s[nb][0] = s[nb][1] = s[nb][2] = s[nb][3] = 0.f;
 #pragma unroll
   for (int kk = 0; kk < kHeadDim / 16; ++kk) {
     uint32_t a[4];
     ldmatrix_x4(a, qs + (warp * 16 + (lane & 15)) * L::kStride + kk * 16 + (lane >> 4) * 8);
 #pragma unroll
-    for (int np = 0; np < 4; ++np) {
+    for (int np = 0; np < kTileN / 16; ++np) {
       uint32_t b[4];
       ldmatrix_x4(b, ks + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * L::kStride + kk * 16 + ((lane >> 3) & 1) * 8);
       mma16816<T>(s[2 * np], a, b[0], b[1]);
@@ -268,13 +269,13 @@ __device__ __forceinline__ void qk_tile(const T* qs, const T* ks, int warp, int 
 // (summed over the quad at the end). Rows: h = 0 is lane/4, h = 1 is lane/4 + 8.
 // The online-softmax step of one 16-row tile: x becomes P (unnormalized, base 2), m and l
 // move on, o is rescaled.
-template <int kHeadDim>
-__device__ __forceinline__ void softmax_step(float x[8][4], float m[2], float l[2], float o[kHeadDim / 8][4]) {
+template <int kHeadDim, int kTileN = kBN>
+__device__ __forceinline__ void softmax_step(float x[kTileN / 8][4], float m[2], float l[2], float o[kHeadDim / 8][4]) {
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     float mx = -INFINITY;
 #pragma unroll
-    for (int nb = 0; nb < 8; ++nb) mx = fmaxf(mx, fmaxf(x[nb][2 * h], x[nb][2 * h + 1]));
+    for (int nb = 0; nb < kTileN / 8; ++nb) mx = fmaxf(mx, fmaxf(x[nb][2 * h], x[nb][2 * h + 1]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
     const float m_new = fmaxf(m[h], mx);
@@ -283,7 +284,7 @@ __device__ __forceinline__ void softmax_step(float x[8][4], float m[2], float l[
     m[h] = m_new;
     float sum = 0.f;
 #pragma unroll
-    for (int nb = 0; nb < 8; ++nb) {
+    for (int nb = 0; nb < kTileN / 8; ++nb) {
       x[nb][2 * h] = exp2f(x[nb][2 * h] - base);
       x[nb][2 * h + 1] = exp2f(x[nb][2 * h + 1] - base);
       sum += x[nb][2 * h] + x[nb][2 * h + 1];
@@ -325,13 +326,13 @@ __device__ __forceinline__ void softmax_pv(float x[8][4], float m[2], float l[2]
 // instead of one, so a tile's ldmatrix traffic per FLOP drops by kMT (with 8 warps of one tile each it
 // was 2.25x the tensor cores' time for the same tile at D = 128, by count of 512-byte ldmatrix.x4 at 128
 // bytes per clock against one m16n8k16 per clock).
-template <typename T, int kHeadDim, int kMT>
-__device__ __forceinline__ void qk_tiles(const T* qs, const T* ks, int warp, int lane, float s[kMT][8][4]) {
+template <typename T, int kHeadDim, int kMT, int kTileN = kBN>
+__device__ __forceinline__ void qk_tiles(const T* qs, const T* ks, int warp, int lane, float s[kMT][kTileN / 8][4]) {
   using L = Layout<kHeadDim>;
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-    for (int nb = 0; nb < 8; ++nb) s[mt][nb][0] = s[mt][nb][1] = s[mt][nb][2] = s[mt][nb][3] = 0.f;
+    for (int nb = 0; nb < kTileN / 8; ++nb) s[mt][nb][0] = s[mt][nb][1] = s[mt][nb][2] = s[mt][nb][3] = 0.f;
 #pragma unroll
   for (int kk = 0; kk < kHeadDim / 16; ++kk) {
     uint32_t a[kMT][4];
@@ -339,7 +340,7 @@ __device__ __forceinline__ void qk_tiles(const T* qs, const T* ks, int warp, int
     for (int mt = 0; mt < kMT; ++mt)
       ldmatrix_x4(a[mt], qs + ((warp * kMT + mt) * 16 + (lane & 15)) * L::kStride + kk * 16 + (lane >> 4) * 8);
 #pragma unroll
-    for (int np = 0; np < 4; ++np) {
+    for (int np = 0; np < kTileN / 16; ++np) {
       uint32_t b[4];
       ldmatrix_x4(b, ks + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * L::kStride + kk * 16 + ((lane >> 3) & 1) * 8);
 #pragma unroll
@@ -352,14 +353,14 @@ __device__ __forceinline__ void qk_tiles(const T* qs, const T* ks, int warp, int
 }
 
 // softmax_pv for kMT tiles: each tile's softmax step, then O += P V with every V fragment shared.
-template <typename T, int kHeadDim, int kMT>
-__device__ __forceinline__ void softmax_pv_tiles(float x[kMT][8][4], float m[kMT][2], float l[kMT][2],
+template <typename T, int kHeadDim, int kMT, int kTileN = kBN>
+__device__ __forceinline__ void softmax_pv_tiles(float x[kMT][kTileN / 8][4], float m[kMT][2], float l[kMT][2],
                                                  float o[kMT][kHeadDim / 8][4], const T* vs, int lane) {
   using L = Layout<kHeadDim>;
 #pragma unroll
-  for (int mt = 0; mt < kMT; ++mt) softmax_step<kHeadDim>(x[mt], m[mt], l[mt], o[mt]);
+  for (int mt = 0; mt < kMT; ++mt) softmax_step<kHeadDim, kTileN>(x[mt], m[mt], l[mt], o[mt]);
 #pragma unroll
-  for (int kk = 0; kk < 4; ++kk) {
+  for (int kk = 0; kk < kTileN / 16; ++kk) {
     uint32_t a[kMT][4];
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {

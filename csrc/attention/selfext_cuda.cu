@@ -39,35 +39,40 @@ namespace {
 using namespace attn_cuda;
 
 
-template <int kHeadDim, int kWarps, int kMT = 1>
+template <int kHeadDim, int kWarps, int kMT = 1, int kTileN = kBN>
 struct SeShape {
   static constexpr int kBM = 16 * kWarps * kMT;  // kMT 16-row tiles per warp
   static constexpr int kStride = Layout<kHeadDim>::kStride;
-  // Qn, Qg (kBM rows each); Kn, Kg; raw K and V, double-buffered (2 x kBN rows each).
-  static constexpr size_t kSmemBytes = size_t(2 * kBM + 6 * kBN) * kStride * 2;
-  static_assert(kBM <= 2 * kBN, "raw Q is staged in the raw K buffers");
+  // Qn, Qg (kBM rows each); Kn, Kg; raw K and V, double-buffered (2 x kTileN rows each).
+  static constexpr size_t kSmemBytes = size_t(2 * kBM + 6 * kTileN) * kStride * 2;
 };
 
 // kPre: K comes pre-rotated (rotate_k_kernel, once per call) and its tiles land by cp.async straight in
 // double-buffered Kn / Kg buffers: no rotation and one barrier fewer per tile. The same shared memory:
 // Qn, Qg; Kn and Kg (2 x kBN rows each) in place of Kn, Kg and the two raw K tiles; V.
 // kMT: 16-row tiles per warp (qk_tiles / softmax_pv_tiles: each K and V fragment feeds kMT multiplies).
-template <typename T, int kHeadDim, int kWarps, bool kSplit, bool kPre = false, int kMT = 1>
+// kTileN: keys per tile, kBN = 64, or 32 (kPre only) where kMT = 2 would not fit the registers at 64.
+template <typename T, int kHeadDim, int kWarps, bool kSplit, bool kPre = false, int kMT = 1, int kTileN = kBN>
 __global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs a) {
   kernel_prologue();
   constexpr int kThreads = kWarps * 32;
-  using Sh = SeShape<kHeadDim, kWarps, kMT>;
+  constexpr int BN = kTileN;
+  using Sh = SeShape<kHeadDim, kWarps, kMT, BN>;
   constexpr int kBM = Sh::kBM, S = Sh::kStride;
+  // Raw Q is staged where the first K tiles go: the raw K buffers (2 x BN rows), or with kPre the Kn, Kg
+  // and V buffers (6 x BN rows).
+  static_assert(kPre ? kBM <= 6 * BN : kBM <= 2 * BN, "raw Q does not fit its staging area");
+  static_assert(kPre || BN == kBN, "tiles rotated in the kernel are kBN keys");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* qn = reinterpret_cast<T*>(smem_raw);  // (kBM, S) Q at normal positions
   T* qg = qn + kBM * S;                    // (kBM, S) Q at grouped positions
-  T* kn = qg + kBM * S;                    // (kBN, S) K tile at normal positions (kPre: (2, kBN, S))
-  T* kg = kn + (kPre ? 2 : 1) * kBN * S;   // (kBN, S) K tile at grouped positions (kPre: (2, kBN, S))
-  T* kraw = kg + kBN * S;                  // (2, kBN, S) K tiles as read (kPre: Kg's second buffer, then V)
-  T* vs = kraw + 2 * kBN * S;              // (2, kBN, S) V tiles
+  T* kn = qg + kBM * S;                    // (BN, S) K tile at normal positions (kPre: (2, BN, S))
+  T* kg = kn + (kPre ? 2 : 1) * BN * S;   // (BN, S) K tile at grouped positions (kPre: (2, BN, S))
+  T* kraw = kg + BN * S;                  // (2, BN, S) K tiles as read (kPre: Kg's second buffer, then V)
+  T* vs = kraw + 2 * BN * S;              // (2, BN, S) V tiles
   if constexpr (kPre) {
     kraw = kn;  // Q's staging area
-    vs = kg + 2 * kBN * S;
+    vs = kg + 2 * BN * S;
   }
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -78,7 +83,7 @@ __global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs 
   const int G = a.group, W = a.window;
   const int64_t m0 = int64_t(mt) * kBM;
   const int i_lo = rm.pos(m0), i_hi = rm.pos(m0 + kBM - 1);
-  const int n_kt = i_hi / kBN + 1;  // causal: keys 0..i_hi
+  const int n_kt = i_hi / BN + 1;  // causal: keys 0..i_hi
   int kt_begin = 0, kt_end = n_kt;
   if (kSplit) {
     kt_begin = blockIdx.z * a.tiles_per_split;
@@ -121,23 +126,23 @@ __global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs 
     __syncthreads();  // the raw Q staging area becomes the first K tile
 
     // Which branches the block's rows need on tile kt (min and max of i - j over causal pairs).
-    auto tile_needs_n = [&](int kt) { return max(0, i_lo - (kt * kBN + kBN - 1)) < W; };
-    auto tile_needs_g = [&](int kt) { return i_hi - kt * kBN >= W; };
+    auto tile_needs_n = [&](int kt) { return max(0, i_lo - (kt * BN + BN - 1)) < W; };
+    auto tile_needs_g = [&](int kt) { return i_hi - kt * BN >= W; };
     const T* kn_rot = static_cast<const T*>(a.kn_rot);
     const T* kg_rot = static_cast<const T*>(a.kg_rot);
     const int64_t rot_st = int64_t(gridDim.y) * kHeadDim;  // (T_k, n_kv_heads, head_dim) contiguous
     auto load_k_tile = [&](int kt, int b) {
       if constexpr (kPre) {
         if (tile_needs_n(kt))
-          load_kv_async<T, kHeadDim, kThreads>(kn + b * kBN * S, kn_rot, rot_st, kHeadDim, kvh, kt * kBN, rm.T_k);
+          load_kv_async<T, kHeadDim, kThreads, BN>(kn + b * BN * S, kn_rot, rot_st, kHeadDim, kvh, kt * BN, rm.T_k);
         if (tile_needs_g(kt))
-          load_kv_async<T, kHeadDim, kThreads>(kg + b * kBN * S, kg_rot, rot_st, kHeadDim, kvh, kt * kBN, rm.T_k);
+          load_kv_async<T, kHeadDim, kThreads, BN>(kg + b * BN * S, kg_rot, rot_st, kHeadDim, kvh, kt * BN, rm.T_k);
       } else {
-        load_kv_async<T, kHeadDim, kThreads>(kraw + b * kBN * S, k, a.k_st, a.k_sh, kvh, kt * kBN, rm.T_k);
+        load_kv_async<T, kHeadDim, kThreads, BN>(kraw + b * BN * S, k, a.k_st, a.k_sh, kvh, kt * BN, rm.T_k);
       }
     };
     load_k_tile(kt_begin, 0);
-    load_kv_async<T, kHeadDim, kThreads>(vs, v, a.v_st, a.v_sh, kvh, kt_begin * kBN, rm.T_k);
+    load_kv_async<T, kHeadDim, kThreads, BN>(vs, v, a.v_st, a.v_sh, kvh, kt_begin * BN, rm.T_k);
     cp_async_commit();
     for (int kt = kt_begin; kt < kt_end; ++kt) {
       const int buf = (kt - kt_begin) & 1;
@@ -145,36 +150,36 @@ __global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs 
       __syncthreads();  // tile kt landed; every warp is done with tile kt-1 (its buffers and Kn/Kg)
       if (kt + 1 < kt_end) {
         load_k_tile(kt + 1, buf ^ 1);
-        load_kv_async<T, kHeadDim, kThreads>(vs + (buf ^ 1) * kBN * S, v, a.v_st, a.v_sh, kvh, (kt + 1) * kBN, rm.T_k);
+        load_kv_async<T, kHeadDim, kThreads, BN>(vs + (buf ^ 1) * BN * S, v, a.v_st, a.v_sh, kvh, (kt + 1) * BN, rm.T_k);
         cp_async_commit();
       }
-      const int j0 = kt * kBN, j1 = j0 + kBN - 1;
+      const int j0 = kt * BN, j1 = j0 + BN - 1;
       const T* knb = kn;
       const T* kgb = kg;
       if constexpr (kPre) {
-        knb = kn + buf * kBN * S;
-        kgb = kg + buf * kBN * S;
+        knb = kn + buf * BN * S;
+        kgb = kg + buf * BN * S;
       } else {
-        const T* kr = kraw + buf * kBN * S;
+        const T* kr = kraw + buf * BN * S;
         if (tile_needs_n(kt))
-          rope_tile<T, kHeadDim, kThreads, kBN>(kr, kn, a.rope, [&](int r) { return j0 + r; });
+          rope_tile<T, kHeadDim, kThreads, BN>(kr, kn, a.rope, [&](int r) { return j0 + r; });
         if (tile_needs_g(kt))
-          rope_tile<T, kHeadDim, kThreads, kBN>(kr, kg, a.rope, [&](int r) { return int(se_grouped_key_pos(j0 + r, G)); });
+          rope_tile<T, kHeadDim, kThreads, BN>(kr, kg, a.rope, [&](int r) { return int(se_grouped_key_pos(j0 + r, G)); });
         __syncthreads();
       }
 
       if (warp_has_rows && j0 <= wi_hi) {
         const bool wn = max(0, wi_lo - j1) < W;
         const bool wg = wi_hi - j0 >= W;
-        float x[kMT][8][4];
+        float x[kMT][BN / 8][4];
         if (wn && wg) {  // boundary tile: both branches, select per element (one 16-row tile at a time)
 #pragma unroll
           for (int mi = 0; mi < kMT; ++mi) {
-            float xg[8][4];
-            qk_tile<T, kHeadDim>(qn, knb, warp * kMT + mi, lane, x[mi]);
-            qk_tile<T, kHeadDim>(qg, kgb, warp * kMT + mi, lane, xg);
+            float xg[BN / 8][4];
+            qk_tile<T, kHeadDim, BN>(qn, knb, warp * kMT + mi, lane, x[mi]);
+            qk_tile<T, kHeadDim, BN>(qg, kgb, warp * kMT + mi, lane, xg);
 #pragma unroll
-            for (int nb = 0; nb < 8; ++nb)
+            for (int nb = 0; nb < BN / 8; ++nb)
 #pragma unroll
               for (int c = 0; c < 4; ++c) {
                 const int j = j0 + nb * 8 + (lane & 3) * 2 + (c & 1);
@@ -182,21 +187,21 @@ __global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs 
               }
           }
         } else if (wg) {
-          qk_tiles<T, kHeadDim, kMT>(qg, kgb, warp, lane, x);
+          qk_tiles<T, kHeadDim, kMT, BN>(qg, kgb, warp, lane, x);
         } else {
-          qk_tiles<T, kHeadDim, kMT>(qn, knb, warp, lane, x);
+          qk_tiles<T, kHeadDim, kMT, BN>(qn, knb, warp, lane, x);
         }
         const bool need_mask = j1 > wi_lo;
 #pragma unroll
         for (int mi = 0; mi < kMT; ++mi)
 #pragma unroll
-          for (int nb = 0; nb < 8; ++nb)
+          for (int nb = 0; nb < BN / 8; ++nb)
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
               const int j = j0 + nb * 8 + (lane & 3) * 2 + (c & 1);
               x[mi][nb][c] = (need_mask && j > row_i[mi][c >> 1]) ? -INFINITY : x[mi][nb][c] * a.scale2;
             }
-        softmax_pv_tiles<T, kHeadDim, kMT>(x, m, l, o, vs + buf * kBN * S, lane);
+        softmax_pv_tiles<T, kHeadDim, kMT, BN>(x, m, l, o, vs + buf * BN * S, lane);
       }
     }
   }
@@ -281,13 +286,17 @@ __global__ void rotate_k_kernel(const uint16_t* __restrict__ k, int64_t k_st, in
   }
 }
 
-// 16-row tiles per warp of the large prefill blocks with K rotated once: 2 (the default, head dims <= 80),
-// SELFEXT_CUDA_SE_MT=1 forces 1 (read at every call). Measured in one run (bench/attention_cuda.py
-// --prefill-only, H200, bf16, G=4, W=1024, 2026-12-02, bench/results/attention_cuda-nvidia_h200-prefill.json):
-// (9, 3, 64) 44 / 132 / 148 -> 45 / 157 / 178 TFLOP/s at T = 4k / 16k / 32k (SDPA-flash 117 / 244 / 288).
-inline int se_tiles_per_warp() {
+// 16-row tiles per warp of the large prefill blocks with K rotated once: 2 by default at head dims <= 80
+// (64-key tiles), 1 above. SELFEXT_CUDA_SE_MT=1 / 2 forces either (read at every call); 2 at head dims 96
+// and 128 takes 32-key tiles (the doubled accumulators with 64-key logits spill there: ptxas, sm_90a,
+// 1.0-1.7 KB of spill loads per thread at 255 registers) — written, not yet measured, so opt-in.
+// Measured in one run (bench/attention_cuda.py --prefill-only, H200, bf16, G=4, W=1024, 2026-12-02,
+// bench/results/attention_cuda-nvidia_h200-prefill.json): (9, 3, 64) 44 / 132 / 148 -> 45 / 157 / 178
+// TFLOP/s at T = 4k / 16k / 32k (SDPA-flash 117 / 244 / 288).
+inline int se_tiles_per_warp(int head_dim) {
   const char* e = std::getenv("SELFEXT_CUDA_SE_MT");
-  return e && std::strcmp(e, "1") == 0 ? 1 : 2;
+  if (e && (std::strcmp(e, "1") == 0 || std::strcmp(e, "2") == 0)) return e[0] - '0';
+  return head_dim <= 80 ? 2 : 1;
 }
 
 // Pre-rotated K (rotate_k_kernel once per call, then the kPre kernels) for calls with more than one
@@ -306,10 +315,10 @@ inline bool use_prerotated_k(const AttentionParams& p) {
   return rows > 128;
 }
 
-template <typename T, int kHeadDim, int kWarps, bool kSplit, bool kPre = false, int kMT = 1>
+template <typename T, int kHeadDim, int kWarps, bool kSplit, bool kPre = false, int kMT = 1, int kTileN = kBN>
 void launch_se(const SeArgs& a, int64_t n_mtiles, int n_kv_heads, int n_splits, cudaStream_t stream) {
-  auto kernel = se_attention_kernel<T, kHeadDim, kWarps, kSplit, kPre, kMT>;
-  const size_t smem = SeShape<kHeadDim, kWarps, kMT>::kSmemBytes;
+  auto kernel = se_attention_kernel<T, kHeadDim, kWarps, kSplit, kPre, kMT, kTileN>;
+  const size_t smem = SeShape<kHeadDim, kWarps, kMT, kTileN>::kSmemBytes;
   SELFEXT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   SELFEXT_CHECK(n_mtiles <= INT_MAX, ArgumentError, "self_extend_attention: too many query rows");
   launch_kernel(kernel, dim3(unsigned(n_mtiles), unsigned(n_kv_heads), unsigned(n_splits)), dim3(kWarps * 32), smem, stream, a);
@@ -422,14 +431,11 @@ void run_se(const AttentionParams& p) {
   if (big_tiles * p.n_kv_heads >= sms) {
     a.tiles_per_split = int(n_key_tiles);
     // The same 128-row blocks as 4 warps of two 16-row tiles each (se_tiles_per_warp): half the K/V
-    // fragment reads per multiply. Head dims up to 80 only: at 96 and 128 the
-    // doubled accumulators spill (ptxas, sm_90a: 1.0-1.7 KB of spill loads per thread at 255 registers,
-    // against 0.1-0.24 KB at 64 and 80).
-    if constexpr (kHeadDim <= 80) {
-      if (pre && se_tiles_per_warp() == 2) {
-        launch_se<T, kHeadDim, kBigWarps / 2, false, true, 2>(a, big_tiles, p.n_kv_heads, 1, stream);
-        return;
-      }
+    // fragment reads per multiply; 32-key tiles above head dim 80, where 64 would spill.
+    if (pre && se_tiles_per_warp(kHeadDim) == 2) {
+      constexpr int kTileN = kHeadDim <= 80 ? kBN : kBN / 2;
+      launch_se<T, kHeadDim, kBigWarps / 2, false, true, 2, kTileN>(a, big_tiles, p.n_kv_heads, 1, stream);
+      return;
     }
     if (pre) launch_se<T, kHeadDim, kBigWarps, false, true>(a, big_tiles, p.n_kv_heads, 1, stream);
     else launch_se<T, kHeadDim, kBigWarps, false>(a, big_tiles, p.n_kv_heads, 1, stream);
