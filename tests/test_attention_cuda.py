@@ -254,8 +254,8 @@ def test_self_extend_strided_views(rng):
                                                        (128, "norm", None, torch.bfloat16)])
 def test_self_extend_large_blocks(rng, monkeypatch, mt, D, style, rope_dim, dtype):
     """Enough 128-row query blocks to fill the GPU (the large-block kernel without a split, K rotated once
-    per call), with one or two 16-row tiles per warp (SELFEXT_CUDA_SE_MT; two take 32-key tiles at head dims
-    96 and 128), at every head dim; the window boundary (W = 300) crosses tiles of both layouts."""
+    per call), with one or two 16-row tiles per warp (SELFEXT_CUDA_SE_MT; head dims above 80 always take
+    one), at every head dim; the window boundary (W = 300) crosses tiles of both layouts."""
     monkeypatch.setenv("SELFEXT_CUDA_SE_MT", mt)
     T, H, H_kv, G, W = 2048, 16, 2, 3, 300  # 2 kv heads x 128 blocks of 128 rows
     q = _randn(rng, (T, H, D), dtype, 1.5)

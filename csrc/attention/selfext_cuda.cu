@@ -286,17 +286,19 @@ __global__ void rotate_k_kernel(const uint16_t* __restrict__ k, int64_t k_st, in
   }
 }
 
-// 16-row tiles per warp of the large prefill blocks with K rotated once: 2 by default at head dims <= 80
-// (64-key tiles), 1 above. SELFEXT_CUDA_SE_MT=1 / 2 forces either (read at every call); 2 at head dims 96
-// and 128 takes 32-key tiles (the doubled accumulators with 64-key logits spill there: ptxas, sm_90a,
-// 1.0-1.7 KB of spill loads per thread at 255 registers) — written, not yet measured, so opt-in.
+// 16-row tiles per warp of the large prefill blocks with K rotated once: 2 at head dims <= 80 (64-key
+// tiles), 1 above. SELFEXT_CUDA_SE_MT=1 / 2 forces either at head dims <= 80 (read at every call).
 // Measured in one run (bench/attention_cuda.py --prefill-only, H200, bf16, G=4, W=1024, 2026-12-02,
 // bench/results/attention_cuda-nvidia_h200-prefill.json): (9, 3, 64) 44 / 132 / 148 -> 45 / 157 / 178
-// TFLOP/s at T = 4k / 16k / 32k (SDPA-flash 117 / 244 / 288).
+// TFLOP/s at T = 4k / 16k / 32k (SDPA-flash 117 / 244 / 288). At head dims 96 and 128 the doubled
+// accumulators with 64-key logits spill (ptxas, sm_90a: 1.0-1.7 KB of spill loads per thread); two tiles
+// with 32-key tiles there were measured slower and removed (2026-12-03, same bench, (32, 8, 128):
+// 96 / 123 / 129 TFLOP/s against 142 / 199 / 212 with one tile per warp).
 inline int se_tiles_per_warp(int head_dim) {
+  if (head_dim > 80) return 1;
   const char* e = std::getenv("SELFEXT_CUDA_SE_MT");
   if (e && (std::strcmp(e, "1") == 0 || std::strcmp(e, "2") == 0)) return e[0] - '0';
-  return head_dim <= 80 ? 2 : 1;
+  return 2;
 }
 
 // Pre-rotated K (rotate_k_kernel once per call, then the kPre kernels) for calls with more than one
@@ -431,11 +433,12 @@ void run_se(const AttentionParams& p) {
   if (big_tiles * p.n_kv_heads >= sms) {
     a.tiles_per_split = int(n_key_tiles);
     // The same 128-row blocks as 4 warps of two 16-row tiles each (se_tiles_per_warp): half the K/V
-    // fragment reads per multiply; 32-key tiles above head dim 80, where 64 would spill.
-    if (pre && se_tiles_per_warp(kHeadDim) == 2) {
-      constexpr int kTileN = kHeadDim <= 80 ? kBN : kBN / 2;
-      launch_se<T, kHeadDim, kBigWarps / 2, false, true, 2, kTileN>(a, big_tiles, p.n_kv_heads, 1, stream);
-      return;
+    // fragment reads per multiply (head dims <= 80 only: above, the accumulators spill).
+    if constexpr (kHeadDim <= 80) {
+      if (pre && se_tiles_per_warp(kHeadDim) == 2) {
+        launch_se<T, kHeadDim, kBigWarps / 2, false, true, 2>(a, big_tiles, p.n_kv_heads, 1, stream);
+        return;
+      }
     }
     if (pre) launch_se<T, kHeadDim, kBigWarps, false, true>(a, big_tiles, p.n_kv_heads, 1, stream);
     else launch_se<T, kHeadDim, kBigWarps, false>(a, big_tiles, p.n_kv_heads, 1, stream);
