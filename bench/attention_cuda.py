@@ -228,37 +228,45 @@ def se_decode_call(H, H_kv, D, T, G, W, n_sets):
     return call
 
 
-def timed_both_kernels(call, n_calls):
-    """(T_q = 1 kernel ms, tile kernel ms) per call: SELFEXT_CUDA_SE_DECODE=1 (the default) and =0."""
+def timed_kernels(call, n_calls):
+    """ms per call of (the default: the tensor-core decode kernel, the CUDA-core decode kernel
+    (SELFEXT_CUDA_SE_DEC_MMA=0), the tile kernel (SELFEXT_CUDA_SE_DECODE=0)), each captured separately."""
     out = []
-    for flag in ("1", "0"):
-        os.environ["SELFEXT_CUDA_SE_DECODE"] = flag
+    for var, flag in ((None, None), ("SELFEXT_CUDA_SE_DEC_MMA", "0"), ("SELFEXT_CUDA_SE_DECODE", "0")):
+        if var:
+            os.environ[var] = flag
         try:
             out.append(graph_time_ms(call, n_calls))
         finally:
-            del os.environ["SELFEXT_CUDA_SE_DECODE"]
+            if var:
+                del os.environ[var]
     return tuple(out)
 
 
 def bench_se_decode(H, H_kv, D, T, G, W, l2_bytes):
     per = kv_bytes(T, H_kv, D)
     n_sets = max(2, math.ceil(4 * l2_bytes / per) + 1)
-    ms, ms_t = timed_both_kernels(se_decode_call(H, H_kv, D, T, G, W, n_sets), 60)
+    ms, ms_c, ms_t = timed_kernels(se_decode_call(H, H_kv, D, T, G, W, n_sets), 60)
     gbs = per / ms / 1e6
     rb, cb = read_bandwidth()
     return {"op": "self_extend_decode", "H": H, "H_kv": H_kv, "D": D, "T": T, "G": G, "W": W, "dtype": "bf16",
             "kv_sets": n_sets, "kv_bytes_per_call": per, "ours_us": ms * 1e3, "ours_GBps": gbs,
+            "cuda_core_kernel_us": ms_c * 1e3, "cuda_core_kernel_GBps": per / ms_c / 1e6,
             "tile_kernel_us": ms_t * 1e3, "tile_kernel_GBps": per / ms_t / 1e6,
             "read_GBps_torch_sum": rb, "copy_GBps_read_plus_write": cb, "ours_vs_read_bw": gbs / rb,
-            "timing": "CUDA graph of 60 calls", "kernel": "T_q = 1 decode kernel (tile kernel: SELFEXT_CUDA_SE_DECODE=0)",
+            "bytes_counted": "K and V of every key once (T * H_kv * D * 2 bytes each, bf16); q, the RoPE table "
+                             "and the split-K workspace not counted",
+            "timing": "CUDA graph of 60 calls",
+            "kernel": "tensor-core T_q = 1 decode kernel (CUDA-core: SELFEXT_CUDA_SE_DEC_MMA=0; tile kernel: "
+                      "SELFEXT_CUDA_SE_DECODE=0)",
             "workspace_bytes": _native.self_extend_attention_cuda_workspace_bytes(1, T, H, H_kv, D, D, True)}
 
 
 def bench_se_decode_latency(H, H_kv, D, T, G, W):
     """A decode step's attention at short T (the loop's case: a few hundred to a few thousand keys, one
-    layer's K/V in L2): microseconds per call, both kernels, split-K merge included."""
+    layer's K/V in L2): microseconds per call, all three kernels, split-K merge included."""
     call = se_decode_call(H, H_kv, D, T, G, W, 2)
-    ms, ms_t = timed_both_kernels(call, 100)
+    ms, ms_c, ms_t = timed_kernels(call, 100)
     by_cps = {}
     try:  # the decode kernel with fewer splits: at least N 64-key chunks per split (all: one split, no merge)
         for cps in (2, 4, 1 << 20):
@@ -267,7 +275,7 @@ def bench_se_decode_latency(H, H_kv, D, T, G, W):
     finally:
         os.environ.pop("SELFEXT_CUDA_SE_DEC_CPS", None)
     return {"op": "self_extend_decode_latency", "H": H, "H_kv": H_kv, "D": D, "T": T, "G": G, "W": W,
-            "dtype": "bf16", "ours_us": ms * 1e3, "tile_kernel_us": ms_t * 1e3,
+            "dtype": "bf16", "ours_us": ms * 1e3, "cuda_core_kernel_us": ms_c * 1e3, "tile_kernel_us": ms_t * 1e3,
             "ours_us_by_chunks_per_split": by_cps, "timing": "CUDA graph of 100 calls"}
 
 
@@ -421,12 +429,12 @@ def main():
     print(md_table(se, ["H", "H_kv", "D", "T", "ours_tflops", "tile_rot_tflops", "mt1_tflops", "mt2_tflops", "sdpa_flash_tflops", "flex_two_pass_tflops",
                         "ours_vs_sdpa_flash", "ours_vs_flex", "flex_vs_ours_rel_diff"]))
     dec = [r for r in rows if r["op"] == "self_extend_decode"]
-    print(md_table(dec, ["T", "ours_us", "ours_GBps", "tile_kernel_us", "read_GBps_torch_sum", "ours_vs_read_bw",
+    print(md_table(dec, ["T", "ours_us", "ours_GBps", "cuda_core_kernel_us", "tile_kernel_us", "read_GBps_torch_sum", "ours_vs_read_bw",
                          "kv_sets"]))
     lat = [r for r in rows if r["op"] == "self_extend_decode_latency"]
     for r in lat:
         r["ours_us_cps"] = " ".join(f"{k}:{v:.1f}" for k, v in r["ours_us_by_chunks_per_split"].items())
-    print(md_table(lat, ["H", "H_kv", "D", "T", "ours_us", "tile_kernel_us", "ours_us_cps"]))
+    print(md_table(lat, ["H", "H_kv", "D", "T", "ours_us", "cuda_core_kernel_us", "tile_kernel_us", "ours_us_cps"]))
     cp = [r for r in rows if r["op"] == "cope_prefill"]
     print(md_table(cp, ["H", "D", "T", "ours_ms", "ours_tflops", "sdpa_flash_ms", "paper_ms", "ours_vs_paper",
                         "ours_time_vs_sdpa_flash", "ours_extra_bytes", "paper_peak_extra_bytes",

@@ -7,7 +7,7 @@
 # L2 prefetch (SELFEXT_CUDA_PREFETCH=0: off), the Q/K/V products storing qkv_post's outputs themselves
 # (SELFEXT_CUDA_QKV_STORE=1: on) and 128-thread decode attention blocks (SELFEXT_CUDA_SE_DEC_THREADS=128).
 # Files under $OUT.
-# Sections: scripts/device_decode_ab.sh [mega] [tests] [ab] [bench] [ncu] (default: the last four, ~7 minutes
+# Sections: scripts/device_decode_ab.sh [mega] [tests] [decmma] [ab] [bench] [ncu] (default: the last four, ~7 minutes
 # after the build; split them over two calls when the build shares the first). mega: the decode
 # megakernel's tests (a hang there is a barrier bug: a short timeout) and its A/B (SELFEXT_CUDA_MEGA=1,
 # blocks per SM, its L2 prefetch). merge: the per-kernel table of the SmolLM2-shaped step (the in-kernel split
@@ -53,6 +53,15 @@ if want merge; then
   # the per-kernel table of the default (PDL off)
   echo "--- per-kernel, PDL off, smollm2-shapes"
   SELFEXT_CUDA_PDL=0 timeout 90 python3 profile_decode.py smollm2-shapes --steps 16 --torch-profile 2>&1 | grep -v Warn | tail -9
+fi
+if want decmma; then
+# the tensor-core decode attention (default) against the CUDA-core kernel in decode steps, alternating
+for round in 1 2; do
+  for m in smollm2-shapes llama-3-8b-q4_k_m-shapes; do
+    run $m SELFEXT_CUDA_SE_DEC_MMA=0
+    run $m SELFEXT_CUDA_SE_DEC_MMA=1
+  done
+done
 fi
 if want ab; then
 for round in 1 2; do

@@ -191,22 +191,35 @@ DECODE_CASES = [
     (3000, 16, 2, 128, 8, 1024, "norm", None, torch.bfloat16),  # n_rep = 8
     (130, 9, 3, 64, 1, 64, "norm", None, torch.float16),  # G = 1: plain RoPE
     (65, 4, 1, 128, 2, 16, "norm", 96, torch.bfloat16),  # one chunk and one key of the next
+    # the tensor-core kernel's layouts (RoPE over the whole head; neox at head dims 64, 96, 128)
+    (1, 4, 2, 64, 4, 64, "norm", None, torch.float16),  # a single key
+    (4097, 12, 4, 128, 5, 700, "neox", None, torch.bfloat16),  # qwen2's layout
+    (2049, 8, 8, 96, 3, 300, "norm", None, torch.float16),  # MHA: n_rep = 1
+    (555, 14, 2, 64, 6, 100, "neox", None, torch.bfloat16),  # n_rep = 7
+    (700, 8, 4, 80, 4, 128, "norm", None, torch.bfloat16),
+    (1500, 6, 2, 96, 2, 1000, "neox", None, torch.float16),
 ]
 
 
-@pytest.mark.parametrize("kernel, cps, threads",
-                         [("1", None, None), ("1", "3", None), ("1", "100000", None), ("1", None, "128"),
-                          ("1", "3", "128"), ("1", "100000", "128"), ("0", None, None)],
-                         ids=["decode", "decode-3-chunks-per-split", "decode-one-split", "decode128",
-                              "decode128-3-chunks-per-split", "decode128-one-split", "tile"])
+@pytest.mark.parametrize("kernel, mma, cps, threads",
+                         [("1", "1", None, None), ("1", "1", "3", None), ("1", "1", "100000", None),
+                          ("1", "0", None, None), ("1", "0", "3", None), ("1", "0", "100000", None),
+                          ("1", "0", None, "128"), ("1", "0", "3", "128"), ("1", "0", "100000", "128"),
+                          ("0", None, None, None)],
+                         ids=["mma", "mma-3-chunks-per-split", "mma-one-split", "decode", "decode-3-chunks-per-split",
+                              "decode-one-split", "decode128", "decode128-3-chunks-per-split", "decode128-one-split",
+                              "tile"])
 @pytest.mark.parametrize("T_k, H, H_kv, D, G, W, style, rope_dim, dtype", DECODE_CASES)
-def test_self_extend_decode_kernels(rng, monkeypatch, kernel, cps, threads, T_k, H, H_kv, D, G, W, style, rope_dim,
-                                    dtype):
-    """T_q = 1 through the decode kernel (SELFEXT_CUDA_SE_DECODE=1) and through the tile kernel (=0); the
-    decode kernel also with at least 3 chunks per split and with one split (its own output, no merge), and
-    each of those with 128-thread blocks of 32-key chunks (SELFEXT_CUDA_SE_DEC_THREADS=128: two element
-    pairs per thread in P V at D >= 80)."""
+def test_self_extend_decode_kernels(rng, monkeypatch, kernel, mma, cps, threads, T_k, H, H_kv, D, G, W, style,
+                                    rope_dim, dtype):
+    """T_q = 1 through the tensor-core decode kernel (the default where RoPE covers the head; other layouts
+    fall back to the CUDA-core one), the CUDA-core decode kernel (SELFEXT_CUDA_SE_DEC_MMA=0) and the tile
+    kernel (SELFEXT_CUDA_SE_DECODE=0); the decode kernels also with at least 3 chunks of 64 keys per split
+    and with one split (their own output, no merge), and the CUDA-core one with 128-thread blocks of
+    32-key chunks (SELFEXT_CUDA_SE_DEC_THREADS=128: two element pairs per thread in P V at D >= 80)."""
     monkeypatch.setenv("SELFEXT_CUDA_SE_DECODE", kernel)
+    if mma is not None:
+        monkeypatch.setenv("SELFEXT_CUDA_SE_DEC_MMA", mma)
     if cps is not None:
         monkeypatch.setenv("SELFEXT_CUDA_SE_DEC_CPS", cps)
     if threads is not None:

@@ -30,6 +30,7 @@
 #include "attention/attention_tiles.cuh"
 #include "attention/positions.h"
 #include "attention/se_decode.cuh"
+#include "attention/se_decode_mma.cuh"
 #include "core/cuda_check.cuh"
 #include "core/dispatch.h"
 
@@ -235,6 +236,28 @@ int decode_blocks_per_sm() {
   return cached;
 }
 
+// Blocks of the tensor-core decode kernel resident per SM (its dynamic shared memory set), per instantiation.
+template <typename T, int kHeadDim, bool kNeox>
+int decode_mma_blocks_per_sm() {
+  static int cached = [] {
+    auto kernel = se_decode_mma_kernel<T, kHeadDim, kNeox>;
+    constexpr size_t smem = dm_smem_bytes<kHeadDim>();
+    SELFEXT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    int n = 0;
+    SELFEXT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kDmWarps * 32, smem));
+    return std::max(1, n);
+  }();
+  return cached;
+}
+
+// Whether a decode call takes the tensor-core kernel (se_decode_mma.cuh): wherever its RoPE layout is
+// supported, unless SELFEXT_CUDA_SE_DEC_MMA=0 (the CUDA-core kernel, for comparison; read at every call).
+inline bool use_decode_mma(const AttentionParams& p) {
+  const char* e = std::getenv("SELFEXT_CUDA_SE_DEC_MMA");
+  if (e && std::strcmp(e, "0") == 0) return false;
+  return decode_mma_supported(p.head_dim, p.rope_dim, p.rope_style);
+}
+
 // The decode block's thread count: kDecThreads, or 128 with SELFEXT_CUDA_SE_DEC_THREADS=128 (read at
 // every call, so a process can compare both).
 inline int decode_threads() {
@@ -384,6 +407,34 @@ void run_se(const AttentionParams& p) {
   const int64_t rows = a.rm.rows;
   const int64_t n_key_tiles = (p.T_k + kBN - 1) / kBN;
   const int sms = multiprocessor_count();
+  if (use_decode_kernel(p.T_q, n_rep, p.rope_dim) && use_decode_mma(p)) {
+    auto decode_mma = [&](auto neox_c) {
+      constexpr bool kNeox = decltype(neox_c)::value;
+      const DecodePlan dp = decode_mma_plan(p.T_k, p.n_kv_heads, sms, decode_mma_blocks_per_sm<T, kHeadDim, kNeox>());
+      constexpr size_t smem = dm_smem_bytes<kHeadDim>();
+      auto kernel = se_decode_mma_kernel<T, kHeadDim, kNeox>;
+      const dim3 block(kDmWarps * 32);
+      if (dp.n_splits == 1) {  // the kernel writes the output
+        launch_kernel(kernel, dim3(unsigned(p.n_kv_heads), 1u), block, smem, stream, a, dp.chunks_per_split);
+        return;
+      }
+      const SplitWorkspace wl = split_workspace(dp.n_splits, 1, p.n_heads, kHeadDim);
+      DeviceScratch own(p.workspace ? 0 : wl.total, stream);
+      char* base = p.workspace ? static_cast<char*>(p.workspace) : own.as<char>();
+      SELFEXT_CHECK(!p.workspace || p.workspace_bytes >= int64_t(wl.total), ArgumentError,
+                    "self_extend_attention: the workspace has ", p.workspace_bytes, " bytes, this call needs ",
+                    wl.total);
+      a.oa.ws_o = reinterpret_cast<float*>(base + wl.o_offset);
+      a.oa.ws_ml = reinterpret_cast<float*>(base + wl.ml_offset);
+      launch_kernel(kernel, dim3(unsigned(p.n_kv_heads), unsigned(dp.n_splits)), block, smem, stream, a,
+                    dp.chunks_per_split);
+      launch_merge<T>(a.oa.ws_o, a.oa.ws_ml, dp.n_splits, 1, p.n_heads, kHeadDim, p.out, p.out_stride_t,
+                      p.out_stride_h, stream);
+    };
+    if (p.rope_style == RopeStyle::kNorm) decode_mma(std::false_type{});
+    else if constexpr ((kHeadDim / 2) % 16 == 0) decode_mma(std::true_type{});
+    return;
+  }
   if (use_decode_kernel(p.T_q, n_rep, p.rope_dim)) {
     auto decode = [&](auto threads_c) {
       constexpr int kThreads = decltype(threads_c)::value;
