@@ -217,7 +217,11 @@ def test_megakernel_decode_equals_graphed_decode(model_dir, rng, monkeypatch, ca
     # float16 attention output by an ulp. Bounded like graphs vs eager, and against the reference.
     # Cases: every weight family, three separate Q/K/V products (mixed), biases (qwen2), an untied head,
     # a bf16 cache; 1 and 4 blocks per SM (other splits, a grid of more blocks than some phases' work),
-    # and without the next phase's L2 prefetch.
+    # and without the next phase's L2 prefetch. The megakernel runs the CUDA-core decode attention, so the
+    # graphed path it is compared with does too (SELFEXT_CUDA_SE_DEC_MMA=0): the tensor-core kernel rounds
+    # the rotated q and k to the cache type (as the prefill kernels do), which moved a qwen2 case's logits
+    # by 0.8% of their scale (H200, 2026-12-03); both stay judged against the float64 reference.
+    monkeypatch.setenv("SELFEXT_CUDA_SE_DEC_MMA", "0")
     parts = case.split("-")
     extra = parts.pop() if parts[-1] in ("bps1", "bps4", "noprefetch") else None
     kv = parts.pop()
