@@ -36,7 +36,8 @@ def rng(request):
     """A fresh random generator per test; the seed is printed when the test fails."""
     import numpy as np
 
-    seed = int.from_bytes(os.urandom(4), "little")
+    env = os.environ.get("SELFEXT_TEST_SEED")  # to replay a failure: the seed it printed
+    seed = int(env) if env else int.from_bytes(os.urandom(4), "little")
     request.node.user_properties.append(("seed", seed))
     print(f"random seed: {seed}")
     return np.random.default_rng(seed)
