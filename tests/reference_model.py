@@ -113,12 +113,18 @@ class ReferenceModel:
         self.w = {name: dequantize(t) for name, t in self.desc.tensors.items()}
         self.qtype = {name: t.qtype for name, t in self.desc.tensors.items()}
         self.inv_freq, self.attn_factor = self.desc.rope_inv_freq()
+        self._w16: dict = {}
 
     def _mm(self, x: np.ndarray, name: str, act_quant: Optional[str]) -> np.ndarray:
         # y = x W^T; W is (out, in) as GGUF stores it (ggml's ne0 = in is contiguous).
         if act_quant == "q8" and self.qtype[name] not in FLOAT_TYPES:
             # K-quant weights meet 256-element activation blocks (llama.cpp's Q8_K), the others 32.
             x = quantize_q8(x, 256 if self.qtype[name] in K_QUANT_TYPES else Q8_BLOCK)
+        if act_quant == "f16":  # the tensor-core products: activations and dequantized weights in float16
+            w16 = self._w16.get(name)
+            if w16 is None:
+                w16 = self._w16[name] = _round16(self.w[name])
+            return _round16(x) @ w16.T
         return x @ self.w[name].T
 
     def _rmsnorm(self, x: np.ndarray, name: str) -> np.ndarray:
@@ -146,14 +152,18 @@ class ReferenceModel:
 
         group/window: SelfExtend's G and W (G = 1 or W >= T is plain RoPE attention).
         act_quant: None, or "q8" to round each activation entering a matmul with an integer-format
-        weight to 8 bits per 32-element block (what quantized dot-product kernels do).
+        weight to 8 bits per 32-element block (what quantized dot-product kernels do), or "f16" to round
+        every product's activations and weights, q, K, V and the attention output to float16 (what the
+        GPU's prefill path stores and multiplies).
         """
         d = self.desc
         tokens = np.asarray(tokens, dtype=np.int64)
         if tokens.ndim != 1 or tokens.size == 0 or tokens.min() < 0 or tokens.max() >= d.n_vocab:
             raise ValueError(f"tokens must be a non-empty 1-D array of ids below {d.n_vocab}")
-        if act_quant not in (None, "q8"):
-            raise ValueError(f"act_quant must be None or 'q8', got {act_quant!r}")
+        if act_quant not in (None, "q8", "f16"):
+            raise ValueError(f"act_quant must be None, 'q8' or 'f16', got {act_quant!r}")
+        # "f16": also q, K, V (the cache) and the attention output rounded to float16, as the GPU stores them
+        r16 = _round16 if act_quant == "f16" else (lambda a: a)
         T, H, Hkv, hd = tokens.size, d.n_head, d.n_head_kv, d.head_dim
         if window is None:
             window = T
@@ -174,7 +184,7 @@ class ReferenceModel:
                 q = q + self.w[p + "attn_q.bias"]
                 k = k + self.w[p + "attn_k.bias"]
                 v = v + self.w[p + "attn_v.bias"]
-            q, k, v = q.reshape(T, H, hd), k.reshape(T, Hkv, hd), v.reshape(T, Hkv, hd)
+            q, k, v = r16(q).reshape(T, H, hd), r16(k).reshape(T, Hkv, hd), r16(v).reshape(T, Hkv, hd)
             rot = lambda x_, pos: rope_positions(x_, pos, self.inv_freq, self.attn_factor, style)  # noqa: E731
             qn, kn = rot(q, i), rot(k, j)
             qg, kg = rot(q, q_grp), rot(k, k_grp)
@@ -202,7 +212,7 @@ class ReferenceModel:
             s = s - s.max(axis=-1, keepdims=True)
             pr = np.exp(s)
             pr /= pr.sum(axis=-1, keepdims=True)
-            o = np.einsum("hts,shd->thd", pr, vv).reshape(T, H * hd)
+            o = r16(np.einsum("hts,shd->thd", pr, vv).reshape(T, H * hd))
             x = x + self._mm(o, p + "attn_output.weight", act_quant)
 
             h = self._rmsnorm(x, p + "ffn_norm.weight")
@@ -214,6 +224,10 @@ class ReferenceModel:
         h = self._rmsnorm(x, "output_norm.weight")
         head = "token_embd.weight" if d.tied_output else "output.weight"
         return self._mm(h, head, act_quant)
+
+
+def _round16(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float16).astype(np.float64)
 
 
 _CACHE: dict[str, ReferenceModel] = {}
