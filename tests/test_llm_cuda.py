@@ -70,12 +70,18 @@ def test_logits_match_reference_and_cpu(model_dir, rng, qtype):
     tol = GPU_TOL["f16"]
     if qtype not in FLOAT_TYPES:
         # Random integer weights can make a model far more sensitive than these two layers suggest: on
-        # random Q6_K blocks 8-bit activations move the logits by ~15% of their scale. The prefill path
-        # rounds weights and activations to fp16 (2 x 2^-11 relative per product input), under 1/4 of
-        # the 8-bit activation step (2^-8 of each block's largest value, larger still relative to the
-        # typical element), so its effect is bounded by 1/4 of the 8-bit reference's distance.
+        # random Q6_K blocks 8-bit activations move the logits by ~15% of their scale, and rounding the
+        # products' inputs to float16 alone (the reference with act_quant="f16") by up to 2% (Q5_K). The
+        # GPU's prefill rounds those same inputs to float16 and more besides (P and the attention's
+        # internals), its decode products use 16-bit activation codes: a perturbation of the same kind as
+        # the f16 reference's, not a fixed fraction of the 8-bit one. Measured on the H200 over 10 token
+        # seeds and every integer type (bench/results/device-diag-prefill-tol-nvidia-h200-2026-12-03.txt,
+        # scripts/diag_prefill_tol.py): the prefill's distance is at most 2.3x the f16 reference's
+        # (0.25x the 8-bit distance, the bound before, failed 3 of 11 Q5_K seeds). So: the larger of 1/4
+        # of the 8-bit distance and 3x the f16 distance.
         q8 = reference_logits(path, toks, act_quant="q8").astype(np.float64)
-        tol = max(tol, 0.25 * np.abs(q8 - ref).max() / scale)
+        r16 = reference_logits(path, toks, act_quant="f16").astype(np.float64)
+        tol = max(tol, 0.25 * np.abs(q8 - ref).max() / scale, 3.0 * np.abs(r16 - ref).max() / scale)
     prefill = gpu.logits(toks).astype(np.float64)   # one chunk: the matrix-matrix path
     decode = _decode_rows(gpu, toks).astype(np.float64)  # one token at a time: the matrix-vector path
     for name, ours in (("prefill", prefill), ("decode", decode)):
