@@ -407,29 +407,31 @@ void run_se(const AttentionParams& p) {
   const int64_t rows = a.rm.rows;
   const int64_t n_key_tiles = (p.T_k + kBN - 1) / kBN;
   const int sms = multiprocessor_count();
+  // A decode kernel (either one: the same arguments) over plan dp, then the split-K merge when it splits;
+  // the partial states in the caller's workspace when given (the model's graphs: no allocation).
+  auto run_decode = [&](void (*kernel)(const SeArgs, int), unsigned threads, size_t smem, const DecodePlan& dp) {
+    if (dp.n_splits == 1) {  // the kernel writes the output
+      launch_kernel(kernel, dim3(unsigned(p.n_kv_heads), 1u), dim3(threads), smem, stream, a, dp.chunks_per_split);
+      return;
+    }
+    const SplitWorkspace wl = split_workspace(dp.n_splits, 1, p.n_heads, kHeadDim);
+    DeviceScratch own(p.workspace ? 0 : wl.total, stream);
+    char* base = p.workspace ? static_cast<char*>(p.workspace) : own.as<char>();
+    SELFEXT_CHECK(!p.workspace || p.workspace_bytes >= int64_t(wl.total), ArgumentError,
+                  "self_extend_attention: the workspace has ", p.workspace_bytes, " bytes, this call needs ",
+                  wl.total);
+    a.oa.ws_o = reinterpret_cast<float*>(base + wl.o_offset);
+    a.oa.ws_ml = reinterpret_cast<float*>(base + wl.ml_offset);
+    launch_kernel(kernel, dim3(unsigned(p.n_kv_heads), unsigned(dp.n_splits)), dim3(threads), smem, stream, a,
+                  dp.chunks_per_split);
+    launch_merge<T>(a.oa.ws_o, a.oa.ws_ml, dp.n_splits, 1, p.n_heads, kHeadDim, p.out, p.out_stride_t,
+                    p.out_stride_h, stream);
+  };
   if (use_decode_kernel(p.T_q, n_rep, p.rope_dim) && use_decode_mma(p)) {
     auto decode_mma = [&](auto neox_c) {
       constexpr bool kNeox = decltype(neox_c)::value;
-      const DecodePlan dp = decode_mma_plan(p.T_k, p.n_kv_heads, sms, decode_mma_blocks_per_sm<T, kHeadDim, kNeox>());
-      constexpr size_t smem = dm_smem_bytes<kHeadDim>();
-      auto kernel = se_decode_mma_kernel<T, kHeadDim, kNeox>;
-      const dim3 block(kDmWarps * 32);
-      if (dp.n_splits == 1) {  // the kernel writes the output
-        launch_kernel(kernel, dim3(unsigned(p.n_kv_heads), 1u), block, smem, stream, a, dp.chunks_per_split);
-        return;
-      }
-      const SplitWorkspace wl = split_workspace(dp.n_splits, 1, p.n_heads, kHeadDim);
-      DeviceScratch own(p.workspace ? 0 : wl.total, stream);
-      char* base = p.workspace ? static_cast<char*>(p.workspace) : own.as<char>();
-      SELFEXT_CHECK(!p.workspace || p.workspace_bytes >= int64_t(wl.total), ArgumentError,
-                    "self_extend_attention: the workspace has ", p.workspace_bytes, " bytes, this call needs ",
-                    wl.total);
-      a.oa.ws_o = reinterpret_cast<float*>(base + wl.o_offset);
-      a.oa.ws_ml = reinterpret_cast<float*>(base + wl.ml_offset);
-      launch_kernel(kernel, dim3(unsigned(p.n_kv_heads), unsigned(dp.n_splits)), block, smem, stream, a,
-                    dp.chunks_per_split);
-      launch_merge<T>(a.oa.ws_o, a.oa.ws_ml, dp.n_splits, 1, p.n_heads, kHeadDim, p.out, p.out_stride_t,
-                      p.out_stride_h, stream);
+      run_decode(se_decode_mma_kernel<T, kHeadDim, kNeox>, kDmWarps * 32, dm_smem_bytes<kHeadDim>(),
+                 decode_mma_plan(p.T_k, p.n_kv_heads, sms, decode_mma_blocks_per_sm<T, kHeadDim, kNeox>()));
     };
     if (p.rope_style == RopeStyle::kNorm) decode_mma(std::false_type{});
     else if constexpr ((kHeadDim / 2) % 16 == 0) decode_mma(std::true_type{});
@@ -438,26 +440,8 @@ void run_se(const AttentionParams& p) {
   if (use_decode_kernel(p.T_q, n_rep, p.rope_dim)) {
     auto decode = [&](auto threads_c) {
       constexpr int kThreads = decltype(threads_c)::value;
-      const DecodePlan dp = decode_plan(p.T_k, p.n_kv_heads, sms, decode_blocks_per_sm<T, kHeadDim, kThreads>(),
-                                        kThreads / 4);
-      constexpr size_t smem = dec_smem_bytes<kHeadDim, kThreads>();
-      auto kernel = se_decode_kernel<T, kHeadDim, kThreads>;
-      if (dp.n_splits == 1) {  // the kernel writes the output
-        launch_kernel(kernel, dim3(unsigned(p.n_kv_heads), 1u), dim3(kThreads), smem, stream, a, dp.chunks_per_split);
-        return;
-      }
-      const SplitWorkspace wl = split_workspace(dp.n_splits, 1, p.n_heads, kHeadDim);
-      DeviceScratch own(p.workspace ? 0 : wl.total, stream);
-      char* base = p.workspace ? static_cast<char*>(p.workspace) : own.as<char>();
-      SELFEXT_CHECK(!p.workspace || p.workspace_bytes >= int64_t(wl.total), ArgumentError,
-                    "self_extend_attention: the workspace has ", p.workspace_bytes, " bytes, this call needs ",
-                    wl.total);
-      a.oa.ws_o = reinterpret_cast<float*>(base + wl.o_offset);
-      a.oa.ws_ml = reinterpret_cast<float*>(base + wl.ml_offset);
-      launch_kernel(kernel, dim3(unsigned(p.n_kv_heads), unsigned(dp.n_splits)), dim3(kThreads), smem, stream, a,
-                    dp.chunks_per_split);
-      launch_merge<T>(a.oa.ws_o, a.oa.ws_ml, dp.n_splits, 1, p.n_heads, kHeadDim, p.out, p.out_stride_t,
-                      p.out_stride_h, stream);
+      run_decode(se_decode_kernel<T, kHeadDim, kThreads>, kThreads, dec_smem_bytes<kHeadDim, kThreads>(),
+                 decode_plan(p.T_k, p.n_kv_heads, sms, decode_blocks_per_sm<T, kHeadDim, kThreads>(), kThreads / 4));
     };
     if (decode_threads() == 128) decode(std::integral_constant<int, 128>{});
     else decode(std::integral_constant<int, kDecThreads>{});
