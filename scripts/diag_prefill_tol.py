@@ -9,21 +9,17 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-import gguf_factory  # noqa: E402
 from reference_model import reference_logits  # noqa: E402
 from selfext_native import LLM  # noqa: E402
+from test_llm_cuda import type_case  # noqa: E402  (the test's own models)
 
-SMALL = dict(n_layer=2, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_vocab=300, n_ctx_train=128)
 TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 seeds = [int(s) for s in sys.argv[1].split(",")] if len(sys.argv) > 1 else list(range(12)) + [1958851826]
 d = tempfile.mkdtemp()
 print("| type | seed | prefill | decode | q8 | prefill vs f16 ref | decode vs f16 ref | f16 ref |")
 print("|---|---|---|---|---|---|---|---|")
 for qt in TYPES:
-    arch = "qwen2" if qt in ("BF16", "Q5_1", "Q3_K") else "llama"
-    tied = qt not in ("Q4_0", "F16", "Q4_K")
-    path = os.path.join(d, f"{arch}-{qt}-{tied}.gguf")
-    gguf_factory.write_model(path, seed=0, **{**SMALL, "arch": arch, "qtype": qt, "tied": tied})
+    path = type_case(d, qt)
     gpu = LLM(path, device="cuda")
     for s in seeds:
         toks = np.random.default_rng(s).integers(0, 300, size=45).tolist()

@@ -58,10 +58,16 @@ def _decode_rows(llm, toks):
 
 
 @pytest.mark.parametrize("qtype", ALL_TYPES)
-def test_logits_match_reference_and_cpu(model_dir, rng, qtype):
-    arch = "qwen2" if qtype in ("BF16", "Q5_1", "Q3_K") else "llama"  # qwen2: biases, neox RoPE
+def type_case(model_dir, qtype):
+    """The synthetic model of weight type qtype: qwen2 (biases, neox RoPE) for three types, an untied head
+    for three (scripts/diag_prefill_tol.py builds the same ones)."""
+    arch = "qwen2" if qtype in ("BF16", "Q5_1", "Q3_K") else "llama"
     tied = qtype not in ("Q4_0", "F16", "Q4_K")
-    path = _model(model_dir, f"{arch}-{qtype}-{tied}", arch=arch, qtype=qtype, tied=tied)
+    return _model(model_dir, f"{arch}-{qtype}-{tied}", arch=arch, qtype=qtype, tied=tied)
+
+
+def test_logits_match_reference_and_cpu(model_dir, rng, qtype):
+    path = type_case(model_dir, qtype)
     gpu = LLM(path, device="cuda")
     assert gpu.device == "cuda:0"
     toks = _tokens(rng, 45)
