@@ -57,7 +57,6 @@ def _decode_rows(llm, toks):
     return np.stack([llm.eval([t])[0] for t in toks])
 
 
-@pytest.mark.parametrize("qtype", ALL_TYPES)
 def type_case(model_dir, qtype):
     """The synthetic model of weight type qtype: qwen2 (biases, neox RoPE) for three types, an untied head
     for three (scripts/diag_prefill_tol.py builds the same ones)."""
@@ -66,6 +65,7 @@ def type_case(model_dir, qtype):
     return _model(model_dir, f"{arch}-{qtype}-{tied}", arch=arch, qtype=qtype, tied=tied)
 
 
+@pytest.mark.parametrize("qtype", ALL_TYPES)
 def test_logits_match_reference_and_cpu(model_dir, rng, qtype):
     path = type_case(model_dir, qtype)
     gpu = LLM(path, device="cuda")
