@@ -45,8 +45,8 @@ def method_kwargs(method: str, n_ctx: int, desc) -> dict:
 
 # The cells of the table in README.md and docs/long_context.md (50 trials each): `--table`.
 TABLE = ("4096,8192=off;8192=se:2:1024,se:3:1024;16384,24576,32768=auto,linear,yarn,ntk;"
-         "16384=se:3:1024,se:4:512,se:3:512;24576=se:4:1024,se:6:1024,se:5:512,se:6:512;"
-         "32768=se:5:1024,se:7:1024,se:8:1024,se:6:2048,se:6:512,se:7:512")
+         "16384=se:3:1024,se:4:1024,se:4:512,se:3:512;24576=se:4:1024,se:5:1024,se:6:1024,se:24:1024,se:5:512,"
+         "se:6:512;32768=se:5:1024,se:6:1024,se:7:1024,se:8:1024,se:32:1024,se:6:2048,se:6:512,se:7:512")
 
 
 def parse_cells(spec: str) -> list[tuple[int, str]]:

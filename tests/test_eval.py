@@ -222,21 +222,24 @@ def test_perplexity_text_json_plot_and_errors(model_dir, tmp_path):
 # --- the SelfExtend auto rule -----------------------------------------------------------------------
 
 def test_auto_rule_hand_values():
-    # W = L/8 = 1024; G*(L - W + W//G): G=2 15360, G=3 22527, G=4 29696, G=5 36860. Auto takes one G
-    # above the smallest that covers n_ctx (measured: docs/long_context.md).
+    # W = L/8 = 1024 and the grouped span (n-1)//G + W - W//G held to L/4 = 2048: at 16384 G = 15 spans
+    # 1092 + 1024 - 68 = 2048 and G = 14 spans 1170 + 1024 - 73 = 2121 (measured: docs/long_context.md).
     assert se.auto(8192, 4096) == (1, 1024)
     assert se.auto(8192, 8192) == (1, 1024)
-    assert se.auto(8192, 8193) == (3, 1024)
-    assert se.auto(8192, 15360) == (3, 1024)
-    assert se.auto(8192, 16384) == (4, 1024)
-    assert se.auto(8192, 24576) == (5, 1024)
-    assert se.auto(8192, 32768) == (6, 1024)
-    for n in range(8193, 200_000, 997):  # one above the smallest covering G, always
+    assert se.auto(8192, 8193) == (7, 1024)
+    assert se.auto(8192, 16384) == (15, 1024)
+    assert se.auto(8192, 24576) == (23, 1024)
+    assert se.auto(8192, 32768) == (31, 1024)
+    assert se.grouped_span(32768, 31, 1024) == 32767 // 31 + 1024 - 1024 // 31 == 2048
+    assert se.grouped_span(32768, 30, 1024) == 1092 + 1024 - 34  # 2082: too far
+    assert se.grouped_span(500, 4, 1024) == 499  # every pair a neighbor: the plain distance
+    for n in range(8193, 66_000, 997):  # the smallest G whose span fits, always, and it covers n
         g, w = se.auto(8192, n)
-        g_min = g - 1
-        assert se.max_context(8192, g_min, w) >= n > (se.max_context(8192, g_min - 1, w) if g_min > 2 else 8192)
-        assert se.validate(g, w, 8192, n) == (g, w)  # and the chosen G covers it too
-    # At the cap (L = 64, W = 8: only G = 64 reaches 3550 tokens) the rule stays at MAX_GROUP.
+        assert se.grouped_span(n, g, w) <= 2048 < (se.grouped_span(n, g - 1, w) if g > 2 else 10 ** 9)
+        assert se.validate(g, w, 8192, n) == (g, w)
+    # Past what MAX_GROUP holds to L/4 (70k for an 8k model) auto stays at MAX_GROUP while it covers.
+    assert se.auto(8192, 100_000) == (se.MAX_GROUP, 1024)
+    assert se.grouped_span(100_000, se.MAX_GROUP, 1024) > 2048
     assert se.auto(64, 3550) == (se.MAX_GROUP, 8)
 
 
@@ -256,7 +259,7 @@ def test_llm_refuses_an_uncovered_context(model_dir):
     with pytest.raises(ContextOverflowError, match="n_ctx=300.*G=3 covers it"):
         LLM(path, n_ctx=300, self_extend=(2, 16))
     llm = LLM(path, n_ctx=300, self_extend="auto", n_threads=1)
-    assert (llm.group, llm.window) == (4, 16)  # auto: one above the covering G = 3
+    assert (llm.group, llm.window) == (18, 16)  # auto: the grouped span 299 // 18 + 16 - 0 = 32 = L/4
 
 
 # --- RoPE overrides ---------------------------------------------------------------------------------

@@ -4,14 +4,18 @@ SelfExtend keeps every position below the trained window L for sequences of up t
 G * (L - W + floor(W/G)) tokens (positions.h). The rule for `self_extend="auto"`:
 
 * n_ctx <= L: SelfExtend off (G = 1): the model runs inside its trained window.
-* otherwise W = L // 8 (1024 for an 8k model; the LongLM paper uses windows of 512-2048, and keeping W
-  small leaves room for the grouped range), and G = one more than the smallest group whose extended
-  context covers n_ctx. ../shared/ANCHORS.md's sweep on SmolLM2 (exact SE, W = 1024) found that a G just
-  above the covering minimum beats a large G (G = 4: 10/10 at 24k; G = 8: 7/10). Our 50-trial passkey
-  cells on an H200 (docs/long_context.md, same keys and depths in every cell of a length) agree: the
-  minimum + 1 found 49/45/45 of 50 keys at 16k/24k/32k against the minimum's 49/43/40, and on those
-  150 paired trials it alone found 8 keys, the minimum alone 1 (exact McNemar p = 0.04); + 2 was
-  worse at 32k (G = 7: 35/50), and W = 512 worse at 24k and 32k (G = 5: 26/50, G = 6: 38/50).
+* otherwise W = L // 8 (1024 for an 8k model; the LongLM paper uses windows of 512-2048) and G = the
+  smallest group whose grouped range spans at most L // 4 positions: the farthest pair (query n_ctx - 1,
+  key 0) sits at grouped distance (n_ctx - 1) // G + W - W // G (`grouped_span`), so every relative
+  position the model sees stays in the first quarter of its trained window (G = 15 / 23 / 31 at 16k /
+  24k / 32k for an 8k model). Why: on SmolLM2-135M every key SelfExtend missed in our 50-trial passkey
+  cells (H200, docs/long_context.md) sat at a grouped distance of 2.1k-3.3k, whatever G and W put it
+  there, and no key closer than that was missed; the rules that only cover n_ctx (the covering
+  minimum, or one above it: 45/50 at 24k and 32k) leave such distances in play, while G = 24 at 24k and
+  G = 32 at 32k, whose spans stay under 2k, found 50/50 each. That relative positions near the trained
+  length are the weakest is also what An et al. 2024 ("Why Does the Effective Context Length of LLMs
+  Fall Short?", arXiv 2410.18745) measure across models: the training data holds few long distances.
+  Where even MAX_GROUP spans more than L // 4, auto takes MAX_GROUP if it still covers n_ctx.
 * an explicit (G, W) that cannot cover n_ctx is refused, naming the smallest G that would (`validate`).
 """
 from __future__ import annotations
@@ -53,14 +57,25 @@ def validate(group, window, n_ctx_train: int, n_ctx: int) -> tuple[int, int]:
     return group, window
 
 
+def grouped_span(n_ctx: int, group: int, window: int) -> int:
+    """The largest relative position SelfExtend gives any pair of an n_ctx-token sequence: the query at
+    n_ctx - 1 against key 0, (n_ctx - 1) // G + W - W // G (n_ctx - 1 when that pair is a neighbor)."""
+    if n_ctx - 1 < window or group <= 1:
+        return max(0, n_ctx - 1)
+    return (n_ctx - 1) // group + window - window // group
+
+
 def auto(n_ctx_train: int, n_ctx: int) -> tuple[int, int]:
     """(group, window) for `self_extend="auto"`; group 1 means off."""
-    if n_ctx <= n_ctx_train:
-        return 1, max(1, n_ctx_train // 8)
     window = max(1, n_ctx_train // 8)
+    if n_ctx <= n_ctx_train:
+        return 1, window
+    span_cap = max(window, n_ctx_train // 4)
     for g in range(2, MAX_GROUP + 1):
-        if max_context(n_ctx_train, g, window) >= n_ctx:
-            return min(g + 1, MAX_GROUP), window  # one above the covering minimum: see the docstring
+        if grouped_span(n_ctx, g, window) <= span_cap:
+            return g, window
+    if max_context(n_ctx_train, MAX_GROUP, window) >= n_ctx:
+        return MAX_GROUP, window  # the span exceeds L // 4, but every position stays inside L
     raise ContextOverflowError(
         f"n_ctx={n_ctx} is beyond what SelfExtend reaches from a trained context of {n_ctx_train} "
         f"(G={MAX_GROUP}, W={window} gives {max_context(n_ctx_train, MAX_GROUP, window)})"
