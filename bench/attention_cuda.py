@@ -112,28 +112,28 @@ def bench_se_prefill(H, H_kv, D, T, G, W, flex, reps):
     ms = time_ms(ours, reps)
     row["ours_ms"] = ms
     row["ours_tflops"] = flops / ms / 1e9
-    def with_env(var, value):  # the same call with one knob forced (read by the native side per call)
-        os.environ[var] = value
+    def with_env(**env):  # the same call with knobs forced (read by the native side per call)
+        os.environ.update(env)
         try:
             return time_ms(ours, reps)
         finally:
-            del os.environ[var]
+            for name in env:
+                del os.environ[name]
 
     # K rotated per query block and tile (the default rotates K once per call here: more than one
     # 128-row query block per kv head).
-    ms_p = with_env("SELFEXT_CUDA_SE_PREROT", "0")
+    ms_p = with_env(SELFEXT_CUDA_SE_PREROT="0")
     row["tile_rot_ms"] = ms_p
     row["tile_rot_tflops"] = flops / ms_p / 1e9
-    # The large blocks as 8 warps of one 16-row tile (the default takes two tiles per warp at head dims
-    # <= 80, so at 96 and 128 this is the default again).
-    ms_m = with_env("SELFEXT_CUDA_SE_MT", "1")
-    row["mt1_ms"] = ms_m
-    row["mt1_tflops"] = flops / ms_m / 1e9
-    # Two tiles per warp forced (the default at head dims <= 80; above, one tile always).
+    # se_attention_kernel instead of the phased kernel, as it ran before (two 16-row tiles per warp at
+    # head dims <= 80, one above: 8 warps), and with one tile per warp at every head dim.
+    ms_u = with_env(SELFEXT_CUDA_SE_PHASED="0")
+    row["unphased_ms"] = ms_u
+    row["unphased_tflops"] = flops / ms_u / 1e9
     if D <= 80:
-        ms_2 = with_env("SELFEXT_CUDA_SE_MT", "2")
-        row["mt2_ms"] = ms_2
-        row["mt2_tflops"] = flops / ms_2 / 1e9
+        ms_m = with_env(SELFEXT_CUDA_SE_PHASED="0", SELFEXT_CUDA_SE_MT="1")
+        row["unphased_mt1_ms"] = ms_m
+        row["unphased_mt1_tflops"] = flops / ms_m / 1e9
 
     pos = torch.arange(T, device=DEV)
     qn, kn = rotate(q, pos, table), rotate(k, pos, table)
@@ -426,7 +426,7 @@ def main():
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)
     se = [r for r in rows if r["op"] == "self_extend_prefill"]
-    print(md_table(se, ["H", "H_kv", "D", "T", "ours_tflops", "tile_rot_tflops", "mt1_tflops", "mt2_tflops", "sdpa_flash_tflops", "flex_two_pass_tflops",
+    print(md_table(se, ["H", "H_kv", "D", "T", "ours_tflops", "tile_rot_tflops", "unphased_tflops", "unphased_mt1_tflops", "sdpa_flash_tflops", "flex_two_pass_tflops",
                         "ours_vs_sdpa_flash", "ours_vs_flex", "flex_vs_ours_rel_diff"]))
     dec = [r for r in rows if r["op"] == "self_extend_decode"]
     print(md_table(dec, ["T", "ours_us", "ours_GBps", "cuda_core_kernel_us", "tile_kernel_us", "read_GBps_torch_sum", "ours_vs_read_bw",

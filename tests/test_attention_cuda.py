@@ -260,16 +260,22 @@ def test_self_extend_strided_views(rng):
     assert torch.isnan(big[:, 0]).all() and torch.isnan(big[:, H + 1:]).all(), "wrote outside out"
 
 
-@pytest.mark.parametrize("mt", ["1", "2"])
+# The large-block kernels: the phased kernel (the default) and se_attention_kernel with one or two 16-row
+# tiles per warp (SELFEXT_CUDA_SE_PHASED=0; SELFEXT_CUDA_SE_MT, two only at head dims <= 80).
+LARGE_KERNELS = {"phased": {}, "mt1": {"SELFEXT_CUDA_SE_PHASED": "0", "SELFEXT_CUDA_SE_MT": "1"},
+                 "mt2": {"SELFEXT_CUDA_SE_PHASED": "0", "SELFEXT_CUDA_SE_MT": "2"}}
+
+
+@pytest.mark.parametrize("kernel", list(LARGE_KERNELS))
 @pytest.mark.parametrize("D, style, rope_dim, dtype", [(64, "norm", None, torch.float16),
                                                        (80, "neox", None, torch.bfloat16),
                                                        (96, "norm", 64, torch.float16),
                                                        (128, "norm", None, torch.bfloat16)])
-def test_self_extend_large_blocks(rng, monkeypatch, mt, D, style, rope_dim, dtype):
-    """Enough 128-row query blocks to fill the GPU (the large-block kernel without a split, K rotated once
-    per call), with one or two 16-row tiles per warp (SELFEXT_CUDA_SE_MT; head dims above 80 always take
-    one), at every head dim; the window boundary (W = 300) crosses tiles of both layouts."""
-    monkeypatch.setenv("SELFEXT_CUDA_SE_MT", mt)
+def test_self_extend_large_blocks(rng, monkeypatch, kernel, D, style, rope_dim, dtype):
+    """Enough 128-row query blocks to fill the GPU (the large-block kernels without a split, K rotated once
+    per call) at every head dim; the window boundary (W = 300) crosses tiles of every layout."""
+    for name, value in LARGE_KERNELS[kernel].items():
+        monkeypatch.setenv(name, value)
     T, H, H_kv, G, W = 2048, 16, 2, 3, 300  # 2 kv heads x 128 blocks of 128 rows
     q = _randn(rng, (T, H, D), dtype, 1.5)
     k = _randn(rng, (T, H_kv, D), dtype, 1.5)
@@ -278,6 +284,26 @@ def test_self_extend_large_blocks(rng, monkeypatch, mt, D, style, rope_dim, dtyp
     torch.cuda.synchronize()
     ref = se_reference(q, k, v, torch.arange(T, device=_dev()), group=G, window=W, **a)
     assert _rel(out, ref) <= SE_TOL[dtype]
+
+
+@pytest.mark.parametrize("H, H_kv, D, style, G, W, dtype", [
+    (9, 3, 64, "norm", 31, 40, torch.bfloat16),     # odd GQA group; W inside one 64-key tile; a large G
+    (32, 8, 128, "neox", 4, 1024, torch.float16),   # qwen2's layout; the bench's window
+    (16, 2, 128, "norm", 4, 5000, torch.bfloat16),  # W >= T: the neighbor phase only
+    (8, 8, 64, "norm", 2, 1, torch.float16),        # MHA, W = 1: every pair but the diagonal grouped
+])
+def test_self_extend_phased_kernel_cases(rng, H, H_kv, D, style, G, W, dtype):
+    """The phased kernel (two phases over the key tiles, boundary tiles visited in both) on the edges of
+    its tile bookkeeping: windows narrower than a tile, none at all, and wider than the sequence."""
+    T = 1536 if H // H_kv > 1 else 2560
+    q = _randn(rng, (T, H, D), dtype, 1.5)
+    k = _randn(rng, (T, H_kv, D), dtype, 1.5)
+    v = _randn(rng, (T, H_kv, D), dtype)
+    out, a = run_se(q, k, v, group=G, window=W, style=style)
+    torch.cuda.synchronize()
+    rows = sampled_rows(T, T, W, 64, rng)
+    ref = se_reference(q, k, v, rows, group=G, window=W, **a)
+    assert _rel(out[rows], ref) <= SE_TOL[dtype]
 
 
 @pytest.mark.parametrize("prerot", ["0", "1"])

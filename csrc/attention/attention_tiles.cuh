@@ -154,8 +154,10 @@ struct RopeArgs {
 // is paid once per batch, not once per element (H100, 2026-11-23: with one dependent table load per
 // element, SE prefill ran at ~55 TFLOP/s, a quarter of the CoPE kernel's rate on the same tiles). "neox" or odd pair counts take the
 // general path; a "neox" partner is read from the source row, so dst may not alias src.
-template <typename T, int kHeadDim, int kThreads, int kRows, typename PosFn>
-__device__ __forceinline__ void rope_tile(const T* src, T* dst, const RopeArgs& ra, PosFn pos_of) {
+// rope_rows is the same with row r read from src_row(r) (shared or global memory: the SelfExtend prefill
+// rotates Q straight from global memory into its tile).
+template <typename T, int kHeadDim, int kThreads, int kRows, typename SrcRow, typename PosFn>
+__device__ __forceinline__ void rope_rows(SrcRow src_row, T* dst, const RopeArgs& ra, PosFn pos_of) {
   using L = Layout<kHeadDim>;
   constexpr int kTotal = kRows * L::kChunks;
   constexpr int kPerThread = (kTotal + kThreads - 1) / kThreads;
@@ -173,7 +175,7 @@ __device__ __forceinline__ void rope_tile(const T* src, T* dst, const RopeArgs& 
         cs[b][0] = cs[b][1] = make_float4(1.f, 0.f, 1.f, 0.f);
         if (idx < kTotal) {
           const int r = idx / L::kChunks, c = idx % L::kChunks;
-          raw[b] = *reinterpret_cast<const uint4*>(src + r * L::kStride + c * 8);
+          raw[b] = *reinterpret_cast<const uint4*>(src_row(r) + c * 8);
           if (c * 4 < n_pairs) {
             int pos = pos_of(r);
             pos = pos < ra.n_pos ? pos : ra.n_pos - 1;  // only rows that never use this branch clamp
@@ -206,7 +208,7 @@ __device__ __forceinline__ void rope_tile(const T* src, T* dst, const RopeArgs& 
   }
   for (int idx = threadIdx.x; idx < kTotal; idx += kThreads) {
     const int r = idx / L::kChunks, c = idx % L::kChunks;
-    const T* srow = src + r * L::kStride;
+    const T* srow = src_row(r);
     const uint4 raw = *reinterpret_cast<const uint4*>(srow + c * 8);
     const uint16_t* x = reinterpret_cast<const uint16_t*>(&raw);
     uint4 outv;
@@ -243,6 +245,11 @@ __device__ __forceinline__ void rope_tile(const T* src, T* dst, const RopeArgs& 
   }
 }
 
+template <typename T, int kHeadDim, int kThreads, int kRows, typename PosFn>
+__device__ __forceinline__ void rope_tile(const T* src, T* dst, const RopeArgs& ra, PosFn pos_of) {
+  rope_rows<T, kHeadDim, kThreads, kRows>([src](int r) { return src + r * Layout<kHeadDim>::kStride; }, dst, ra, pos_of);
+}
+
 // --- S = Q K^T for one warp's 16 rows and a key tile (kTileN keys: 64, or 32) ---------------------------
 template <typename T, int kHeadDim, int kTileN = kBN>
 __device__ __forceinline__ void qk_tile(const T* qs, const T* ks, int warp, int lane, float s[kTileN / 8][4]) {
@@ -265,12 +272,14 @@ __device__ __forceinline__ void qk_tile(const T* qs, const T* ks, int warp, int 
 }
 
 // --- online softmax step + O += P V -------------------------------------------------------------------------
-// x: logits in base-2 units (masked = -inf). m: running max (base 2), l: this lane's partial running sum
+// x: logits, in base-2 units once multiplied by scale2 (masked = -inf; callers that scaled x already
+// pass 1, which keeps the arithmetic exact). m: running max (base 2), l: this lane's partial running sum
 // (summed over the quad at the end). Rows: h = 0 is lane/4, h = 1 is lane/4 + 8.
 // The online-softmax step of one 16-row tile: x becomes P (unnormalized, base 2), m and l
-// move on, o is rescaled.
+// move on, o is rescaled. The scale rides in the exponent's FMA, not in a multiply per logit.
 template <int kHeadDim, int kTileN = kBN>
-__device__ __forceinline__ void softmax_step(float x[kTileN / 8][4], float m[2], float l[2], float o[kHeadDim / 8][4]) {
+__device__ __forceinline__ void softmax_step(float x[kTileN / 8][4], float m[2], float l[2], float o[kHeadDim / 8][4],
+                                             float scale2 = 1.f) {
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     float mx = -INFINITY;
@@ -278,15 +287,15 @@ __device__ __forceinline__ void softmax_step(float x[kTileN / 8][4], float m[2],
     for (int nb = 0; nb < kTileN / 8; ++nb) mx = fmaxf(mx, fmaxf(x[nb][2 * h], x[nb][2 * h + 1]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    const float m_new = fmaxf(m[h], mx);
+    const float m_new = fmaxf(m[h], mx * scale2);
     const float base = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing unmasked yet stays empty
     const float alpha = exp2f(m[h] - base);
     m[h] = m_new;
     float sum = 0.f;
 #pragma unroll
     for (int nb = 0; nb < kTileN / 8; ++nb) {
-      x[nb][2 * h] = exp2f(x[nb][2 * h] - base);
-      x[nb][2 * h + 1] = exp2f(x[nb][2 * h + 1] - base);
+      x[nb][2 * h] = exp2f(fmaf(x[nb][2 * h], scale2, -base));
+      x[nb][2 * h + 1] = exp2f(fmaf(x[nb][2 * h + 1], scale2, -base));
       sum += x[nb][2 * h] + x[nb][2 * h + 1];
     }
     l[h] = l[h] * alpha + sum;
@@ -355,10 +364,11 @@ __device__ __forceinline__ void qk_tiles(const T* qs, const T* ks, int warp, int
 // softmax_pv for kMT tiles: each tile's softmax step, then O += P V with every V fragment shared.
 template <typename T, int kHeadDim, int kMT, int kTileN = kBN>
 __device__ __forceinline__ void softmax_pv_tiles(float x[kMT][kTileN / 8][4], float m[kMT][2], float l[kMT][2],
-                                                 float o[kMT][kHeadDim / 8][4], const T* vs, int lane) {
+                                                 float o[kMT][kHeadDim / 8][4], const T* vs, int lane,
+                                                 float scale2 = 1.f) {
   using L = Layout<kHeadDim>;
 #pragma unroll
-  for (int mt = 0; mt < kMT; ++mt) softmax_step<kHeadDim, kTileN>(x[mt], m[mt], l[mt], o[mt]);
+  for (int mt = 0; mt < kMT; ++mt) softmax_step<kHeadDim, kTileN>(x[mt], m[mt], l[mt], o[mt], scale2);
 #pragma unroll
   for (int kk = 0; kk < kTileN / 16; ++kk) {
     uint32_t a[kMT][4];

@@ -211,6 +211,142 @@ __global__ void __launch_bounds__(kWarps * 32) se_attention_kernel(const SeArgs 
     store_rows<T, kHeadDim>(a.oa, rm, m0, warp * kMT + mi, lane, kvh, o[mi], m[mi], l[mi], kSplit, blockIdx.z);
 }
 
+// --- the prefill kernel for large calls: one branch per key tile, in two phases -------------------------
+// K comes pre-rotated (rotate_k_kernel: kn_rot at j, kg_rot at j / G). A block's key tiles are visited in
+// two phases: first every tile holding some pair at distance >= W (the grouped branch: Q rotated at the
+// grouped query position), then every tile holding some pair at distance < W (the neighbor branch: Q
+// rotated at i). A tile on the window boundary is visited once in each phase, each time masked to its own
+// branch's pairs; the online softmax does not care in which order, or in how many pieces, a row's keys
+// arrive, so the result is the one softmax over both branches. What this buys over se_attention_kernel:
+// one Q tile and one K tile in shared memory at a time (104 KB at D = 128: two blocks per SM, against one
+// of 174 KB), no second logit tile in registers on boundary tiles, so two 16-row tiles per warp fit at
+// every head dim (each K and V fragment feeds two multiplies), and one code path per tile (its branch
+// only picks the K source and the mask). Q is rotated straight from global memory into its tile at the
+// start of each phase. The softmax scale rides in the exponent's FMA. Measured: docs/cuda_loop.md.
+template <int kHeadDim, int kWarps, int kMT>
+struct SePhasedShape {
+  static constexpr int kBM = 16 * kWarps * kMT;
+  static constexpr int kStride = Layout<kHeadDim>::kStride;
+  // Q (kBM rows); K and V tiles, double-buffered (2 x kBN rows each).
+  static constexpr size_t kSmemBytes = size_t(kBM + 4 * kBN) * kStride * 2;
+};
+
+template <typename T, int kHeadDim, int kWarps, int kMT>
+__global__ void __launch_bounds__(kWarps * 32) se_phased_kernel(const SeArgs a) {
+  kernel_prologue();
+  constexpr int kThreads = kWarps * 32, BN = kBN;
+  using Sh = SePhasedShape<kHeadDim, kWarps, kMT>;
+  constexpr int kBM = Sh::kBM, S = Sh::kStride;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* qs = reinterpret_cast<T*>(smem_raw);  // (kBM, S) Q rotated for the current phase's branch
+  T* ks = qs + kBM * S;                    // (2, BN, S) K tiles (pre-rotated for their branch)
+  T* vs = ks + 2 * BN * S;                 // (2, BN, S) V tiles
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int mt = gridDim.x - 1 - blockIdx.x;  // longest causal rows first: less tail imbalance
+  const int kvh = blockIdx.y;
+  const RowMap rm = a.rm;
+  const int G = a.group, W = a.window;
+  const int64_t m0 = int64_t(mt) * kBM;
+  const int i_lo = rm.pos(m0), i_hi = rm.pos(m0 + kBM - 1);
+  const int n_kt = i_hi / BN + 1;                                      // causal: keys 0..i_hi
+  const int n_g = i_hi >= W ? min(n_kt, (i_hi - W) / BN + 1) : 0;     // tiles with a pair at i - j >= W
+  const int n_first = max(0, i_lo - W + 1) / BN;                       // first tile with a pair at i - j < W
+  const int n_v = n_g + (n_kt - n_first);
+
+  const int64_t wr0 = m0 + warp * 16 * kMT;
+  const bool warp_has_rows = wr0 < rm.rows;
+  const int wi_lo = rm.pos(wr0), wi_hi = rm.pos(wr0 + 16 * kMT - 1);
+
+  float o[kMT][kHeadDim / 8][4];
+  float m[kMT][2], l[kMT][2];
+#pragma unroll
+  for (int mi = 0; mi < kMT; ++mi) {
+#pragma unroll
+    for (int db = 0; db < kHeadDim / 8; ++db) o[mi][db][0] = o[mi][db][1] = o[mi][db][2] = o[mi][db][3] = 0.f;
+    m[mi][0] = m[mi][1] = -INFINITY;
+    l[mi][0] = l[mi][1] = 0.f;
+  }
+
+  const T* q = static_cast<const T*>(a.q);
+  const T* v = static_cast<const T*>(a.v);
+  const T* kn_rot = static_cast<const T*>(a.kn_rot);
+  const T* kg_rot = static_cast<const T*>(a.kg_rot);
+  const int64_t rot_st = int64_t(gridDim.y) * kHeadDim;  // (T_k, n_kv_heads, head_dim) contiguous
+  // Q row r of the block in global memory (rows past the end read the last valid row: never stored).
+  auto q_row = [&](int r) {
+    int64_t R = m0 + r;
+    if (R >= rm.rows) R = rm.rows - 1;
+    return q + (R / rm.n_rep) * a.q_st + (int64_t(kvh) * rm.n_rep + R % rm.n_rep) * a.q_sh;
+  };
+  auto load_q = [&](bool grouped) {
+    if (grouped)
+      rope_rows<T, kHeadDim, kThreads, kBM>(q_row, qs, a.rope, [&](int r) {
+        return int(se_grouped_query_pos(rm.pos(m0 + r), G, W));
+      });
+    else
+      rope_rows<T, kHeadDim, kThreads, kBM>(q_row, qs, a.rope, [&](int r) { return rm.pos(m0 + r); });
+  };
+  auto tile_of = [&](int vt) { return vt < n_g ? vt : n_first + (vt - n_g); };
+  auto load_tile = [&](int vt, int b) {
+    const int kt = tile_of(vt);
+    load_kv_async<T, kHeadDim, kThreads, BN>(ks + b * BN * S, vt < n_g ? kg_rot : kn_rot, rot_st, kHeadDim, kvh,
+                                             kt * BN, rm.T_k);
+    load_kv_async<T, kHeadDim, kThreads, BN>(vs + b * BN * S, v, a.v_st, a.v_sh, kvh, kt * BN, rm.T_k);
+    cp_async_commit();
+  };
+
+  if (n_v > 0) {
+    load_tile(0, 0);
+    load_q(n_g > 0);
+  }
+  for (int vt = 0; vt < n_v; ++vt) {
+    const int buf = vt & 1;
+    cp_async_wait<0>();
+    __syncthreads();  // tile vt (and Q) landed; every warp is done with tile vt-1 and the previous Q
+    if (vt + 1 < n_v) load_tile(vt + 1, buf ^ 1);
+    const bool grouped = vt < n_g;
+    if (vt == n_g && n_g > 0) {  // the neighbor phase starts: Q at the normal positions
+      load_q(false);
+      __syncthreads();
+    }
+    const int j0 = tile_of(vt) * BN, j1 = j0 + BN - 1;
+    // This warp's rows against the tile, in this phase's branch: any pair in it, and any pair outside it.
+    bool any, mask;
+    if (grouped) {
+      any = wi_hi - j0 >= W;
+      mask = wi_lo - j1 < W;
+    } else {
+      any = j0 <= wi_hi && wi_lo - j1 < W;
+      mask = j1 > wi_lo || wi_hi - j0 >= W;
+    }
+    if (warp_has_rows && any) {
+      float x[kMT][BN / 8][4];
+      qk_tiles<T, kHeadDim, kMT, BN>(qs, ks + buf * BN * S, warp, lane, x);
+      if (mask) {
+#pragma unroll
+        for (int mi = 0; mi < kMT; ++mi)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int i = rm.pos(wr0 + mi * 16 + (lane >> 2) + 8 * h);
+#pragma unroll
+            for (int nb = 0; nb < BN / 8; ++nb)
+#pragma unroll
+              for (int c = 0; c < 2; ++c) {
+                const int d = i - (j0 + nb * 8 + (lane & 3) * 2 + c);  // i - j
+                const bool keep = grouped ? d >= W : (d >= 0 && d < W);
+                if (!keep) x[mi][nb][2 * h + c] = -INFINITY;
+              }
+          }
+      }
+      softmax_pv_tiles<T, kHeadDim, kMT, BN>(x, m, l, o, vs + buf * BN * S, lane, a.scale2);
+    }
+  }
+#pragma unroll
+  for (int mi = 0; mi < kMT; ++mi)
+    store_rows<T, kHeadDim>(a.oa, rm, m0, warp * kMT + mi, lane, kvh, o[mi], m[mi], l[mi], false, 0);
+}
+
 template <typename T, int kHeadDim, int kThreads>
 __global__ void __launch_bounds__(kThreads) se_decode_kernel(const SeArgs a, int chunks_per_split) {
   constexpr int kKeys = kThreads / 4;
@@ -340,6 +476,23 @@ inline bool use_prerotated_k(const AttentionParams& p) {
   return rows > 128;
 }
 
+// The phased kernel (se_phased_kernel) for the large pre-rotated calls, unless SELFEXT_CUDA_SE_PHASED=0
+// (se_attention_kernel, for comparison; read at every call) or a non-positive scale (the phased kernel
+// takes the running max of the unscaled logits).
+inline bool use_phased(const AttentionParams& p) {
+  const char* e = std::getenv("SELFEXT_CUDA_SE_PHASED");
+  return p.scale > 0 && !(e && std::strcmp(e, "0") == 0);
+}
+
+template <typename T, int kHeadDim, int kWarps, int kMT>
+void launch_phased(const SeArgs& a, int64_t n_mtiles, int n_kv_heads, cudaStream_t stream) {
+  auto kernel = se_phased_kernel<T, kHeadDim, kWarps, kMT>;
+  const size_t smem = SePhasedShape<kHeadDim, kWarps, kMT>::kSmemBytes;
+  SELFEXT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  SELFEXT_CHECK(n_mtiles <= INT_MAX, ArgumentError, "self_extend_attention: too many query rows");
+  launch_kernel(kernel, dim3(unsigned(n_mtiles), unsigned(n_kv_heads)), dim3(kWarps * 32), smem, stream, a);
+}
+
 template <typename T, int kHeadDim, int kWarps, bool kSplit, bool kPre = false, int kMT = 1, int kTileN = kBN>
 void launch_se(const SeArgs& a, int64_t n_mtiles, int n_kv_heads, int n_splits, cudaStream_t stream) {
   auto kernel = se_attention_kernel<T, kHeadDim, kWarps, kSplit, kPre, kMT, kTileN>;
@@ -467,6 +620,10 @@ void run_se(const AttentionParams& p) {
   const int64_t big_tiles = (rows + 16 * kBigWarps - 1) / (16 * kBigWarps);
   if (big_tiles * p.n_kv_heads >= sms) {
     a.tiles_per_split = int(n_key_tiles);
+    if (pre && use_phased(p)) {  // 4 warps of two 16-row tiles: the same 128-row blocks
+      launch_phased<T, kHeadDim, kBigWarps / 2, 2>(a, big_tiles, p.n_kv_heads, stream);
+      return;
+    }
     // The same 128-row blocks as 4 warps of two 16-row tiles each (se_tiles_per_warp): half the K/V
     // fragment reads per multiply (head dims <= 80 only: above, the accumulators spill).
     if constexpr (kHeadDim <= 80) {
