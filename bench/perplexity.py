@@ -133,7 +133,7 @@ def main() -> int:
         # "auto" inside the trained window is "off": one curve per distinct configuration
         seen, distinct = set(), []
         for d in results:
-            key = (d["n_ctx"], d["group"], d["window"], json.dumps(d["rope"], sort_keys=True))
+            key = (d["n_ctx"], d["group"], d["window"] if d["group"] > 1 else 0, json.dumps(d["rope"], sort_keys=True))
             if key not in seen:
                 seen.add(key)
                 distinct.append(d)
