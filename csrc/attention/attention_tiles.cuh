@@ -27,7 +27,7 @@ namespace selfext {
 namespace attn_cuda {
 
 constexpr int kBN = 64;                        // keys per tile
-constexpr float kLog2e = 1.4426950408889634f;  // softmax runs in base 2 (exp2f is one MUFU op)
+constexpr float kLog2e = 1.4426950408889634f;  // softmax runs in base 2 (2^x is one MUFU op: exp2_ftz)
 constexpr float kLn2 = 0.6931471805599453f;
 
 // Shared-memory rows are padded by 16 bytes: 8 consecutive rows of any head dim (64/80/96/128) then
@@ -125,17 +125,38 @@ __device__ __forceinline__ void load_q_async(T* smem, const T* q, int64_t stride
   }
 }
 
-// kRows (kBN) rows of K or V starting at key j0 (rows >= j_end zero-filled).
+// kRows (kBN) rows of K or V starting at key j0 (rows >= j_end zero-filled). The trip count is a
+// compile-time constant, so the copies unroll with their shared-memory offsets as immediates; with the
+// head dim's chunks dividing the thread count (64 and 128) each thread keeps one chunk column and steps
+// its source by a fixed number of rows. (A run-time loop from threadIdx.x cost ~20 instructions per
+// 16-byte copy, SASS sm_90a: ~300 per 64-key tile and thread at D = 128, a third of the softmax's.)
 template <typename T, int kHeadDim, int kThreads, int kRows = kBN>
 __device__ __forceinline__ void load_kv_async(T* smem, const T* x, int64_t stride_t, int64_t stride_h, int kvh,
                                               int j0, int j_end) {
   using L = Layout<kHeadDim>;
-  for (int idx = threadIdx.x; idx < kRows * L::kChunks; idx += kThreads) {
-    const int r = idx / L::kChunks, c = idx % L::kChunks;
-    const int j = j0 + r;
-    const bool ok = j < j_end;
-    const T* src = x + int64_t(ok ? j : 0) * stride_t + int64_t(kvh) * stride_h + c * 8;
-    cp_async16(smem + r * L::kStride + c * 8, src, ok);
+  constexpr int kTotal = kRows * L::kChunks;
+  constexpr int kIters = (kTotal + kThreads - 1) / kThreads;
+  const T* head = x + int64_t(kvh) * stride_h;
+  if constexpr (kThreads % L::kChunks == 0 && kTotal % kThreads == 0) {
+    constexpr int kRowStep = kThreads / L::kChunks;
+    const int c = threadIdx.x % L::kChunks, r0 = threadIdx.x / L::kChunks;
+    const int64_t off0 = int64_t(j0 + r0) * stride_t + c * 8, step = int64_t(kRowStep) * stride_t;
+    T* dst = smem + r0 * L::kStride + c * 8;
+#pragma unroll
+    for (int it = 0; it < kIters; ++it) {
+      const bool ok = j0 + r0 + it * kRowStep < j_end;
+      cp_async16(dst + it * kRowStep * L::kStride, head + (ok ? off0 + it * step : 0), ok);
+    }
+  } else {
+#pragma unroll
+    for (int it = 0; it < kIters; ++it) {
+      const int idx = int(threadIdx.x) + it * kThreads;
+      if (kTotal % kThreads != 0 && idx >= kTotal) break;
+      const int r = idx / L::kChunks, c = idx % L::kChunks;
+      const int j = j0 + r;
+      const bool ok = j < j_end;
+      cp_async16(smem + r * L::kStride + c * 8, head + int64_t(ok ? j : 0) * stride_t + c * 8, ok);
+    }
   }
 }
 
@@ -272,14 +293,30 @@ __device__ __forceinline__ void qk_tile(const T* qs, const T* ks, int warp, int 
 }
 
 // --- online softmax step + O += P V -------------------------------------------------------------------------
+// 2^x on the special-function unit with subnormal results flushed to zero (ex2.approx.ftz.f32). Plain
+// exp2f (no --use_fast_math) wraps the same instruction in a range test and two multiplies so that
+// results below 2^-126 stay subnormal: 3 of the ~17 instructions a softmax element costs (SASS, sm_90a).
+// A softmax weight below 2^-126 of its row's largest term (which is 1) is below float32's resolution of
+// their sum either way. 2^-inf = +0, as the masks need.
+__device__ __forceinline__ float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // x: logits, in base-2 units once multiplied by scale2 (masked = -inf; callers that scaled x already
 // pass 1, which keeps the arithmetic exact). m: running max (base 2), l: this lane's partial running sum
 // (summed over the quad at the end). Rows: h = 0 is lane/4, h = 1 is lane/4 + 8.
 // The online-softmax step of one 16-row tile: x becomes P (unnormalized, base 2), m and l
-// move on, o is rescaled. The scale rides in the exponent's FMA, not in a multiply per logit.
+// move on, o is rescaled. The scale rides in the exponent's FMA, not in a multiply per logit. When no row
+// of the warp raised its max, alpha is 1 for every row and the rescale of o (kHeadDim / 2 multiplies per
+// lane) is skipped, which is exact; past the first tiles of a long row that is the common case.
+// Warp-collective (a vote): every caller runs it on whole warps, as the multiplies that follow need.
 template <int kHeadDim, int kTileN = kBN>
 __device__ __forceinline__ void softmax_step(float x[kTileN / 8][4], float m[2], float l[2], float o[kHeadDim / 8][4],
                                              float scale2 = 1.f) {
+  float alpha[2];
+  bool raised = false;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     float mx = -INFINITY;
@@ -289,21 +326,26 @@ __device__ __forceinline__ void softmax_step(float x[kTileN / 8][4], float m[2],
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
     const float m_new = fmaxf(m[h], mx * scale2);
     const float base = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing unmasked yet stays empty
-    const float alpha = exp2f(m[h] - base);
+    alpha[h] = exp2_ftz(m[h] - base);
+    raised |= m_new != m[h];
     m[h] = m_new;
     float sum = 0.f;
 #pragma unroll
     for (int nb = 0; nb < kTileN / 8; ++nb) {
-      x[nb][2 * h] = exp2f(fmaf(x[nb][2 * h], scale2, -base));
-      x[nb][2 * h + 1] = exp2f(fmaf(x[nb][2 * h + 1], scale2, -base));
+      x[nb][2 * h] = exp2_ftz(fmaf(x[nb][2 * h], scale2, -base));
+      x[nb][2 * h + 1] = exp2_ftz(fmaf(x[nb][2 * h + 1], scale2, -base));
       sum += x[nb][2 * h] + x[nb][2 * h + 1];
     }
-    l[h] = l[h] * alpha + sum;
+    l[h] = l[h] * alpha[h] + sum;
+  }
+  if (__any_sync(0xffffffffu, raised)) {
 #pragma unroll
-    for (int db = 0; db < kHeadDim / 8; ++db) {
-      o[db][2 * h] *= alpha;
-      o[db][2 * h + 1] *= alpha;
-    }
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int db = 0; db < kHeadDim / 8; ++db) {
+        o[db][2 * h] *= alpha[h];
+        o[db][2 * h + 1] *= alpha[h];
+      }
   }
 }
 

@@ -238,12 +238,12 @@ __global__ void __launch_bounds__(kDmWarps * 32) se_decode_mma_kernel(const SeAr
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float m_new = fmaxf(m_run, mx);  // finite: key j0 < j_hi is in every step
-      const float alpha = exp2f(m_run - m_new);
+      const float alpha = exp2_ftz(m_run - m_new);
       m_run = m_new;
       float pr[4], sum = 0.f;
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        pr[e] = exp2f(x[e] - m_new);
+        pr[e] = exp2_ftz(x[e] - m_new);
         sum += pr[e];
       }
       l_run = l_run * alpha + sum;
