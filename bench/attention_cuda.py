@@ -120,6 +120,10 @@ def bench_se_prefill(H, H_kv, D, T, G, W, flex, reps):
             for name in env:
                 del os.environ[name]
 
+    # The mma.sync phased kernel (the default's wgmma kernel needs sm_90a, head dims 64 and 128).
+    ms_w = with_env(SELFEXT_CUDA_SE_WGMMA="0")
+    row["phased_mma_sync_ms"] = ms_w
+    row["phased_mma_sync_tflops"] = flops / ms_w / 1e9
     # K rotated per query block and tile (the default rotates K once per call here: more than one
     # 128-row query block per kv head).
     ms_p = with_env(SELFEXT_CUDA_SE_PREROT="0")
@@ -426,7 +430,7 @@ def main():
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)
     se = [r for r in rows if r["op"] == "self_extend_prefill"]
-    print(md_table(se, ["H", "H_kv", "D", "T", "ours_tflops", "tile_rot_tflops", "unphased_tflops", "unphased_mt1_tflops", "sdpa_flash_tflops", "flex_two_pass_tflops",
+    print(md_table(se, ["H", "H_kv", "D", "T", "ours_tflops", "phased_mma_sync_tflops", "tile_rot_tflops", "unphased_tflops", "unphased_mt1_tflops", "sdpa_flash_tflops", "flex_two_pass_tflops",
                         "ours_vs_sdpa_flash", "ours_vs_flex", "flex_vs_ours_rel_diff"]))
     dec = [r for r in rows if r["op"] == "self_extend_decode"]
     print(md_table(dec, ["T", "ours_us", "ours_GBps", "cuda_core_kernel_us", "tile_kernel_us", "read_GBps_torch_sum", "ours_vs_read_bw",

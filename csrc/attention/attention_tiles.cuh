@@ -177,8 +177,9 @@ struct RopeArgs {
 // general path; a "neox" partner is read from the source row, so dst may not alias src.
 // rope_rows is the same with row r read from src_row(r) (shared or global memory: the SelfExtend prefill
 // rotates Q straight from global memory into its tile).
-template <typename T, int kHeadDim, int kThreads, int kRows, typename SrcRow, typename PosFn>
-__device__ __forceinline__ void rope_rows(SrcRow src_row, T* dst, const RopeArgs& ra, PosFn pos_of) {
+// rope_rows_to writes chunk c of row r to dst_chunk(r, c) (a uint4*: the wgmma kernel's swizzled tiles).
+template <typename T, int kHeadDim, int kThreads, int kRows, typename SrcRow, typename DstChunk, typename PosFn>
+__device__ __forceinline__ void rope_rows_to(SrcRow src_row, DstChunk dst_chunk, const RopeArgs& ra, PosFn pos_of) {
   using L = Layout<kHeadDim>;
   constexpr int kTotal = kRows * L::kChunks;
   constexpr int kPerThread = (kTotal + kThreads - 1) / kThreads;
@@ -222,7 +223,7 @@ __device__ __forceinline__ void rope_rows(SrcRow src_row, T* dst, const RopeArgs
           x[2 * e] = st_bits<T>(xa);
           x[2 * e + 1] = st_bits<T>(xb);
         }
-        *reinterpret_cast<uint4*>(dst + r * L::kStride + c * 8) = raw[b];
+        *dst_chunk(r, c) = raw[b];
       }
     }
     return;
@@ -262,8 +263,15 @@ __device__ __forceinline__ void rope_rows(SrcRow src_row, T* dst, const RopeArgs
         o[e] = st_bits<T>(a == d ? xa : xb);
       }
     }
-    *reinterpret_cast<uint4*>(dst + r * L::kStride + c * 8) = outv;
+    *dst_chunk(r, c) = outv;
   }
+}
+
+template <typename T, int kHeadDim, int kThreads, int kRows, typename SrcRow, typename PosFn>
+__device__ __forceinline__ void rope_rows(SrcRow src_row, T* dst, const RopeArgs& ra, PosFn pos_of) {
+  rope_rows_to<T, kHeadDim, kThreads, kRows>(
+      src_row, [dst](int r, int c) { return reinterpret_cast<uint4*>(dst + r * Layout<kHeadDim>::kStride + c * 8); },
+      ra, pos_of);
 }
 
 template <typename T, int kHeadDim, int kThreads, int kRows, typename PosFn>

@@ -32,6 +32,9 @@ struct SeArgs {
   // (T_k, n_kv_heads, head_dim) contiguous; kg_rot is null when no pair reaches the grouped branch.
   const void* kn_rot;
   const void* kg_rot;
+  // se_wgmma_kernel: V transposed once per call, (n_kv_heads, head_dim, vt_st) with zero keys past T_k.
+  const void* v_t;
+  int64_t vt_st;
   bool prefetch;  // decode kernel: the block's keys and values prefetched into L2 before the PDL wait
 };
 

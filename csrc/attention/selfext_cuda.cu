@@ -19,6 +19,7 @@
 // keeps a single 32 KB tile in flight per SM. Next steps: rotate K once per call into a grouped copy
 // for prefill, or overlap the rotation of tile kt+1 with the MMAs of tile kt; fewer smem buffers for decode.
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cmath>
 #include <cstdlib>
@@ -31,6 +32,7 @@
 #include "attention/positions.h"
 #include "attention/se_decode.cuh"
 #include "attention/se_decode_mma.cuh"
+#include "attention/se_wgmma.cuh"
 #include "core/cuda_check.cuh"
 #include "core/dispatch.h"
 
@@ -484,6 +486,46 @@ inline bool use_phased(const AttentionParams& p) {
   return p.scale > 0 && !(e && std::strcmp(e, "0") == 0);
 }
 
+// Whether the large pre-rotated prefill calls take se_wgmma_kernel (se_wgmma.cuh): head dims 64 and 128, a
+// compute capability 9.0 device (wgmma exists on sm_90a only) and a build with sm_90a code, unless
+// SELFEXT_CUDA_SE_WGMMA=0 (the mma.sync phased kernel, for comparison; read at every call).
+#ifndef SELFEXT_CUDA_SM90A
+#define SELFEXT_CUDA_SM90A 0
+#endif
+inline bool use_wgmma(int head_dim) {
+  if (!SELFEXT_CUDA_SM90A || (head_dim != 64 && head_dim != 128)) return false;
+  const char* e = std::getenv("SELFEXT_CUDA_SE_WGMMA");
+  if (e && std::strcmp(e, "0") == 0) return false;
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cached[kMaxDevices];  // 0 unknown, 1 no, 2 yes
+  int dev = 0;
+  SELFEXT_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 0 || dev >= kMaxDevices) return false;
+  int v = cached[dev].load(std::memory_order_relaxed);
+  if (v == 0) {
+    int major = 0, minor = 0;
+    SELFEXT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    SELFEXT_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+    v = major == 9 && minor == 0 ? 2 : 1;
+    cached[dev].store(v, std::memory_order_relaxed);
+  }
+  return v == 2;
+}
+
+// Warpgroups (64 query rows each) per se_wgmma_kernel block: 2, the phased kernel's 128-row blocks.
+constexpr int kSeWgmmaWG = 2;
+
+template <typename T, int kHeadDim>
+void launch_wgmma(const SeArgs& a, int64_t n_mtiles, int n_kv_heads, cudaStream_t stream) {
+  if constexpr (kHeadDim == 64 || kHeadDim == 128) {
+    auto kernel = se_wgmma_kernel<T, kHeadDim, kSeWgmmaWG>;
+    const size_t smem = SeWgmmaShape<kHeadDim, kSeWgmmaWG>::kSmemBytes;
+    SELFEXT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    SELFEXT_CHECK(n_mtiles <= INT_MAX, ArgumentError, "self_extend_attention: too many query rows");
+    launch_kernel(kernel, dim3(unsigned(n_mtiles), unsigned(n_kv_heads)), dim3(kSeWgmmaWG * 128), smem, stream, a);
+  }
+}
+
 template <typename T, int kHeadDim, int kWarps, int kMT>
 void launch_phased(const SeArgs& a, int64_t n_mtiles, int n_kv_heads, cudaStream_t stream) {
   auto kernel = se_phased_kernel<T, kHeadDim, kWarps, kMT>;
@@ -620,6 +662,19 @@ void run_se(const AttentionParams& p) {
   const int64_t big_tiles = (rows + 16 * kBigWarps - 1) / (16 * kBigWarps);
   if (big_tiles * p.n_kv_heads >= sms) {
     a.tiles_per_split = int(n_key_tiles);
+    if (pre && use_phased(p) && use_wgmma(kHeadDim) && 64 * kSeWgmmaWG == 16 * kBigWarps) {
+      // V^T once per call (both wgmma B operands K-major), then the warpgroup kernel.
+      const int64_t T_pad = (p.T_k + 63) / 64 * 64;
+      DeviceScratch vt(size_t(p.n_kv_heads) * kHeadDim * T_pad * 2, stream);
+      a.v_t = vt.as<void>();
+      a.vt_st = T_pad;
+      if constexpr (kHeadDim == 64 || kHeadDim == 128)
+        launch_kernel(transpose_v_kernel<kHeadDim>, dim3(unsigned(T_pad / 64), unsigned(p.n_kv_heads)), dim3(256), 0,
+                      stream, static_cast<const uint16_t*>(p.v), p.v_stride_t, p.v_stride_h, int(p.T_k), T_pad,
+                      static_cast<uint16_t*>(vt.as<void>()));
+      launch_wgmma<T, kHeadDim>(a, big_tiles, p.n_kv_heads, stream);
+      return;
+    }
     if (pre && use_phased(p)) {  // 4 warps of two 16-row tiles: the same 128-row blocks
       launch_phased<T, kHeadDim, kBigWarps / 2, 2>(a, big_tiles, p.n_kv_heads, stream);
       return;

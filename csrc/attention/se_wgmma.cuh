@@ -1,0 +1,223 @@
+// SelfExtend prefill on Hopper's warpgroup MMA (sm_90a): the phased kernel's algorithm (se_phased_kernel in
+// selfext_cuda.cu) with both products as wgmma.mma_async reading their shared-memory operands through
+// descriptors (wgmma.cuh), instead of mma.sync fed by ldmatrix.
+//
+// Per block: kWG warpgroups of 64 query rows each (packed rows, attention_tiles.cuh), one Q tile and
+// double-buffered 64-key K and V tiles in shared memory, 128-byte swizzled. The grouped-branch tiles come
+// first with Q rotated at its grouped positions, then the neighbor tiles with Q rotated at i; window-boundary
+// tiles are visited once per phase with complementary masks, so the one online softmax sees every pair once
+// in the branch the paper assigns it. K arrives rotated once per call at both positions (rotate_k_kernel)
+// and V transposed once per call, (n_kv, head_dim, T_pad) with zero keys past T_k (transpose_v_kernel), so
+// both B operands are K-major: S = Q K^T takes K rows as they are, O += P V takes V^T rows.
+//
+// Per tile and warpgroup: S (64 x 64, fp32) by head_dim / 16 m64n64k16 multiplies from shared memory; the
+// mask and the online softmax of attention_tiles.cuh on the accumulators (the same register layout as
+// mma.sync's); P rounded to the storage type as A fragments in registers; O (64 x head_dim) += P V by four
+// m64n{head_dim}k16 multiplies. What it saves against the mma.sync kernel: every ldmatrix (the B fragments
+// were read from shared memory once per 16-row tile), the registers those fragments held, and the
+// issue slots of 16x more multiply instructions. Head dims 64 and 128 (the swizzle atom is 64 elements).
+#pragma once
+#include "attention/attention_tiles.cuh"
+#include "attention/positions.h"
+#include "attention/se_decode.cuh"
+#include "attention/wgmma.cuh"
+
+namespace selfext {
+namespace attn_cuda {
+
+template <int kHeadDim, int kWG>
+struct SeWgmmaShape {
+  static constexpr int kBM = 64 * kWG, kBN = 64;
+  static constexpr uint32_t kQBytes = uint32_t(kBM) * kHeadDim * 2;
+  static constexpr uint32_t kKBytes = uint32_t(kBN) * kHeadDim * 2;  // one K tile (and one V^T tile)
+  // Q, two K tiles, two V^T tiles, and the slack to align the first to 1024 bytes.
+  static constexpr size_t kSmemBytes = size_t(kQBytes) + 4 * kKBytes + 1024;
+  static_assert(kHeadDim % 64 == 0, "the 128B swizzle atom is 64 elements of the K extent");
+};
+
+// V (T_k, n_kv, head_dim) -> V^T (n_kv, head_dim, T_pad), keys past T_k zero (0 * a masked P is 0, never
+// 0 * stale NaN). Block: 64 keys of one kv head.
+template <int kHeadDim>
+__global__ void __launch_bounds__(256) transpose_v_kernel(const uint16_t* __restrict__ v, int64_t v_st, int64_t v_sh,
+                                                          int T_k, int64_t T_pad, uint16_t* __restrict__ vt) {
+  kernel_prologue();
+  __shared__ uint32_t tile[64][kHeadDim / 2 + 1];  // pairs of elements; +1 word: columns hit 32 banks
+  const int j0 = blockIdx.x * 64, h = blockIdx.y;
+  for (int idx = threadIdx.x; idx < 64 * kHeadDim / 2; idx += blockDim.x) {
+    const int r = idx / (kHeadDim / 2), c2 = idx % (kHeadDim / 2);
+    const int j = j0 + r;
+    tile[r][c2] = j < T_k ? *reinterpret_cast<const uint32_t*>(v + int64_t(j) * v_st + int64_t(h) * v_sh + 2 * c2) : 0u;
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < kHeadDim * 32; idx += blockDim.x) {
+    const int d = idx / 32, kp = idx % 32;  // output row d, keys 2 kp and 2 kp + 1
+    const uint32_t w0 = tile[2 * kp][d / 2], w1 = tile[2 * kp + 1][d / 2];
+    const uint32_t e0 = (d & 1) ? w0 >> 16 : w0 & 0xffffu, e1 = (d & 1) ? w1 >> 16 : w1 & 0xffffu;
+    *reinterpret_cast<uint32_t*>(vt + (int64_t(h) * kHeadDim + d) * T_pad + j0 + 2 * kp) = e0 | (e1 << 16);
+  }
+}
+
+template <typename T, int kHeadDim, int kWG>
+__global__ void __launch_bounds__(kWG * 128, kHeadDim <= 64 ? 2 : 1) se_wgmma_kernel(const SeArgs a) {
+#if SELFEXT_WGMMA_AVAILABLE
+  kernel_prologue();
+  using Sh = SeWgmmaShape<kHeadDim, kWG>;
+  constexpr int kThreads = kWG * 128, BN = Sh::kBN, kBM = Sh::kBM;
+  constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per K row
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t raw_u32 = smem_u32(smem_raw);
+  const uint32_t base_u32 = (raw_u32 + 1023u) & ~1023u;
+  unsigned char* const base = smem_raw + (base_u32 - raw_u32);
+  // Q: warpgroup g's 64 rows at g * 64 * kHeadDim * 2; K tiles at kQBytes + b * kKBytes; V^T tiles after.
+  const uint32_t k_u32 = base_u32 + Sh::kQBytes, v_u32 = k_u32 + 2 * Sh::kKBytes;
+
+  const int wg = threadIdx.x / 128, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int mt = gridDim.x - 1 - blockIdx.x;  // longest causal rows first: less tail imbalance
+  const int kvh = blockIdx.y;
+  const RowMap rm = a.rm;
+  const int G = a.group, W = a.window;
+  const int64_t m0 = int64_t(mt) * kBM;
+  const int i_lo = rm.pos(m0), i_hi = rm.pos(m0 + kBM - 1);
+  const int n_kt = i_hi / BN + 1;
+  const int n_g = i_hi >= W ? min(n_kt, (i_hi - W) / BN + 1) : 0;
+  const int n_first = max(0, i_lo - W + 1) / BN;
+  const int n_v = n_g + (n_kt - n_first);
+
+  const int64_t g_r0 = m0 + wg * 64;  // this warpgroup's rows
+  const bool wg_has_rows = g_r0 < rm.rows;
+  const int gi_lo = rm.pos(g_r0), gi_hi = rm.pos(g_r0 + 63);
+  const int64_t wr0 = m0 + warp * 16;  // this warp's rows (its accumulator rows)
+
+  float o[kHeadDim / 8][4];
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+#pragma unroll
+  for (int db = 0; db < kHeadDim / 8; ++db) o[db][0] = o[db][1] = o[db][2] = o[db][3] = 0.f;
+
+  const T* q = static_cast<const T*>(a.q);
+  const T* kn_rot = static_cast<const T*>(a.kn_rot);
+  const T* kg_rot = static_cast<const T*>(a.kg_rot);
+  const T* vt = static_cast<const T*>(a.v_t);
+  const int64_t rot_st = int64_t(gridDim.y) * kHeadDim;
+  auto q_row = [&](int r) {
+    int64_t R = m0 + r;
+    if (R >= rm.rows) R = rm.rows - 1;
+    return q + (R / rm.n_rep) * a.q_st + (int64_t(kvh) * rm.n_rep + R % rm.n_rep) * a.q_sh;
+  };
+  auto q_chunk = [base](int r, int c) {
+    return reinterpret_cast<uint4*>(base + (r >> 6) * (64 * kHeadDim * 2) + sw128_offset<64>(r & 63, c));
+  };
+  auto load_q = [&](bool grouped) {
+    if (grouped)
+      rope_rows_to<T, kHeadDim, kThreads, kBM>(q_row, q_chunk, a.rope, [&](int r) {
+        return int(se_grouped_query_pos(rm.pos(m0 + r), G, W));
+      });
+    else
+      rope_rows_to<T, kHeadDim, kThreads, kBM>(q_row, q_chunk, a.rope, [&](int r) { return rm.pos(m0 + r); });
+  };
+  auto tile_of = [&](int vt_) { return vt_ < n_g ? vt_ : n_first + (vt_ - n_g); };
+  // K tile: thread keeps chunk column kc and steps kRowStep rows (a multiple of 8: one swizzle phase).
+  constexpr int kRowStep = kThreads / kChunks, kKIters = BN / kRowStep;
+  static_assert(kThreads % kChunks == 0 && BN % kRowStep == 0 && kRowStep % 8 == 0, "K tile copy layout");
+  const int kc = threadIdx.x % kChunks, kr0 = threadIdx.x / kChunks;
+  // V^T tile: head_dim rows of 64 keys (8 chunks); thread keeps chunk vc, steps kThreads / 8 rows.
+  constexpr int kVStep = kThreads / 8, kVIters = kHeadDim / kVStep;
+  static_assert(kHeadDim % kVStep == 0 && kVStep % 8 == 0, "V^T tile copy layout");
+  const int vc = threadIdx.x % 8, vr0 = threadIdx.x / 8;
+  auto load_tile = [&](int vt_, int b) {
+    const int kt = tile_of(vt_);
+    const T* kh = (vt_ < n_g ? kg_rot : kn_rot) + int64_t(kvh) * kHeadDim + kc * 8;
+    unsigned char* kd = base + Sh::kQBytes + b * Sh::kKBytes;
+#pragma unroll
+    for (int it = 0; it < kKIters; ++it) {
+      const int r = kr0 + it * kRowStep, j = kt * BN + r;
+      const bool ok = j < rm.T_k;
+      cp_async16(kd + sw128_offset<BN>(r, kc), kh + (ok ? int64_t(j) * rot_st : 0), ok);
+    }
+    const T* vh = vt + int64_t(kvh) * kHeadDim * a.vt_st + int64_t(kt) * BN + vc * 8;
+    unsigned char* vd = base + Sh::kQBytes + 2 * Sh::kKBytes + b * Sh::kKBytes;
+#pragma unroll
+    for (int it = 0; it < kVIters; ++it) {
+      const int d = vr0 + it * kVStep;
+      cp_async16(vd + sw128_offset<kHeadDim>(d, vc), vh + int64_t(d) * a.vt_st, true);
+    }
+    cp_async_commit();
+  };
+
+  if (n_v > 0) {
+    load_tile(0, 0);
+    load_q(n_g > 0);
+  }
+  const uint32_t q_u32 = base_u32 + wg * (64 * kHeadDim * 2);
+  for (int vt_ = 0; vt_ < n_v; ++vt_) {
+    const int buf = vt_ & 1;
+    cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();  // tile vt_ (and Q) landed and visible to wgmma; every warpgroup is done with vt_ - 1
+    if (vt_ + 1 < n_v) load_tile(vt_ + 1, buf ^ 1);
+    const bool grouped = vt_ < n_g;
+    if (vt_ == n_g && n_g > 0) {  // the neighbor phase starts: Q at the normal positions
+      load_q(false);
+      fence_proxy_async();
+      __syncthreads();
+    }
+    const int j0 = tile_of(vt_) * BN, j1 = j0 + BN - 1;
+    bool any, mask;  // this warpgroup's rows against the tile, in this phase's branch
+    if (grouped) {
+      any = gi_hi - j0 >= W;
+      mask = gi_lo - j1 < W;
+    } else {
+      any = j0 <= gi_hi && gi_lo - j1 < W;
+      mask = j1 > gi_lo || gi_hi - j0 >= W;
+    }
+    if (!(wg_has_rows && any)) continue;  // uniform over the warpgroup, as wgmma needs
+    float s[BN / 8][4];
+    const uint32_t kb = k_u32 + buf * Sh::kKBytes, vb = v_u32 + buf * Sh::kKBytes;
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+      const uint32_t off = (kk >> 2) * 64 * 128 + (kk & 3) * 32;
+      wgmma_m64n64k16_ss<T>(s, sw128_desc(q_u32 + off), sw128_desc(kb + (kk >> 2) * BN * 128 + (kk & 3) * 32),
+                            kk > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    acc_fence(s);
+    if (mask) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int i = rm.pos(wr0 + (lane >> 2) + 8 * h);
+#pragma unroll
+        for (int nb = 0; nb < BN / 8; ++nb)
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const int d = i - (j0 + nb * 8 + (lane & 3) * 2 + c);  // i - j
+            const bool keep = grouped ? d >= W : (d >= 0 && d < W);
+            if (!keep) s[nb][2 * h + c] = -INFINITY;
+          }
+      }
+    }
+    softmax_step<kHeadDim, BN>(s, m, l, o, a.scale2);
+    uint32_t p[BN / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      p[kk][0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+      p[kk][1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+      p[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      p[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      if constexpr (kHeadDim == 64) wgmma_m64n64k16_rs<T>(o, p[kk], sw128_desc(vb + kk * 32), 1);
+      else wgmma_m64n128k16_rs<T>(o, p[kk], sw128_desc(vb + kk * 32), 1);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    acc_fence(o);
+  }
+  store_rows<T, kHeadDim>(a.oa, rm, m0, warp, lane, kvh, o, m, l, false, 0);
+#endif
+}
+
+}  // namespace attn_cuda
+}  // namespace selfext
