@@ -260,9 +260,14 @@ def test_self_extend_strided_views(rng):
     assert torch.isnan(big[:, 0]).all() and torch.isnan(big[:, H + 1:]).all(), "wrote outside out"
 
 
-# The large-block kernels: the phased kernel (the default) and se_attention_kernel with one or two 16-row
-# tiles per warp (SELFEXT_CUDA_SE_PHASED=0; SELFEXT_CUDA_SE_MT, two only at head dims <= 80).
-LARGE_KERNELS = {"phased": {}, "mt1": {"SELFEXT_CUDA_SE_PHASED": "0", "SELFEXT_CUDA_SE_MT": "1"},
+# The large-block kernels: the default (on compute capability 9.0 at head dims 64 and 128 the wgmma kernel,
+# elsewhere the phased mma.sync kernel), the wgmma kernel's four tile configurations
+# (SELFEXT_CUDA_SE_WGMMA_CFG; other GPUs and head dims run the phased kernel for them), the phased kernel
+# itself (SELFEXT_CUDA_SE_WGMMA=0) and se_attention_kernel with one or two 16-row tiles per warp
+# (SELFEXT_CUDA_SE_PHASED=0; SELFEXT_CUDA_SE_MT, two only at head dims <= 80).
+WGMMA_CFGS = {"default": {}, **{f"wgmma_{c}": {"SELFEXT_CUDA_SE_WGMMA_CFG": c} for c in ("s64", "q64", "s128", "q128")},
+              "phased": {"SELFEXT_CUDA_SE_WGMMA": "0"}}
+LARGE_KERNELS = {**WGMMA_CFGS, "mt1": {"SELFEXT_CUDA_SE_PHASED": "0", "SELFEXT_CUDA_SE_MT": "1"},
                  "mt2": {"SELFEXT_CUDA_SE_PHASED": "0", "SELFEXT_CUDA_SE_MT": "2"}}
 
 
@@ -286,16 +291,21 @@ def test_self_extend_large_blocks(rng, monkeypatch, kernel, D, style, rope_dim, 
     assert _rel(out, ref) <= SE_TOL[dtype]
 
 
+@pytest.mark.parametrize("kernel", list(WGMMA_CFGS))
 @pytest.mark.parametrize("H, H_kv, D, style, G, W, dtype", [
     (9, 3, 64, "norm", 31, 40, torch.bfloat16),     # odd GQA group; W inside one 64-key tile; a large G
     (32, 8, 128, "neox", 4, 1024, torch.float16),   # qwen2's layout; the bench's window
     (16, 2, 128, "norm", 4, 5000, torch.bfloat16),  # W >= T: the neighbor phase only
     (8, 8, 64, "norm", 2, 1, torch.float16),        # MHA, W = 1: every pair but the diagonal grouped
 ])
-def test_self_extend_phased_kernel_cases(rng, H, H_kv, D, style, G, W, dtype):
-    """The phased kernel (two phases over the key tiles, boundary tiles visited in both) on the edges of
-    its tile bookkeeping: windows narrower than a tile, none at all, and wider than the sequence."""
-    T = 1536 if H // H_kv > 1 else 2560
+def test_self_extend_phased_kernel_cases(rng, monkeypatch, kernel, H, H_kv, D, style, G, W, dtype):
+    """The phased kernels (two phases over the key tiles, boundary tiles visited in both) on the edges of
+    their tile bookkeeping: windows narrower than a tile, none at all, and wider than the sequence; T not a
+    multiple of any tile (the last K and V^T tiles part zero), and enough 128-row blocks per kv head to take
+    the large-block path (blocks x kv heads >= 132, an H100's or H200's SM count)."""
+    for name, value in WGMMA_CFGS[kernel].items():
+        monkeypatch.setenv(name, value)
+    T = 2900 if H // H_kv > 1 else 2600
     q = _randn(rng, (T, H, D), dtype, 1.5)
     k = _randn(rng, (T, H_kv, D), dtype, 1.5)
     v = _randn(rng, (T, H_kv, D), dtype)

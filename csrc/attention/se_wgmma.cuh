@@ -25,9 +25,9 @@
 namespace selfext {
 namespace attn_cuda {
 
-template <int kHeadDim, int kWG>
+template <int kHeadDim, int kWG, int kTileN>
 struct SeWgmmaShape {
-  static constexpr int kBM = 64 * kWG, kBN = 64;
+  static constexpr int kBM = 64 * kWG, kBN = kTileN;
   static constexpr uint32_t kQBytes = uint32_t(kBM) * kHeadDim * 2;
   static constexpr uint32_t kKBytes = uint32_t(kBN) * kHeadDim * 2;  // one K tile (and one V^T tile)
   // Q, two K tiles, two V^T tiles, and the slack to align the first to 1024 bytes.
@@ -57,11 +57,16 @@ __global__ void __launch_bounds__(256) transpose_v_kernel(const uint16_t* __rest
   }
 }
 
-template <typename T, int kHeadDim, int kWG>
-__global__ void __launch_bounds__(kWG * 128, kHeadDim <= 64 ? 2 : 1) se_wgmma_kernel(const SeArgs a) {
+// kTileN: keys per tile (64 or 128). kQReg: Q as A fragments in registers (loaded by ldmatrix once per
+// phase) instead of read from shared memory by every S multiply: an m64n64k16 with both operands in
+// shared memory reads 4 KB per 64K multiply-adds, the 128 bytes per clock that shared memory delivers at
+// the tensor cores' full rate; with A in registers it reads half.
+template <typename T, int kHeadDim, int kWG, int kTileN, bool kQReg>
+__global__ void __launch_bounds__(kWG * 128, (kHeadDim <= 64 && !kQReg && kTileN == 64) ? 2 : 1)
+    se_wgmma_kernel(const SeArgs a) {
 #if SELFEXT_WGMMA_AVAILABLE
   kernel_prologue();
-  using Sh = SeWgmmaShape<kHeadDim, kWG>;
+  using Sh = SeWgmmaShape<kHeadDim, kWG, kTileN>;
   constexpr int kThreads = kWG * 128, BN = Sh::kBN, kBM = Sh::kBM;
   constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per K row
   extern __shared__ unsigned char smem_raw[];
@@ -119,10 +124,10 @@ __global__ void __launch_bounds__(kWG * 128, kHeadDim <= 64 ? 2 : 1) se_wgmma_ke
   constexpr int kRowStep = kThreads / kChunks, kKIters = BN / kRowStep;
   static_assert(kThreads % kChunks == 0 && BN % kRowStep == 0 && kRowStep % 8 == 0, "K tile copy layout");
   const int kc = threadIdx.x % kChunks, kr0 = threadIdx.x / kChunks;
-  // V^T tile: head_dim rows of 64 keys (8 chunks); thread keeps chunk vc, steps kThreads / 8 rows.
-  constexpr int kVStep = kThreads / 8, kVIters = kHeadDim / kVStep;
-  static_assert(kHeadDim % kVStep == 0 && kVStep % 8 == 0, "V^T tile copy layout");
-  const int vc = threadIdx.x % 8, vr0 = threadIdx.x / 8;
+  // V^T tile: head_dim rows of BN keys (BN / 8 chunks); thread keeps chunk vc, steps kVStep rows.
+  constexpr int kVChunks = BN / 8, kVStep = kThreads / kVChunks, kVIters = kHeadDim / kVStep;
+  static_assert(kThreads % kVChunks == 0 && kHeadDim % kVStep == 0 && kVStep % 8 == 0, "V^T tile copy layout");
+  const int vc = threadIdx.x % kVChunks, vr0 = threadIdx.x / kVChunks;
   auto load_tile = [&](int vt_, int b) {
     const int kt = tile_of(vt_);
     const T* kh = (vt_ < n_g ? kg_rot : kn_rot) + int64_t(kvh) * kHeadDim + kc * 8;
@@ -148,6 +153,15 @@ __global__ void __launch_bounds__(kWG * 128, kHeadDim <= 64 ? 2 : 1) se_wgmma_ke
     load_q(n_g > 0);
   }
   const uint32_t q_u32 = base_u32 + wg * (64 * kHeadDim * 2);
+  uint32_t qf[kQReg ? kHeadDim / 16 : 1][4];  // kQReg: this warp's 16 Q rows as m16n8k16 A fragments
+  auto load_qf = [&]() {
+    if constexpr (kQReg) {
+#pragma unroll
+      for (int kk = 0; kk < kHeadDim / 16; ++kk)
+        ldmatrix_x4(qf[kk], base + wg * (64 * kHeadDim * 2) +
+                                sw128_offset<64>(16 * (warp & 3) + (lane & 15), 2 * kk + (lane >> 4)));
+    }
+  };
   for (int vt_ = 0; vt_ < n_v; ++vt_) {
     const int buf = vt_ & 1;
     cp_async_wait<0>();
@@ -159,6 +173,9 @@ __global__ void __launch_bounds__(kWG * 128, kHeadDim <= 64 ? 2 : 1) se_wgmma_ke
       load_q(false);
       fence_proxy_async();
       __syncthreads();
+      load_qf();
+    } else if (vt_ == 0) {
+      load_qf();
     }
     const int j0 = tile_of(vt_) * BN, j1 = j0 + BN - 1;
     bool any, mask;  // this warpgroup's rows against the tile, in this phase's branch
@@ -175,9 +192,9 @@ __global__ void __launch_bounds__(kWG * 128, kHeadDim <= 64 ? 2 : 1) se_wgmma_ke
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-      const uint32_t off = (kk >> 2) * 64 * 128 + (kk & 3) * 32;
-      wgmma_m64n64k16_ss<T>(s, sw128_desc(q_u32 + off), sw128_desc(kb + (kk >> 2) * BN * 128 + (kk & 3) * 32),
-                            kk > 0);
+      const uint64_t dk = sw128_desc(kb + (kk >> 2) * BN * 128 + (kk & 3) * 32);
+      if constexpr (kQReg) wgmma_rs<T, BN>(s, qf[kk], dk, kk > 0);
+      else wgmma_ss<T, BN>(s, sw128_desc(q_u32 + (kk >> 2) * 64 * 128 + (kk & 3) * 32), dk, kk > 0);
     }
     wgmma_commit();
     wgmma_wait<0>();
@@ -207,10 +224,8 @@ __global__ void __launch_bounds__(kWG * 128, kHeadDim <= 64 ? 2 : 1) se_wgmma_ke
     }
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      if constexpr (kHeadDim == 64) wgmma_m64n64k16_rs<T>(o, p[kk], sw128_desc(vb + kk * 32), 1);
-      else wgmma_m64n128k16_rs<T>(o, p[kk], sw128_desc(vb + kk * 32), 1);
-    }
+    for (int kk = 0; kk < BN / 16; ++kk)
+      wgmma_rs<T, kHeadDim>(o, p[kk], sw128_desc(vb + (kk >> 2) * kHeadDim * 128 + (kk & 3) * 32), 1);
     wgmma_commit();
     wgmma_wait<0>();
     acc_fence(o);

@@ -515,14 +515,44 @@ inline bool use_wgmma(int head_dim) {
 // Warpgroups (64 query rows each) per se_wgmma_kernel block: 2, the phased kernel's 128-row blocks.
 constexpr int kSeWgmmaWG = 2;
 
+// se_wgmma_kernel's keys per tile and Q source: SELFEXT_CUDA_SE_WGMMA_CFG = s64 / q64 / s128 / q128 (Q read
+// by every multiply from shared memory, or held in registers; 64- or 128-key tiles), read at every call.
+struct WgmmaCfg {
+  int tile_n;
+  bool q_reg;
+};
+inline WgmmaCfg wgmma_cfg(int head_dim) {
+  WgmmaCfg c{64, head_dim > 64};
+  const char* e = std::getenv("SELFEXT_CUDA_SE_WGMMA_CFG");
+  if (e && (e[0] == 's' || e[0] == 'q')) {
+    c.q_reg = e[0] == 'q';
+    c.tile_n = std::strcmp(e + 1, "128") == 0 ? 128 : 64;
+  }
+  return c;
+}
+// V^T rows are padded to whole tiles of either size.
+constexpr int kVtPad = 128;
+
+template <typename T, int kHeadDim, int kTileN, bool kQReg>
+void launch_wgmma_cfg(const SeArgs& a, int64_t n_mtiles, int n_kv_heads, cudaStream_t stream) {
+  auto kernel = se_wgmma_kernel<T, kHeadDim, kSeWgmmaWG, kTileN, kQReg>;
+  const size_t smem = SeWgmmaShape<kHeadDim, kSeWgmmaWG, kTileN>::kSmemBytes;
+  SELFEXT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  SELFEXT_CHECK(n_mtiles <= INT_MAX, ArgumentError, "self_extend_attention: too many query rows");
+  launch_kernel(kernel, dim3(unsigned(n_mtiles), unsigned(n_kv_heads)), dim3(kSeWgmmaWG * 128), smem, stream, a);
+}
+
 template <typename T, int kHeadDim>
 void launch_wgmma(const SeArgs& a, int64_t n_mtiles, int n_kv_heads, cudaStream_t stream) {
   if constexpr (kHeadDim == 64 || kHeadDim == 128) {
-    auto kernel = se_wgmma_kernel<T, kHeadDim, kSeWgmmaWG>;
-    const size_t smem = SeWgmmaShape<kHeadDim, kSeWgmmaWG>::kSmemBytes;
-    SELFEXT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    SELFEXT_CHECK(n_mtiles <= INT_MAX, ArgumentError, "self_extend_attention: too many query rows");
-    launch_kernel(kernel, dim3(unsigned(n_mtiles), unsigned(n_kv_heads)), dim3(kSeWgmmaWG * 128), smem, stream, a);
+    const WgmmaCfg c = wgmma_cfg(kHeadDim);
+    if (c.tile_n == 128) {
+      if (c.q_reg) launch_wgmma_cfg<T, kHeadDim, 128, true>(a, n_mtiles, n_kv_heads, stream);
+      else launch_wgmma_cfg<T, kHeadDim, 128, false>(a, n_mtiles, n_kv_heads, stream);
+    } else {
+      if (c.q_reg) launch_wgmma_cfg<T, kHeadDim, 64, true>(a, n_mtiles, n_kv_heads, stream);
+      else launch_wgmma_cfg<T, kHeadDim, 64, false>(a, n_mtiles, n_kv_heads, stream);
+    }
   }
 }
 
@@ -664,7 +694,7 @@ void run_se(const AttentionParams& p) {
     a.tiles_per_split = int(n_key_tiles);
     if (pre && use_phased(p) && use_wgmma(kHeadDim) && 64 * kSeWgmmaWG == 16 * kBigWarps) {
       // V^T once per call (both wgmma B operands K-major), then the warpgroup kernel.
-      const int64_t T_pad = (p.T_k + 63) / 64 * 64;
+      const int64_t T_pad = (p.T_k + kVtPad - 1) / kVtPad * kVtPad;
       DeviceScratch vt(size_t(p.n_kv_heads) * kHeadDim * T_pad * 2, stream);
       a.v_t = vt.as<void>();
       a.vt_st = T_pad;
