@@ -261,11 +261,12 @@ def test_self_extend_strided_views(rng):
 
 
 # The large-block kernels: the default (on compute capability 9.0 at head dims 64 and 128 the wgmma kernel,
-# elsewhere the phased mma.sync kernel), the wgmma kernel's four tile configurations
-# (SELFEXT_CUDA_SE_WGMMA_CFG; other GPUs and head dims run the phased kernel for them), the phased kernel
+# elsewhere the phased mma.sync kernel), the wgmma kernel's eight configurations (SELFEXT_CUDA_SE_WGMMA_CFG:
+# Q source, tile width, pipelined or not; other GPUs and head dims run the phased kernel for them), the phased kernel
 # itself (SELFEXT_CUDA_SE_WGMMA=0) and se_attention_kernel with one or two 16-row tiles per warp
 # (SELFEXT_CUDA_SE_PHASED=0; SELFEXT_CUDA_SE_MT, two only at head dims <= 80).
-WGMMA_CFGS = {"default": {}, **{f"wgmma_{c}": {"SELFEXT_CUDA_SE_WGMMA_CFG": c} for c in ("s64", "q64", "s128", "q128")},
+WGMMA_CFGS = {"default": {}, **{f"wgmma_{c}": {"SELFEXT_CUDA_SE_WGMMA_CFG": c}
+                                for c in ("s64", "q64", "s128", "q128", "s64p", "q64p", "s128p", "q128p")},
               "phased": {"SELFEXT_CUDA_SE_WGMMA": "0"}}
 LARGE_KERNELS = {**WGMMA_CFGS, "mt1": {"SELFEXT_CUDA_SE_PHASED": "0", "SELFEXT_CUDA_SE_MT": "1"},
                  "mt2": {"SELFEXT_CUDA_SE_PHASED": "0", "SELFEXT_CUDA_SE_MT": "2"}}

@@ -320,10 +320,12 @@ __device__ __forceinline__ float exp2_ftz(float x) {
 // of the warp raised its max, alpha is 1 for every row and the rescale of o (kHeadDim / 2 multiplies per
 // lane) is skipped, which is exact; past the first tiles of a long row that is the common case.
 // Warp-collective (a vote): every caller runs it on whole warps, as the multiplies that follow need.
-template <int kHeadDim, int kTileN = kBN>
-__device__ __forceinline__ void softmax_step(float x[kTileN / 8][4], float m[2], float l[2], float o[kHeadDim / 8][4],
-                                             float scale2 = 1.f) {
-  float alpha[2];
+// softmax_probs is the step without the rescale of o: it returns alpha per row and whether any row of
+// the warp raised its max (then o must be multiplied by alpha, rescale_o, before the next P V is added;
+// the wgmma kernel does that once the previous tile's P V, in flight meanwhile, has completed).
+template <int kTileN = kBN>
+__device__ __forceinline__ bool softmax_probs(float x[kTileN / 8][4], float m[2], float l[2], float alpha[2],
+                                              float scale2 = 1.f) {
   bool raised = false;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -346,15 +348,25 @@ __device__ __forceinline__ void softmax_step(float x[kTileN / 8][4], float m[2],
     }
     l[h] = l[h] * alpha[h] + sum;
   }
-  if (__any_sync(0xffffffffu, raised)) {
+  return __any_sync(0xffffffffu, raised);
+}
+
+template <int kHeadDim>
+__device__ __forceinline__ void rescale_o(float o[kHeadDim / 8][4], const float alpha[2]) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h)
+  for (int h = 0; h < 2; ++h)
 #pragma unroll
-      for (int db = 0; db < kHeadDim / 8; ++db) {
-        o[db][2 * h] *= alpha[h];
-        o[db][2 * h + 1] *= alpha[h];
-      }
-  }
+    for (int db = 0; db < kHeadDim / 8; ++db) {
+      o[db][2 * h] *= alpha[h];
+      o[db][2 * h + 1] *= alpha[h];
+    }
+}
+
+template <int kHeadDim, int kTileN = kBN>
+__device__ __forceinline__ void softmax_step(float x[kTileN / 8][4], float m[2], float l[2], float o[kHeadDim / 8][4],
+                                             float scale2 = 1.f) {
+  float alpha[2];
+  if (softmax_probs<kTileN>(x, m, l, alpha, scale2)) rescale_o<kHeadDim>(o, alpha);
 }
 
 template <typename T, int kHeadDim>

@@ -60,9 +60,10 @@ __global__ void __launch_bounds__(256) transpose_v_kernel(const uint16_t* __rest
 // kTileN: keys per tile (64 or 128). kQReg: Q as A fragments in registers (loaded by ldmatrix once per
 // phase) instead of read from shared memory by every S multiply: an m64n64k16 with both operands in
 // shared memory reads 4 KB per 64K multiply-adds, the 128 bytes per clock that shared memory delivers at
-// the tensor cores' full rate; with A in registers it reads half.
-template <typename T, int kHeadDim, int kWG, int kTileN, bool kQReg>
-__global__ void __launch_bounds__(kWG * 128, (kHeadDim <= 64 && !kQReg && kTileN == 64) ? 2 : 1)
+// the tensor cores' full rate; with A in registers it reads half. kPipe: the software-pipelined loop below
+// (a tile's softmax under the previous tile's P V) instead of one tile at a time.
+template <typename T, int kHeadDim, int kWG, int kTileN, bool kQReg, bool kPipe>
+__global__ void __launch_bounds__(kWG * 128, (kHeadDim <= 64 && !kQReg && kTileN == 64 && !kPipe) ? 2 : 1)
     se_wgmma_kernel(const SeArgs a) {
 #if SELFEXT_WGMMA_AVAILABLE
   kernel_prologue();
@@ -128,7 +129,7 @@ __global__ void __launch_bounds__(kWG * 128, (kHeadDim <= 64 && !kQReg && kTileN
   constexpr int kVChunks = BN / 8, kVStep = kThreads / kVChunks, kVIters = kHeadDim / kVStep;
   static_assert(kThreads % kVChunks == 0 && kHeadDim % kVStep == 0 && kVStep % 8 == 0, "V^T tile copy layout");
   const int vc = threadIdx.x % kVChunks, vr0 = threadIdx.x / kVChunks;
-  auto load_tile = [&](int vt_, int b) {
+  auto load_k = [&](int vt_, int b) {
     const int kt = tile_of(vt_);
     const T* kh = (vt_ < n_g ? kg_rot : kn_rot) + int64_t(kvh) * kHeadDim + kc * 8;
     unsigned char* kd = base + Sh::kQBytes + b * Sh::kKBytes;
@@ -138,20 +139,17 @@ __global__ void __launch_bounds__(kWG * 128, (kHeadDim <= 64 && !kQReg && kTileN
       const bool ok = j < rm.T_k;
       cp_async16(kd + sw128_offset<BN>(r, kc), kh + (ok ? int64_t(j) * rot_st : 0), ok);
     }
-    const T* vh = vt + int64_t(kvh) * kHeadDim * a.vt_st + int64_t(kt) * BN + vc * 8;
+  };
+  auto load_v = [&](int vt_, int b) {
+    const T* vh = vt + int64_t(kvh) * kHeadDim * a.vt_st + int64_t(tile_of(vt_)) * BN + vc * 8;
     unsigned char* vd = base + Sh::kQBytes + 2 * Sh::kKBytes + b * Sh::kKBytes;
 #pragma unroll
     for (int it = 0; it < kVIters; ++it) {
       const int d = vr0 + it * kVStep;
       cp_async16(vd + sw128_offset<kHeadDim>(d, vc), vh + int64_t(d) * a.vt_st, true);
     }
-    cp_async_commit();
   };
 
-  if (n_v > 0) {
-    load_tile(0, 0);
-    load_q(n_g > 0);
-  }
   const uint32_t q_u32 = base_u32 + wg * (64 * kHeadDim * 2);
   uint32_t qf[kQReg ? kHeadDim / 16 : 1][4];  // kQReg: this warp's 16 Q rows as m16n8k16 A fragments
   auto load_qf = [&]() {
@@ -162,33 +160,24 @@ __global__ void __launch_bounds__(kWG * 128, (kHeadDim <= 64 && !kQReg && kTileN
                                 sw128_offset<64>(16 * (warp & 3) + (lane & 15), 2 * kk + (lane >> 4)));
     }
   };
-  for (int vt_ = 0; vt_ < n_v; ++vt_) {
-    const int buf = vt_ & 1;
-    cp_async_wait<0>();
-    fence_proxy_async();
-    __syncthreads();  // tile vt_ (and Q) landed and visible to wgmma; every warpgroup is done with vt_ - 1
-    if (vt_ + 1 < n_v) load_tile(vt_ + 1, buf ^ 1);
-    const bool grouped = vt_ < n_g;
-    if (vt_ == n_g && n_g > 0) {  // the neighbor phase starts: Q at the normal positions
-      load_q(false);
-      fence_proxy_async();
-      __syncthreads();
-      load_qf();
-    } else if (vt_ == 0) {
-      load_qf();
-    }
+  // Whether this warpgroup's rows have a pair in tile vt_ in its phase's branch (any), and whether some
+  // pair of the tile is outside it (mask): uniform over the warpgroup, as wgmma needs.
+  // The pipelined loop takes the block's rows instead (lo, hi = i_lo, i_hi): its wgmma sit under these
+  // conditions across iterations, and ptxas serializes every wgmma behind a condition it cannot prove
+  // uniform over the warpgroup (one derived from threadIdx); a warpgroup without pairs in a tile then
+  // multiplies fully masked rows, which adds nothing.
+  auto tile_flags = [&](int vt_, int lo, int hi, bool& any, bool& mask) {
     const int j0 = tile_of(vt_) * BN, j1 = j0 + BN - 1;
-    bool any, mask;  // this warpgroup's rows against the tile, in this phase's branch
-    if (grouped) {
-      any = gi_hi - j0 >= W;
-      mask = gi_lo - j1 < W;
+    if (vt_ < n_g) {
+      any = hi - j0 >= W;
+      mask = lo - j1 < W;
     } else {
-      any = j0 <= gi_hi && gi_lo - j1 < W;
-      mask = j1 > gi_lo || gi_hi - j0 >= W;
+      any = j0 <= hi && lo - j1 < W;
+      mask = j1 > lo || hi - j0 >= W;
     }
-    if (!(wg_has_rows && any)) continue;  // uniform over the warpgroup, as wgmma needs
-    float s[BN / 8][4];
-    const uint32_t kb = k_u32 + buf * Sh::kKBytes, vb = v_u32 + buf * Sh::kKBytes;
+  };
+  auto issue_s = [&](float (&s)[BN / 8][4], int kstage) {
+    const uint32_t kb = k_u32 + kstage * Sh::kKBytes;
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kHeadDim / 16; ++kk) {
@@ -197,24 +186,24 @@ __global__ void __launch_bounds__(kWG * 128, (kHeadDim <= 64 && !kQReg && kTileN
       else wgmma_ss<T, BN>(s, sw128_desc(q_u32 + (kk >> 2) * 64 * 128 + (kk & 3) * 32), dk, kk > 0);
     }
     wgmma_commit();
-    wgmma_wait<0>();
-    acc_fence(s);
-    if (mask) {
+  };
+  auto mask_s = [&](float (&s)[BN / 8][4], int vt_) {
+    const int j0 = tile_of(vt_) * BN;
+    const bool grouped = vt_ < n_g;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int i = rm.pos(wr0 + (lane >> 2) + 8 * h);
+    for (int h = 0; h < 2; ++h) {
+      const int i = rm.pos(wr0 + (lane >> 2) + 8 * h);
 #pragma unroll
-        for (int nb = 0; nb < BN / 8; ++nb)
+      for (int nb = 0; nb < BN / 8; ++nb)
 #pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const int d = i - (j0 + nb * 8 + (lane & 3) * 2 + c);  // i - j
-            const bool keep = grouped ? d >= W : (d >= 0 && d < W);
-            if (!keep) s[nb][2 * h + c] = -INFINITY;
-          }
-      }
+        for (int c = 0; c < 2; ++c) {
+          const int d = i - (j0 + nb * 8 + (lane & 3) * 2 + c);  // i - j
+          const bool keep = grouped ? d >= W : (d >= 0 && d < W);
+          if (!keep) s[nb][2 * h + c] = -INFINITY;
+        }
     }
-    softmax_step<kHeadDim, BN>(s, m, l, o, a.scale2);
-    uint32_t p[BN / 16][4];
+  };
+  auto pack_p = [&](float (&s)[BN / 8][4], uint32_t (&p)[BN / 16][4]) {
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
       p[kk][0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
@@ -222,11 +211,120 @@ __global__ void __launch_bounds__(kWG * 128, (kHeadDim <= 64 && !kQReg && kTileN
       p[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
       p[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
     }
+  };
+  auto issue_pv = [&](uint32_t (&p)[BN / 16][4], int vstage) {
+    const uint32_t vb = v_u32 + vstage * Sh::kKBytes;
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk)
       wgmma_rs<T, kHeadDim>(o, p[kk], sw128_desc(vb + (kk >> 2) * kHeadDim * 128 + (kk & 3) * 32), 1);
     wgmma_commit();
+  };
+
+  if constexpr (!kPipe) {
+    // One tile at a time: S, its softmax, P V, each waited for.
+    if (n_v > 0) {
+      load_k(0, 0);
+      load_v(0, 0);
+      cp_async_commit();
+      load_q(n_g > 0);
+    }
+    for (int vt_ = 0; vt_ < n_v; ++vt_) {
+      const int buf = vt_ & 1;
+      cp_async_wait<0>();
+      fence_proxy_async();
+      __syncthreads();  // tile vt_ (and Q) landed and visible to wgmma; every warpgroup is done with vt_ - 1
+      if (vt_ + 1 < n_v) {
+        load_k(vt_ + 1, buf ^ 1);
+        load_v(vt_ + 1, buf ^ 1);
+        cp_async_commit();
+      }
+      if (vt_ == n_g && n_g > 0) {  // the neighbor phase starts: Q at the normal positions
+        load_q(false);
+        fence_proxy_async();
+        __syncthreads();
+        load_qf();
+      } else if (vt_ == 0) {
+        load_qf();
+      }
+      bool any, mask;
+      tile_flags(vt_, gi_lo, gi_hi, any, mask);
+      if (!(any && wg_has_rows)) continue;
+      float s[BN / 8][4];
+      issue_s(s, buf);
+      wgmma_wait<0>();
+      acc_fence(s);
+      if (mask) mask_s(s, vt_);
+      softmax_step<kHeadDim, BN>(s, m, l, o, a.scale2);
+      uint32_t p[BN / 16][4];
+      pack_p(s, p);
+      issue_pv(p, buf);
+      wgmma_wait<0>();
+      acc_fence(o);
+    }
+  } else {
+    // Software-pipelined: tile vt_'s S = Q K^T is issued with the previous tile's O += P V behind it, and
+    // its softmax runs while that P V is on the tensor cores; O is rescaled once the P V has completed.
+    // K runs one tile ahead of V: iteration vt_ reads K_vt_ and V_(vt_-1), and loads K_(vt_+1) into the
+    // stage K_(vt_-1) held (its S completed in iteration vt_ - 1) and V_vt_ into the stage of V_(vt_-2)
+    // (its P V completed there too); the barrier at the top of each iteration orders both.
+    // Every tile of the block's list has a pair of the block's rows in its branch (n_g and n_first are
+    // chosen so), so the wgmma below sit under no condition: ptxas serializes every wgmma behind a
+    // branch it cannot prove uniform over the warpgroup (C7518). A warpgroup whose own rows have no pair in
+    // a tile multiplies fully masked rows (mask is set whenever any pair of the block's rows is outside
+    // the branch), which adds nothing. n_v >= 1: every block has rows.
+    uint32_t p[BN / 16][4];
+    float s[BN / 8][4];
+    auto softmax_tile = [&](int vt_, bool pv_in_flight) {
+      bool any, mask;
+      tile_flags(vt_, i_lo, i_hi, any, mask);
+      if (mask) mask_s(s, vt_);
+      float alpha[2];
+      const bool raised = softmax_probs<BN>(s, m, l, alpha, a.scale2);
+      if (pv_in_flight) {
+        wgmma_wait<0>();
+        acc_fence(o);
+      }
+      if (raised) rescale_o<kHeadDim>(o, alpha);
+      pack_p(s, p);
+    };
+    load_k(0, 0);
+    cp_async_commit();
+    load_q(n_g > 0);
+    cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();  // K_0 and Q landed
+    if (n_v > 1) load_k(1, 1);
+    load_v(0, 0);
+    cp_async_commit();
+    load_qf();
+    issue_s(s, 0);
+    wgmma_wait<0>();
+    acc_fence(s);
+    softmax_tile(0, false);
+    for (int vt_ = 1; vt_ < n_v; ++vt_) {
+      cp_async_wait<0>();
+      fence_proxy_async();
+      __syncthreads();  // K_vt_, V_(vt_-1) (and Q) landed; every warpgroup is done with S_(vt_-1), PV_(vt_-2)
+      if (vt_ + 1 < n_v) load_k(vt_ + 1, (vt_ + 1) & 1);
+      load_v(vt_, vt_ & 1);
+      cp_async_commit();
+      if (vt_ == n_g) {  // the neighbor phase starts: Q at the normal positions
+        load_q(false);
+        fence_proxy_async();
+        __syncthreads();
+        load_qf();
+      }
+      issue_s(s, vt_ & 1);
+      issue_pv(p, (vt_ - 1) & 1);
+      wgmma_wait<1>();  // S_vt_ done; PV_(vt_-1) may still run under the softmax
+      acc_fence(s);
+      softmax_tile(vt_, true);
+    }
+    cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();  // V of the last tile landed
+    issue_pv(p, (n_v - 1) & 1);
     wgmma_wait<0>();
     acc_fence(o);
   }

@@ -515,27 +515,29 @@ inline bool use_wgmma(int head_dim) {
 // Warpgroups (64 query rows each) per se_wgmma_kernel block: 2, the phased kernel's 128-row blocks.
 constexpr int kSeWgmmaWG = 2;
 
-// se_wgmma_kernel's keys per tile and Q source: SELFEXT_CUDA_SE_WGMMA_CFG = s64 / q64 / s128 / q128 (Q read
-// by every multiply from shared memory, or held in registers; 64- or 128-key tiles), read at every call.
+// se_wgmma_kernel's configuration: SELFEXT_CUDA_SE_WGMMA_CFG = {s|q}{64|128}[p] (Q read by every multiply
+// from shared memory, or held in registers; 64- or 128-key tiles; p: the software-pipelined loop), read at
+// every call. Defaults measured on an H200 (bench/attention_cuda.py, docs/cuda_loop.md).
 struct WgmmaCfg {
   int tile_n;
-  bool q_reg;
+  bool q_reg, pipe;
 };
 inline WgmmaCfg wgmma_cfg(int head_dim) {
-  WgmmaCfg c{64, head_dim > 64};
+  WgmmaCfg c = head_dim > 64 ? WgmmaCfg{128, true, false} : WgmmaCfg{64, false, false};
   const char* e = std::getenv("SELFEXT_CUDA_SE_WGMMA_CFG");
   if (e && (e[0] == 's' || e[0] == 'q')) {
     c.q_reg = e[0] == 'q';
-    c.tile_n = std::strcmp(e + 1, "128") == 0 ? 128 : 64;
+    c.tile_n = std::strncmp(e + 1, "128", 3) == 0 ? 128 : 64;
+    c.pipe = std::strchr(e, 'p') != nullptr;
   }
   return c;
 }
 // V^T rows are padded to whole tiles of either size.
 constexpr int kVtPad = 128;
 
-template <typename T, int kHeadDim, int kTileN, bool kQReg>
+template <typename T, int kHeadDim, int kTileN, bool kQReg, bool kPipe>
 void launch_wgmma_cfg(const SeArgs& a, int64_t n_mtiles, int n_kv_heads, cudaStream_t stream) {
-  auto kernel = se_wgmma_kernel<T, kHeadDim, kSeWgmmaWG, kTileN, kQReg>;
+  auto kernel = se_wgmma_kernel<T, kHeadDim, kSeWgmmaWG, kTileN, kQReg, kPipe>;
   const size_t smem = SeWgmmaShape<kHeadDim, kSeWgmmaWG, kTileN>::kSmemBytes;
   SELFEXT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   SELFEXT_CHECK(n_mtiles <= INT_MAX, ArgumentError, "self_extend_attention: too many query rows");
@@ -546,13 +548,22 @@ template <typename T, int kHeadDim>
 void launch_wgmma(const SeArgs& a, int64_t n_mtiles, int n_kv_heads, cudaStream_t stream) {
   if constexpr (kHeadDim == 64 || kHeadDim == 128) {
     const WgmmaCfg c = wgmma_cfg(kHeadDim);
-    if (c.tile_n == 128) {
-      if (c.q_reg) launch_wgmma_cfg<T, kHeadDim, 128, true>(a, n_mtiles, n_kv_heads, stream);
-      else launch_wgmma_cfg<T, kHeadDim, 128, false>(a, n_mtiles, n_kv_heads, stream);
-    } else {
-      if (c.q_reg) launch_wgmma_cfg<T, kHeadDim, 64, true>(a, n_mtiles, n_kv_heads, stream);
-      else launch_wgmma_cfg<T, kHeadDim, 64, false>(a, n_mtiles, n_kv_heads, stream);
-    }
+    auto go = [&](auto n_c, auto q_c, auto p_c) {
+      launch_wgmma_cfg<T, kHeadDim, decltype(n_c)::value, decltype(q_c)::value, decltype(p_c)::value>(
+          a, n_mtiles, n_kv_heads, stream);
+    };
+    using N64 = std::integral_constant<int, 64>;
+    using N128 = std::integral_constant<int, 128>;
+    auto by_pipe = [&](auto n_c, auto q_c) {
+      if (c.pipe) go(n_c, q_c, std::true_type{});
+      else go(n_c, q_c, std::false_type{});
+    };
+    auto by_q = [&](auto n_c) {
+      if (c.q_reg) by_pipe(n_c, std::true_type{});
+      else by_pipe(n_c, std::false_type{});
+    };
+    if (c.tile_n == 128) by_q(N128{});
+    else by_q(N64{});
   }
 }
 
