@@ -122,7 +122,7 @@ def bench_se_prefill(H, H_kv, D, T, G, W, flex, reps):
 
     # The wgmma kernel's tile configurations (SELFEXT_CUDA_SE_WGMMA_CFG: Q from shared memory or registers,
     # 64- or 128-key tiles, p: software-pipelined), then the mma.sync phased kernel (the wgmma kernel needs sm_90a, head dims 64, 128).
-    for cfg in ("s64", "q64", "s128", "q128", "s64p", "q64p", "s128p", "q128p"):
+    for cfg in ("s64", "q64", "s128", "q128", "s64p", "q64p", "s128p", "q128p", "s64p2"):
         ms_c = with_env(SELFEXT_CUDA_SE_WGMMA_CFG=cfg)
         row[f"wgmma_{cfg}_tflops"] = flops / ms_c / 1e9
     ms_w = with_env(SELFEXT_CUDA_SE_WGMMA="0")
@@ -434,7 +434,7 @@ def main():
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)
     se = [r for r in rows if r["op"] == "self_extend_prefill"]
-    print(md_table(se, ["H", "H_kv", "D", "T", "ours_tflops", "wgmma_s64_tflops", "wgmma_q64_tflops", "wgmma_s128_tflops", "wgmma_q128_tflops", "wgmma_s64p_tflops", "wgmma_q64p_tflops", "wgmma_s128p_tflops", "wgmma_q128p_tflops", "phased_mma_sync_tflops", "tile_rot_tflops", "unphased_tflops", "unphased_mt1_tflops", "sdpa_flash_tflops", "flex_two_pass_tflops",
+    print(md_table(se, ["H", "H_kv", "D", "T", "ours_tflops", "wgmma_s64_tflops", "wgmma_q64_tflops", "wgmma_s128_tflops", "wgmma_q128_tflops", "wgmma_s64p_tflops", "wgmma_q64p_tflops", "wgmma_s128p_tflops", "wgmma_q128p_tflops", "wgmma_s64p2_tflops", "phased_mma_sync_tflops", "tile_rot_tflops", "unphased_tflops", "unphased_mt1_tflops", "sdpa_flash_tflops", "flex_two_pass_tflops",
                         "ours_vs_sdpa_flash", "ours_vs_flex", "flex_vs_ours_rel_diff"]))
     dec = [r for r in rows if r["op"] == "self_extend_decode"]
     print(md_table(dec, ["T", "ours_us", "ours_GBps", "cuda_core_kernel_us", "tile_kernel_us", "read_GBps_torch_sum", "ours_vs_read_bw",

@@ -266,7 +266,7 @@ def test_self_extend_strided_views(rng):
 # itself (SELFEXT_CUDA_SE_WGMMA=0) and se_attention_kernel with one or two 16-row tiles per warp
 # (SELFEXT_CUDA_SE_PHASED=0; SELFEXT_CUDA_SE_MT, two only at head dims <= 80).
 WGMMA_CFGS = {"default": {}, **{f"wgmma_{c}": {"SELFEXT_CUDA_SE_WGMMA_CFG": c}
-                                for c in ("s64", "q64", "s128", "q128", "s64p", "q64p", "s128p", "q128p")},
+                                for c in ("s64", "q64", "s128", "q128", "s64p", "q64p", "s128p", "q128p", "s64p2")},
               "phased": {"SELFEXT_CUDA_SE_WGMMA": "0"}}
 LARGE_KERNELS = {**WGMMA_CFGS, "mt1": {"SELFEXT_CUDA_SE_PHASED": "0", "SELFEXT_CUDA_SE_MT": "1"},
                  "mt2": {"SELFEXT_CUDA_SE_PHASED": "0", "SELFEXT_CUDA_SE_MT": "2"}}

@@ -62,9 +62,10 @@ __global__ void __launch_bounds__(256) transpose_v_kernel(const uint16_t* __rest
 // shared memory reads 4 KB per 64K multiply-adds, the 128 bytes per clock that shared memory delivers at
 // the tensor cores' full rate; with A in registers it reads half. kPipe: the software-pipelined loop below
 // (a tile's softmax under the previous tile's P V) instead of one tile at a time.
-template <typename T, int kHeadDim, int kWG, int kTileN, bool kQReg, bool kPipe>
-__global__ void __launch_bounds__(kWG * 128, (kHeadDim <= 64 && !kQReg && kTileN == 64 && !kPipe) ? 2 : 1)
-    se_wgmma_kernel(const SeArgs a) {
+// kMinBlocks: blocks per SM the registers are capped for (2: 128 per thread at two warpgroups).
+template <typename T, int kHeadDim, int kWG, int kTileN, bool kQReg, bool kPipe,
+          int kMinBlocks = (kHeadDim <= 64 && !kQReg && kTileN == 64 && !kPipe) ? 2 : 1>
+__global__ void __launch_bounds__(kWG * 128, kMinBlocks) se_wgmma_kernel(const SeArgs a) {
 #if SELFEXT_WGMMA_AVAILABLE
   kernel_prologue();
   using Sh = SeWgmmaShape<kHeadDim, kWG, kTileN>;

@@ -517,27 +517,32 @@ constexpr int kSeWgmmaWG = 2;
 
 // se_wgmma_kernel's configuration: SELFEXT_CUDA_SE_WGMMA_CFG = {s|q}{64|128}[p] (Q read by every multiply
 // from shared memory, or held in registers; 64- or 128-key tiles; p: the software-pipelined loop), read at
-// every call. Defaults measured on an H200 (bench/attention_cuda.py, docs/cuda_loop.md).
+// every call. Defaults from one run of bench/attention_cuda.py (H200, bf16, G=4, W=1024, tree of 7ded45e,
+// TFLOP/s at T = 16k / 32k): head dim 128 q128p (370 / 409; q128 349 / 381, s64 312 / 346), head dim 64
+// s64 (244 / 316; s64p 190 / 255 at one block per SM, s128p 223 / 281): docs/cuda_loop.md.
+// "s64p2" (head dim 64 only): s64p with the registers capped for two blocks per SM (it spills).
 struct WgmmaCfg {
   int tile_n;
-  bool q_reg, pipe;
+  bool q_reg, pipe, two_blocks;
 };
 inline WgmmaCfg wgmma_cfg(int head_dim) {
-  WgmmaCfg c = head_dim > 64 ? WgmmaCfg{128, true, false} : WgmmaCfg{64, false, false};
+  WgmmaCfg c = head_dim > 64 ? WgmmaCfg{128, true, true, false} : WgmmaCfg{64, false, false, false};
   const char* e = std::getenv("SELFEXT_CUDA_SE_WGMMA_CFG");
   if (e && (e[0] == 's' || e[0] == 'q')) {
     c.q_reg = e[0] == 'q';
     c.tile_n = std::strncmp(e + 1, "128", 3) == 0 ? 128 : 64;
     c.pipe = std::strchr(e, 'p') != nullptr;
+    c.two_blocks = std::strcmp(e, "s64p2") == 0;
   }
   return c;
 }
 // V^T rows are padded to whole tiles of either size.
 constexpr int kVtPad = 128;
 
-template <typename T, int kHeadDim, int kTileN, bool kQReg, bool kPipe>
+template <typename T, int kHeadDim, int kTileN, bool kQReg, bool kPipe, int kMinBlocks = 0>
 void launch_wgmma_cfg(const SeArgs& a, int64_t n_mtiles, int n_kv_heads, cudaStream_t stream) {
-  auto kernel = se_wgmma_kernel<T, kHeadDim, kSeWgmmaWG, kTileN, kQReg, kPipe>;
+  auto kernel = kMinBlocks ? se_wgmma_kernel<T, kHeadDim, kSeWgmmaWG, kTileN, kQReg, kPipe, (kMinBlocks ? kMinBlocks : 1)>
+                           : se_wgmma_kernel<T, kHeadDim, kSeWgmmaWG, kTileN, kQReg, kPipe>;
   const size_t smem = SeWgmmaShape<kHeadDim, kSeWgmmaWG, kTileN>::kSmemBytes;
   SELFEXT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   SELFEXT_CHECK(n_mtiles <= INT_MAX, ArgumentError, "self_extend_attention: too many query rows");
@@ -548,6 +553,9 @@ template <typename T, int kHeadDim>
 void launch_wgmma(const SeArgs& a, int64_t n_mtiles, int n_kv_heads, cudaStream_t stream) {
   if constexpr (kHeadDim == 64 || kHeadDim == 128) {
     const WgmmaCfg c = wgmma_cfg(kHeadDim);
+    if constexpr (kHeadDim == 64) {
+      if (c.two_blocks) return launch_wgmma_cfg<T, kHeadDim, 64, false, true, 2>(a, n_mtiles, n_kv_heads, stream);
+    }
     auto go = [&](auto n_c, auto q_c, auto p_c) {
       launch_wgmma_cfg<T, kHeadDim, decltype(n_c)::value, decltype(q_c)::value, decltype(p_c)::value>(
           a, n_mtiles, n_kv_heads, stream);
