@@ -10,14 +10,12 @@
 //
 // Decode and short chunks split the key range across blocks (flash-decoding) and merge by LSE.
 //
-// Measured (H100, bf16, G=4, W=1024, bench/results/attention_cuda-h100.json, 2026-11-23): prefill
-// 131-135 TFLOP/s at T = 16k-32k for (32, 8, 128), 0.38-0.40x SDPA flash; decode T = 32k reads KV at
-// 633 GB/s, 22% of the measured read bandwidth (the tile kernel; in a CUDA graph on an H200 it takes 189-203
-// us, and the T_q = 1 decode kernel below 110 us: 1.23 TB/s, 0.30). Where the time goes, as far as known: every query block
-// re-rotates each K tile (scalar work between two barriers, not overlapped with the MMAs); one 8-warp
-// block per SM (174 KB smem); mma.sync rather than wgmma. For decode, one 4-warp block per SM (139 KB)
-// keeps a single 32 KB tile in flight per SM. Next steps: rotate K once per call into a grouped copy
-// for prefill, or overlap the rotation of tile kt+1 with the MMAs of tile kt; fewer smem buffers for decode.
+// Prefill kernels, fastest first where they apply: se_wgmma_kernel (se_wgmma.cuh; Hopper, head dims 64 and
+// 128, K rotated once per call), se_phased_kernel (mma.sync, the same algorithm), se_attention_kernel (both
+// branches per boundary tile; K rotated per tile, or once). Measured (H200, bf16, G=4, W=1024, 2026-12-03,
+// bench/results/attention_cuda-nvidia_h200.json): (32, 8, 128) 378 / 412 TFLOP/s at T = 16k / 32k, 1.11 /
+// 1.19x SDPA-flash; (9, 3, 64) 237 / 297, 1.04 / 1.08x. Decode: se_decode_mma.cuh (tensor cores, the
+// default), se_decode_kernel, or the tile kernel; 32k keys at 0.61 of the read rate. docs/cuda_loop.md.
 #include <algorithm>
 #include <atomic>
 #include <climits>
