@@ -317,6 +317,25 @@ def test_self_extend_phased_kernel_cases(rng, monkeypatch, kernel, H, H_kv, D, s
     assert _rel(out[rows], ref) <= SE_TOL[dtype]
 
 
+@pytest.mark.parametrize("kernel", list(WGMMA_CFGS))
+@pytest.mark.parametrize("H, H_kv, D, dtype", [(32, 8, 128, torch.bfloat16), (9, 3, 64, torch.float16)])
+def test_self_extend_large_chunk_after_a_prefix(rng, monkeypatch, kernel, H, H_kv, D, dtype):
+    """A chunk of a long prompt (T_q = 2000 queries at positions 1000..2999 against 3000 keys) with enough rows
+    for the large-block kernels (blocks x kv heads >= 132): the queries' positions start mid-sequence, so every block's tile list (the
+    grouped tiles, then the neighbor tiles from its first row's window) starts and ends off the tile grid."""
+    for name, value in WGMMA_CFGS[kernel].items():
+        monkeypatch.setenv(name, value)
+    T_q, T_k, G, W = 2000, 3000, 4, 700
+    q = _randn(rng, (T_q, H, D), dtype, 1.5)
+    k = _randn(rng, (T_k, H_kv, D), dtype, 1.5)
+    v = _randn(rng, (T_k, H_kv, D), dtype)
+    out, a = run_se(q, k, v, group=G, window=W)
+    torch.cuda.synchronize()
+    rows = sampled_rows(T_q, T_k, W, 64, rng)
+    ref = se_reference(q, k, v, rows, group=G, window=W, **a)
+    assert _rel(out[rows], ref) <= SE_TOL[dtype]
+
+
 @pytest.mark.parametrize("prerot", ["0", "1"])
 @pytest.mark.parametrize("chunk", [1, 7, 64])
 def test_self_extend_chunked_prefill(rng, monkeypatch, prerot, chunk):

@@ -38,6 +38,16 @@ struct SeArgs {
   bool prefetch;  // decode kernel: the block's keys and values prefetched into L2 before the PDL wait
 };
 
+// The Q row of packed row m0 + r of kv head kvh (the prefill kernels; rows past the end read the last valid
+// row, computed but never stored).
+template <typename T>
+__device__ __forceinline__ const T* packed_q_row(const T* q, int64_t q_st, int64_t q_sh, const RowMap& rm, int64_t m0,
+                                                 int kvh, int r) {
+  int64_t R = m0 + r;
+  if (R >= rm.rows) R = rm.rows - 1;
+  return q + (R / rm.n_rep) * q_st + (int64_t(kvh) * rm.n_rep + R % rm.n_rep) * q_sh;
+}
+
 // --- decode: one query row per head (T_q = 1) --------------------------------------------------------
 // The tile kernel above pads a decode step's n_rep query rows to 64 and runs ~10 dependent phases per
 // key tile (Q staging and rotation, K rotation, two MMA passes), ~17 us for 640 keys of SmolLM2 on an

@@ -100,16 +100,12 @@ __global__ void __launch_bounds__(kWG * 128, kMinBlocks) se_wgmma_kernel(const S
 #pragma unroll
   for (int db = 0; db < kHeadDim / 8; ++db) o[db][0] = o[db][1] = o[db][2] = o[db][3] = 0.f;
 
-  const T* q = static_cast<const T*>(a.q);
   const T* kn_rot = static_cast<const T*>(a.kn_rot);
   const T* kg_rot = static_cast<const T*>(a.kg_rot);
   const T* vt = static_cast<const T*>(a.v_t);
   const int64_t rot_st = int64_t(gridDim.y) * kHeadDim;
-  auto q_row = [&](int r) {
-    int64_t R = m0 + r;
-    if (R >= rm.rows) R = rm.rows - 1;
-    return q + (R / rm.n_rep) * a.q_st + (int64_t(kvh) * rm.n_rep + R % rm.n_rep) * a.q_sh;
-  };
+  const T* q = static_cast<const T*>(a.q);
+  auto q_row = [&](int r) { return packed_q_row<T>(q, a.q_st, a.q_sh, rm, m0, kvh, r); };
   auto q_chunk = [base](int r, int c) {
     return reinterpret_cast<uint4*>(base + (r >> 6) * (64 * kHeadDim * 2) + sw128_offset<64>(r & 63, c));
   };

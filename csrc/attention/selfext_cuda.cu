@@ -17,7 +17,6 @@
 // 1.19x SDPA-flash; (9, 3, 64) 237 / 297, 1.04 / 1.08x. Decode: se_decode_mma.cuh (tensor cores, the
 // default), se_decode_kernel, or the tile kernel; 32k keys at 0.61 of the read rate. docs/cuda_loop.md.
 #include <algorithm>
-#include <atomic>
 #include <climits>
 #include <cmath>
 #include <cstdlib>
@@ -268,17 +267,13 @@ __global__ void __launch_bounds__(kWarps * 32) se_phased_kernel(const SeArgs a) 
     l[mi][0] = l[mi][1] = 0.f;
   }
 
-  const T* q = static_cast<const T*>(a.q);
   const T* v = static_cast<const T*>(a.v);
   const T* kn_rot = static_cast<const T*>(a.kn_rot);
   const T* kg_rot = static_cast<const T*>(a.kg_rot);
   const int64_t rot_st = int64_t(gridDim.y) * kHeadDim;  // (T_k, n_kv_heads, head_dim) contiguous
-  // Q row r of the block in global memory (rows past the end read the last valid row: never stored).
-  auto q_row = [&](int r) {
-    int64_t R = m0 + r;
-    if (R >= rm.rows) R = rm.rows - 1;
-    return q + (R / rm.n_rep) * a.q_st + (int64_t(kvh) * rm.n_rep + R % rm.n_rep) * a.q_sh;
-  };
+  // Q row r of the block in global memory.
+  const T* q = static_cast<const T*>(a.q);
+  auto q_row = [&](int r) { return packed_q_row<T>(q, a.q_st, a.q_sh, rm, m0, kvh, r); };
   auto load_q = [&](bool grouped) {
     if (grouped)
       rope_rows<T, kHeadDim, kThreads, kBM>(q_row, qs, a.rope, [&](int r) {
@@ -494,20 +489,7 @@ inline bool use_wgmma(int head_dim) {
   if (!SELFEXT_CUDA_SM90A || (head_dim != 64 && head_dim != 128)) return false;
   const char* e = std::getenv("SELFEXT_CUDA_SE_WGMMA");
   if (e && std::strcmp(e, "0") == 0) return false;
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cached[kMaxDevices];  // 0 unknown, 1 no, 2 yes
-  int dev = 0;
-  SELFEXT_CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev < 0 || dev >= kMaxDevices) return false;
-  int v = cached[dev].load(std::memory_order_relaxed);
-  if (v == 0) {
-    int major = 0, minor = 0;
-    SELFEXT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    SELFEXT_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
-    v = major == 9 && minor == 0 ? 2 : 1;
-    cached[dev].store(v, std::memory_order_relaxed);
-  }
-  return v == 2;
+  return current_device_compute_capability() == 90;  // wgmma is sm_90a only: not on 10.x or 12.x
 }
 
 // Warpgroups (64 query rows each) per se_wgmma_kernel block: 2, the phased kernel's 128-row blocks.

@@ -67,6 +67,9 @@ bool l2_prefetch_enabled();
 
 // Whether launches on the current device use PDL (cached per device; SELFEXT_CUDA_PDL=0 turns it off).
 bool pdl_enabled_on_current_device();
+// The current device's compute capability as 10 * major + minor (90 for an H100), cached per device; 0 for
+// a device index past the cache.
+int current_device_compute_capability();
 
 template <typename... KArgs, typename... Args>
 void launch_kernel(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
