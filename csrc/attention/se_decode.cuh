@@ -48,6 +48,21 @@ __device__ __forceinline__ const T* packed_q_row(const T* q, int64_t q_st, int64
   return q + (R / rm.n_rep) * q_st + (int64_t(kvh) * rm.n_rep + R % rm.n_rep) * q_sh;
 }
 
+// The prefill kernels' Q tile: rows [m0, m0 + kRows) of kv head kvh rotated at their grouped positions
+// (floor(i/G) + W - floor(W/G)) or their own, chunk c of row r written to dst_chunk(r, c).
+template <typename T, int kHeadDim, int kThreads, int kRows, typename DstChunk>
+__device__ __forceinline__ void se_rope_q_tile(const SeArgs& a, const RowMap& rm, int64_t m0, int kvh, bool grouped,
+                                               DstChunk dst_chunk) {
+  const T* q = static_cast<const T*>(a.q);
+  auto q_row = [&](int r) { return packed_q_row<T>(q, a.q_st, a.q_sh, rm, m0, kvh, r); };
+  if (grouped)
+    rope_rows_to<T, kHeadDim, kThreads, kRows>(q_row, dst_chunk, a.rope, [&](int r) {
+      return int(se_grouped_query_pos(rm.pos(m0 + r), a.group, a.window));
+    });
+  else
+    rope_rows_to<T, kHeadDim, kThreads, kRows>(q_row, dst_chunk, a.rope, [&](int r) { return rm.pos(m0 + r); });
+}
+
 // --- decode: one query row per head (T_q = 1) --------------------------------------------------------
 // The tile kernel above pads a decode step's n_rep query rows to 64 and runs ~10 dependent phases per
 // key tile (Q staging and rotation, K rotation, two MMA passes), ~17 us for 640 keys of SmolLM2 on an

@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(kWG * 128, kMinBlocks) se_wgmma_kernel(const S
   const int mt = gridDim.x - 1 - blockIdx.x;  // longest causal rows first: less tail imbalance
   const int kvh = blockIdx.y;
   const RowMap rm = a.rm;
-  const int G = a.group, W = a.window;
+  const int W = a.window;
   const int64_t m0 = int64_t(mt) * kBM;
   const int i_lo = rm.pos(m0), i_hi = rm.pos(m0 + kBM - 1);
   const int n_kt = i_hi / BN + 1;
@@ -104,19 +104,10 @@ __global__ void __launch_bounds__(kWG * 128, kMinBlocks) se_wgmma_kernel(const S
   const T* kg_rot = static_cast<const T*>(a.kg_rot);
   const T* vt = static_cast<const T*>(a.v_t);
   const int64_t rot_st = int64_t(gridDim.y) * kHeadDim;
-  const T* q = static_cast<const T*>(a.q);
-  auto q_row = [&](int r) { return packed_q_row<T>(q, a.q_st, a.q_sh, rm, m0, kvh, r); };
   auto q_chunk = [base](int r, int c) {
     return reinterpret_cast<uint4*>(base + (r >> 6) * (64 * kHeadDim * 2) + sw128_offset<64>(r & 63, c));
   };
-  auto load_q = [&](bool grouped) {
-    if (grouped)
-      rope_rows_to<T, kHeadDim, kThreads, kBM>(q_row, q_chunk, a.rope, [&](int r) {
-        return int(se_grouped_query_pos(rm.pos(m0 + r), G, W));
-      });
-    else
-      rope_rows_to<T, kHeadDim, kThreads, kBM>(q_row, q_chunk, a.rope, [&](int r) { return rm.pos(m0 + r); });
-  };
+  auto load_q = [&](bool grouped) { se_rope_q_tile<T, kHeadDim, kThreads, kBM>(a, rm, m0, kvh, grouped, q_chunk); };
   auto tile_of = [&](int vt_) { return vt_ < n_g ? vt_ : n_first + (vt_ - n_g); };
   // K tile: thread keeps chunk column kc and steps kRowStep rows (a multiple of 8: one swizzle phase).
   constexpr int kRowStep = kThreads / kChunks, kKIters = BN / kRowStep;

@@ -245,7 +245,7 @@ __global__ void __launch_bounds__(kWarps * 32) se_phased_kernel(const SeArgs a) 
   const int mt = gridDim.x - 1 - blockIdx.x;  // longest causal rows first: less tail imbalance
   const int kvh = blockIdx.y;
   const RowMap rm = a.rm;
-  const int G = a.group, W = a.window;
+  const int W = a.window;
   const int64_t m0 = int64_t(mt) * kBM;
   const int i_lo = rm.pos(m0), i_hi = rm.pos(m0 + kBM - 1);
   const int n_kt = i_hi / BN + 1;                                      // causal: keys 0..i_hi
@@ -271,17 +271,8 @@ __global__ void __launch_bounds__(kWarps * 32) se_phased_kernel(const SeArgs a) 
   const T* kn_rot = static_cast<const T*>(a.kn_rot);
   const T* kg_rot = static_cast<const T*>(a.kg_rot);
   const int64_t rot_st = int64_t(gridDim.y) * kHeadDim;  // (T_k, n_kv_heads, head_dim) contiguous
-  // Q row r of the block in global memory.
-  const T* q = static_cast<const T*>(a.q);
-  auto q_row = [&](int r) { return packed_q_row<T>(q, a.q_st, a.q_sh, rm, m0, kvh, r); };
-  auto load_q = [&](bool grouped) {
-    if (grouped)
-      rope_rows<T, kHeadDim, kThreads, kBM>(q_row, qs, a.rope, [&](int r) {
-        return int(se_grouped_query_pos(rm.pos(m0 + r), G, W));
-      });
-    else
-      rope_rows<T, kHeadDim, kThreads, kBM>(q_row, qs, a.rope, [&](int r) { return rm.pos(m0 + r); });
-  };
+  auto q_chunk = [qs](int r, int c) { return reinterpret_cast<uint4*>(qs + r * S + c * 8); };
+  auto load_q = [&](bool grouped) { se_rope_q_tile<T, kHeadDim, kThreads, kBM>(a, rm, m0, kvh, grouped, q_chunk); };
   auto tile_of = [&](int vt) { return vt < n_g ? vt : n_first + (vt - n_g); };
   auto load_tile = [&](int vt, int b) {
     const int kt = tile_of(vt);
