@@ -38,6 +38,21 @@ struct SeArgs {
   bool prefetch;  // decode kernel: the block's keys and values prefetched into L2 before the PDL wait
 };
 
+// The phased prefill kernels' key tiles (bn keys each) for query positions i_lo..i_hi, in visiting order:
+// first the n_g tiles with a pair at i - j >= W (the grouped phase, tiles 0..n_g-1), then the tiles from
+// n_first (the first with a pair at 0 <= i - j < W) to the causal end (the neighbor phase); n_v in all.
+// Every tile of the list has a pair of these rows in its phase's branch.
+struct PhasedTiles {
+  int n_g, n_first, n_v;
+  __device__ __forceinline__ PhasedTiles(int i_lo, int i_hi, int W, int bn) {
+    const int n_kt = i_hi / bn + 1;  // causal: keys 0..i_hi
+    n_g = i_hi >= W ? min(n_kt, (i_hi - W) / bn + 1) : 0;
+    n_first = max(0, i_lo - W + 1) / bn;
+    n_v = n_g + (n_kt - n_first);
+  }
+  __device__ __forceinline__ int tile(int vt) const { return vt < n_g ? vt : n_first + (vt - n_g); }
+};
+
 // The Q row of packed row m0 + r of kv head kvh (the prefill kernels; rows past the end read the last valid
 // row, computed but never stored).
 template <typename T>

@@ -85,10 +85,8 @@ __global__ void __launch_bounds__(kWG * 128, kMinBlocks) se_wgmma_kernel(const S
   const int W = a.window;
   const int64_t m0 = int64_t(mt) * kBM;
   const int i_lo = rm.pos(m0), i_hi = rm.pos(m0 + kBM - 1);
-  const int n_kt = i_hi / BN + 1;
-  const int n_g = i_hi >= W ? min(n_kt, (i_hi - W) / BN + 1) : 0;
-  const int n_first = max(0, i_lo - W + 1) / BN;
-  const int n_v = n_g + (n_kt - n_first);
+  const PhasedTiles pt(i_lo, i_hi, W, BN);
+  const int n_g = pt.n_g, n_v = pt.n_v;
 
   const int64_t g_r0 = m0 + wg * 64;  // this warpgroup's rows
   const bool wg_has_rows = g_r0 < rm.rows;
@@ -108,7 +106,7 @@ __global__ void __launch_bounds__(kWG * 128, kMinBlocks) se_wgmma_kernel(const S
     return reinterpret_cast<uint4*>(base + (r >> 6) * (64 * kHeadDim * 2) + sw128_offset<64>(r & 63, c));
   };
   auto load_q = [&](bool grouped) { se_rope_q_tile<T, kHeadDim, kThreads, kBM>(a, rm, m0, kvh, grouped, q_chunk); };
-  auto tile_of = [&](int vt_) { return vt_ < n_g ? vt_ : n_first + (vt_ - n_g); };
+  auto tile_of = [&](int vt_) { return pt.tile(vt_); };
   // K tile: thread keeps chunk column kc and steps kRowStep rows (a multiple of 8: one swizzle phase).
   constexpr int kRowStep = kThreads / kChunks, kKIters = BN / kRowStep;
   static_assert(kThreads % kChunks == 0 && BN % kRowStep == 0 && kRowStep % 8 == 0, "K tile copy layout");
@@ -256,8 +254,8 @@ __global__ void __launch_bounds__(kWG * 128, kMinBlocks) se_wgmma_kernel(const S
     // K runs one tile ahead of V: iteration vt_ reads K_vt_ and V_(vt_-1), and loads K_(vt_+1) into the
     // stage K_(vt_-1) held (its S completed in iteration vt_ - 1) and V_vt_ into the stage of V_(vt_-2)
     // (its P V completed there too); the barrier at the top of each iteration orders both.
-    // Every tile of the block's list has a pair of the block's rows in its branch (n_g and n_first are
-    // chosen so), so the wgmma below sit under no condition: ptxas serializes every wgmma behind a
+    // Every tile of the block's list has a pair of the block's rows in its branch (PhasedTiles), so
+    // the wgmma below sit under no condition: ptxas serializes every wgmma behind a
     // branch it cannot prove uniform over the warpgroup (C7518). A warpgroup whose own rows have no pair in
     // a tile multiplies fully masked rows (mask is set whenever any pair of the block's rows is outside
     // the branch), which adds nothing. n_v >= 1: every block has rows.

@@ -248,10 +248,8 @@ __global__ void __launch_bounds__(kWarps * 32) se_phased_kernel(const SeArgs a) 
   const int W = a.window;
   const int64_t m0 = int64_t(mt) * kBM;
   const int i_lo = rm.pos(m0), i_hi = rm.pos(m0 + kBM - 1);
-  const int n_kt = i_hi / BN + 1;                                      // causal: keys 0..i_hi
-  const int n_g = i_hi >= W ? min(n_kt, (i_hi - W) / BN + 1) : 0;     // tiles with a pair at i - j >= W
-  const int n_first = max(0, i_lo - W + 1) / BN;                       // first tile with a pair at i - j < W
-  const int n_v = n_g + (n_kt - n_first);
+  const PhasedTiles pt(i_lo, i_hi, W, BN);
+  const int n_g = pt.n_g, n_v = pt.n_v;
 
   const int64_t wr0 = m0 + warp * 16 * kMT;
   const bool warp_has_rows = wr0 < rm.rows;
@@ -273,7 +271,7 @@ __global__ void __launch_bounds__(kWarps * 32) se_phased_kernel(const SeArgs a) 
   const int64_t rot_st = int64_t(gridDim.y) * kHeadDim;  // (T_k, n_kv_heads, head_dim) contiguous
   auto q_chunk = [qs](int r, int c) { return reinterpret_cast<uint4*>(qs + r * S + c * 8); };
   auto load_q = [&](bool grouped) { se_rope_q_tile<T, kHeadDim, kThreads, kBM>(a, rm, m0, kvh, grouped, q_chunk); };
-  auto tile_of = [&](int vt) { return vt < n_g ? vt : n_first + (vt - n_g); };
+  auto tile_of = [&](int vt) { return pt.tile(vt); };
   auto load_tile = [&](int vt, int b) {
     const int kt = tile_of(vt);
     load_kv_async<T, kHeadDim, kThreads, BN>(ks + b * BN * S, vt < n_g ? kg_rot : kn_rot, rot_st, kHeadDim, kvh,
@@ -512,8 +510,8 @@ constexpr int kVtPad = 128;
 
 template <typename T, int kHeadDim, int kTileN, bool kQReg, bool kPipe, int kMinBlocks = 0>
 void launch_wgmma_cfg(const SeArgs& a, int64_t n_mtiles, int n_kv_heads, cudaStream_t stream) {
-  auto kernel = kMinBlocks ? se_wgmma_kernel<T, kHeadDim, kSeWgmmaWG, kTileN, kQReg, kPipe, (kMinBlocks ? kMinBlocks : 1)>
-                           : se_wgmma_kernel<T, kHeadDim, kSeWgmmaWG, kTileN, kQReg, kPipe>;
+  auto kernel = se_wgmma_kernel<T, kHeadDim, kSeWgmmaWG, kTileN, kQReg, kPipe>;  // its default register cap
+  if constexpr (kMinBlocks > 0) kernel = se_wgmma_kernel<T, kHeadDim, kSeWgmmaWG, kTileN, kQReg, kPipe, kMinBlocks>;
   const size_t smem = SeWgmmaShape<kHeadDim, kSeWgmmaWG, kTileN>::kSmemBytes;
   SELFEXT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   SELFEXT_CHECK(n_mtiles <= INT_MAX, ArgumentError, "self_extend_attention: too many query rows");
