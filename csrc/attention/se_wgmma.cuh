@@ -3,17 +3,18 @@
 // descriptors (wgmma.cuh), instead of mma.sync fed by ldmatrix.
 //
 // Per block: kWG warpgroups of 64 query rows each (packed rows, attention_tiles.cuh), one Q tile and
-// double-buffered 64-key K and V tiles in shared memory, 128-byte swizzled. The grouped-branch tiles come
+// double-buffered K and V^T tiles of 64 or 128 keys in shared memory, 128-byte swizzled. The grouped-branch tiles come
 // first with Q rotated at its grouped positions, then the neighbor tiles with Q rotated at i; window-boundary
 // tiles are visited once per phase with complementary masks, so the one online softmax sees every pair once
 // in the branch the paper assigns it. K arrives rotated once per call at both positions (rotate_k_kernel)
 // and V transposed once per call, (n_kv, head_dim, T_pad) with zero keys past T_k (transpose_v_kernel), so
 // both B operands are K-major: S = Q K^T takes K rows as they are, O += P V takes V^T rows.
 //
-// Per tile and warpgroup: S (64 x 64, fp32) by head_dim / 16 m64n64k16 multiplies from shared memory; the
-// mask and the online softmax of attention_tiles.cuh on the accumulators (the same register layout as
-// mma.sync's); P rounded to the storage type as A fragments in registers; O (64 x head_dim) += P V by four
-// m64n{head_dim}k16 multiplies. What it saves against the mma.sync kernel: every ldmatrix (the B fragments
+// Per tile of N keys and warpgroup: S (64 x N, fp32) by head_dim / 16 m64nNk16 multiplies (K from shared
+// memory, Q from shared memory or registers); the mask and the online softmax of attention_tiles.cuh on the
+// accumulators (the same register layout as mma.sync's); P rounded to the storage type as A fragments in
+// registers; O (64 x head_dim) += P V by N / 16 m64n{head_dim}k16 multiplies. The configurations and the
+// defaults per head dim, with their measurements: wgmma_cfg in selfext_cuda.cu, docs/cuda_loop.md. What it saves against the mma.sync kernel: every ldmatrix (the B fragments
 // were read from shared memory once per 16-row tile), the registers those fragments held, and the
 // issue slots of 16x more multiply instructions. Head dims 64 and 128 (the swizzle atom is 64 elements).
 #pragma once
