@@ -318,6 +318,23 @@ def test_self_extend_phased_kernel_cases(rng, monkeypatch, kernel, H, H_kv, D, s
 
 
 @pytest.mark.parametrize("kernel", list(WGMMA_CFGS))
+@pytest.mark.parametrize("D, dtype", [(128, torch.float16), (64, torch.bfloat16)])
+def test_self_extend_large_blocks_short_sequence(rng, monkeypatch, kernel, D, dtype):
+    """Many kv heads over a short sequence: 150 keys (one full and one part-zero 128-key tile, or three 64-key
+    tiles), yet 3 blocks x 64 kv heads take the large-block path; the whole output is checked."""
+    for name, value in WGMMA_CFGS[kernel].items():
+        monkeypatch.setenv(name, value)
+    T, H, H_kv, G, W = 150, 128, 64, 3, 40
+    q = _randn(rng, (T, H, D), dtype, 1.5)
+    k = _randn(rng, (T, H_kv, D), dtype, 1.5)
+    v = _randn(rng, (T, H_kv, D), dtype)
+    out, a = run_se(q, k, v, group=G, window=W)
+    torch.cuda.synchronize()
+    ref = se_reference(q, k, v, torch.arange(T, device=_dev()), group=G, window=W, **a)
+    assert _rel(out, ref) <= SE_TOL[dtype]
+
+
+@pytest.mark.parametrize("kernel", list(WGMMA_CFGS))
 @pytest.mark.parametrize("H, H_kv, D, dtype", [(32, 8, 128, torch.bfloat16), (9, 3, 64, torch.float16)])
 def test_self_extend_large_chunk_after_a_prefix(rng, monkeypatch, kernel, H, H_kv, D, dtype):
     """A chunk of a long prompt (T_q = 2000 queries at positions 1000..2999 against 3000 keys) with enough rows
