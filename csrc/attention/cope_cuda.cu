@@ -40,6 +40,15 @@ constexpr int kMaxSmemNpos = 192;
 
 enum CopeMode : int { kFull = 0, kSplitPartial = 1, kGateTotals = 2 };
 
+// Floats between consecutive rows of the integer logits: odd, so the gathers of one warp instruction
+// (8 rows at nearby positions) fall in different banks (an even stride such as 64 put rows with equal
+// positions on one bank).
+__host__ __device__ inline int l_stride(int npos) { return npos | 1; }
+
+// The gate sigmoid(s) on the SFU: ex2.approx and an IEEE reciprocal (a few ulp; expf and the IEEE
+// division of cope.h's formula take ~20 instructions). Large |s| gives exactly 0 or 1, NaN stays NaN.
+__device__ __forceinline__ float gate_fast(float s) { return __frcp_rn(1.f + __expf(-s)); }
+
 struct CopeArgs {
   const void* q;  // (T_q, n_heads, head_dim)
   const void* k;  // (T_k, n_kv_heads, head_dim)
@@ -52,7 +61,7 @@ struct CopeArgs {
   int64_t pe_stride_h;  // 0 when shared by the heads
   int npos;
   bool l_in_smem;
-  float* lws;  // (n_kv_heads, n_mtiles * kBM, npos) when !l_in_smem
+  float* lws;  // (n_kv_heads, n_mtiles * kBM, l_stride(npos)) when !l_in_smem
   int tiles_per_split, n_splits;
   float* ws_tot;  // (n_splits, T_q, n_heads) gate totals
   OutArgs oa;
@@ -60,7 +69,7 @@ struct CopeArgs {
 
 template <int kHeadDim>
 size_t cope_smem_bytes(int npos, bool l_in_smem) {
-  return size_t(kBM + 4 * kBN) * Layout<kHeadDim>::kStride * 2 + (l_in_smem ? size_t(kBM) * npos * 4 : 0);
+  return size_t(kBM + 4 * kBN) * Layout<kHeadDim>::kStride * 2 + (l_in_smem ? size_t(kBM) * l_stride(npos) * 4 : 0);
 }
 
 template <typename T, int kHeadDim, int kMode>
@@ -72,13 +81,13 @@ __global__ void __launch_bounds__(kThreads) cope_attention_kernel(const CopeArgs
   T* qs = reinterpret_cast<T*>(smem_raw);  // (kBM, S)
   T* ks = qs + kBM * S;                    // (2, kBN, S)
   T* vs = ks + 2 * kBN * S;                // (2, kBN, S)
-  float* lsm = reinterpret_cast<float*>(vs + 2 * kBN * S);  // (kBM, npos) when l_in_smem
+  float* lsm = reinterpret_cast<float*>(vs + 2 * kBN * S);  // (kBM, l_stride(npos)) when l_in_smem
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int mt = gridDim.x - 1 - blockIdx.x;
   const int kvh = blockIdx.y;
   const RowMap rm = a.rm;
-  const int npos = a.npos;
+  const int npos = a.npos, ldl = l_stride(npos);
   const float top = float(npos - 1);
   const int64_t m0 = int64_t(mt) * kBM;
   const int i_hi = rm.pos(m0 + kBM - 1);
@@ -102,7 +111,7 @@ __global__ void __launch_bounds__(kThreads) cope_attention_kernel(const CopeArgs
   // --- integer position logits L[r][p] = zscale * <q_r, e_head(r)[p]> -------------------------------------
   // In a global workspace, the splits of one query tile write the same values to the same place; each
   // block reads only after writing them itself, so it reads either its own or an identical value.
-  float* lbase = a.l_in_smem ? lsm : a.lws + (int64_t(kvh) * gridDim.x + mt) * kBM * npos;
+  float* lbase = a.l_in_smem ? lsm : a.lws + (int64_t(kvh) * gridDim.x + mt) * kBM * ldl;
   const T* pe = static_cast<const T*>(a.pe);
   if (kMode != kGateTotals) {
     if (a.pe_stride_h == 0 || rm.n_rep == 1) {
@@ -121,7 +130,7 @@ __global__ void __launch_bounds__(kThreads) cope_attention_kernel(const CopeArgs
           for (int c = 0; c < 4; ++c) {
             const int p = p0 + nb * 8 + (lane & 3) * 2 + (c & 1);
             const int r = warp * 16 + (lane >> 2) + (c >> 1) * 8;
-            if (p < npos) lbase[int64_t(r) * npos + p] = sl[nb][c] * a.zscale;
+            if (p < npos) lbase[int64_t(r) * ldl + p] = sl[nb][c] * a.zscale;
           }
         __syncthreads();
       }
@@ -138,7 +147,7 @@ __global__ void __launch_bounds__(kThreads) cope_attention_kernel(const CopeArgs
         const T* qr = qs + r * S;
         float acc = 0.f;
         for (int d = 0; d < kHeadDim; ++d) acc += ld_float<T>(qr[d].bits) * ld_float<T>(e[d].bits);
-        lbase[idx] = acc * a.zscale;
+        lbase[int64_t(r) * ldl + p] = acc * a.zscale;
       }
     }
   }
@@ -160,8 +169,8 @@ __global__ void __launch_bounds__(kThreads) cope_attention_kernel(const CopeArgs
       }
     }
   }
-  const float* lrow[2] = {lbase + int64_t(warp * 16 + (lane >> 2)) * npos,
-                          lbase + int64_t(warp * 16 + (lane >> 2) + 8) * npos};
+  const float* lrow[2] = {lbase + int64_t(warp * 16 + (lane >> 2)) * ldl,
+                          lbase + int64_t(warp * 16 + (lane >> 2) + 8) * ldl};
   float ztop[2] = {0.f, 0.f};
   if (kMode != kGateTotals) {
     ztop[0] = lrow[0][npos - 1];
@@ -206,7 +215,7 @@ __global__ void __launch_bounds__(kThreads) cope_attention_kernel(const CopeArgs
             const int j = j0 + nb * 8 + (lane & 3) * 2 + (c & 1);
             const bool masked = need_mask && j > row_i[c >> 1];
             const float sv = x[nb][c] * a.scale;
-            g[nb][c] = masked ? 0.f : cope_gate(sv);
+            g[nb][c] = masked ? 0.f : gate_fast(sv);
             x[nb][c] = masked ? -INFINITY : sv;
           }
         const int qd = lane & 3;
@@ -293,7 +302,7 @@ CopePlan plan_cope(const AttentionParams& p) {
   pl.n_mtiles = (rows + kBM - 1) / kBM;
   pl.split = plan_splits(pl.n_mtiles * p.n_kv_heads, (p.T_k + kBN - 1) / kBN, multiprocessor_count());
   pl.l_in_smem = p.npos_max <= kMaxSmemNpos;
-  if (!pl.l_in_smem) pl.l_bytes = round_up_256(size_t(p.n_kv_heads) * pl.n_mtiles * kBM * p.npos_max * sizeof(float));
+  if (!pl.l_in_smem) pl.l_bytes = round_up_256(size_t(p.n_kv_heads) * pl.n_mtiles * kBM * l_stride(p.npos_max) * sizeof(float));
   if (pl.split.n_splits > 1) {
     const size_t rows_all = size_t(pl.split.n_splits) * p.T_q * p.n_heads;
     pl.tot_bytes = round_up_256(rows_all * sizeof(float));

@@ -1,0 +1,4 @@
+// run_se<bf16, 80> in its own translation unit (selfext_cuda_impl.cuh).
+#include "attention/selfext_cuda_impl.cuh"
+
+SELFEXT_SE_INSTANCE(bf16, 80)
