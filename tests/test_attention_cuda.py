@@ -433,6 +433,26 @@ def test_cope_full(rng, T_q, T_k, H, H_kv, D, npos, per_head, spl, q_mult, dtype
     assert _rel(out, ref) <= COPE_TOL[dtype]
 
 
+@pytest.mark.parametrize("balance", ["1", "0"])
+@pytest.mark.parametrize("npos, per_head, spl, dtype", [(64, False, False, torch.bfloat16),
+                                                        (300, True, True, torch.float16)])
+def test_cope_one_wave_split(rng, monkeypatch, balance, npos, per_head, spl, dtype):
+    """As many blocks as SMs (one wave): by default the key range is split in 4 (gate totals, partial
+    states, merge) so the longest rows do not run alone; SELFEXT_CUDA_COPE_BALANCE=0 keeps one pass.
+    Both against the reference; the workspace query says which plan ran (npos <= 192: no other workspace)."""
+    monkeypatch.setenv("SELFEXT_CUDA_COPE_BALANCE", balance)
+    H, D = 4, 64
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    T = 64 * ((sms + H - 1) // H)  # one 64-row query tile per block: ceil(sms / H) * H >= sms blocks
+    q, k, v = (_randn(rng, (T, H, D), dtype) for _ in range(3))
+    pe = _randn(rng, (H, npos, D) if per_head else (npos, D), dtype)
+    out, scale = run_cope(q, k, v, pe, scale_pos_logits=spl)
+    ref = cope_reference(q, k, v, pe, torch.arange(T, device=_dev()), scale=scale, scale_pos_logits=spl)
+    assert _rel(out, ref) <= COPE_TOL[dtype]
+    if npos <= 192 and (T // 64) * H == sms:  # exactly one block per SM: the split plan's case on any GPU
+        assert (_native.cope_attention_cuda_workspace_bytes(T, T, H, H, D, npos) > 0) == (balance == "1")
+
+
 def test_cope_positions_on_integers_and_clamp(rng):
     """Gates exactly 1 (huge logits): p_ij = i - j + 1 lands on integers and then on the clamp."""
     T, H, D, npos = 400, 2, 64, 16
