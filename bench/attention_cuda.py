@@ -387,6 +387,7 @@ def main():
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--decode-only", action="store_true", help="only the SelfExtend decode rows")
     ap.add_argument("--prefill-only", action="store_true", help="only the SelfExtend prefill rows (no flex)")
+    ap.add_argument("--cope-only", action="store_true", help="only the CoPE rows")
     args = ap.parse_args()
     props = torch.cuda.get_device_properties(0)
     l2 = getattr(props, "L2_cache_size", 50 * 2**20)
@@ -395,7 +396,7 @@ def main():
     except OSError:
         commit = ""
     flex = None
-    if not (args.quick or args.no_flex or args.prefill_only):
+    if not (args.quick or args.no_flex or args.prefill_only or args.cope_only):
         try:
             from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -412,15 +413,15 @@ def main():
     Ts = [4096] if args.quick else [4096, 16384, 32768]
     rows = []
     t0 = time.time()
-    for H, H_kv, D in [] if args.decode_only else [(32, 8, 128), (9, 3, 64)]:
+    for H, H_kv, D in [] if args.decode_only or args.cope_only else [(32, 8, 128), (9, 3, 64)]:
         for T in Ts:
             r = bench_se_prefill(H, H_kv, D, T, 4, 1024, flex, reps=10 if T <= 16384 else 5)
             print(json.dumps(r), flush=True)
             rows.append(r)
-    if not args.prefill_only:
+    if not (args.prefill_only or args.cope_only):
         rows.append(bench_se_decode(32, 8, 128, 32768, 4, 1024, l2))
         print(json.dumps(rows[-1]), flush=True)
-    for H, H_kv, D in [] if args.prefill_only else [(32, 8, 128), (9, 3, 64)]:
+    for H, H_kv, D in [] if args.prefill_only or args.cope_only else [(32, 8, 128), (9, 3, 64)]:
         for T in [640, 4096]:
             rows.append(bench_se_decode_latency(H, H_kv, D, T, 4, 1024))
             print(json.dumps(rows[-1]), flush=True)
@@ -446,7 +447,7 @@ def main():
     }
     os.makedirs(args.out, exist_ok=True)
     tag = "h100" if "H100" in doc["device"] else doc["device"].replace(" ", "_").lower()
-    suffix = "-decode" if args.decode_only else "-prefill" if args.prefill_only else ""
+    suffix = "-decode" if args.decode_only else "-prefill" if args.prefill_only else "-cope" if args.cope_only else ""
     path = os.path.join(args.out, f"attention_cuda-{tag}{suffix}.json")
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)

