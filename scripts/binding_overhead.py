@@ -7,6 +7,7 @@ import time
 import torch
 
 from selfext_native import _native
+from selfext_native.attention import cope_attention
 
 
 def per_call_us(fn, n=300):
@@ -27,11 +28,15 @@ def main():
     pe = torch.randn(64, D, device="cuda", dtype=torch.bfloat16)
     out = torch.empty_like(q)
     s = torch.cuda.current_stream().cuda_stream
+    sd = s if s != 0 else 1  # DLPack's name for the legacy default stream
     rows = {
         "cope_attention_cuda (5 tensors)": lambda: _native.cope_attention_cuda(q, k, v, pe, out, D ** -0.5, False, s),
+        "cope_attention_cuda (5 tensors, same_stream=True)": lambda: _native.cope_attention_cuda(
+            q, k, v, pe, out, D ** -0.5, False, s, same_stream=True),
+        "selfext_native.attention.cope_attention (public API)": lambda: cope_attention(q, k, v, pe),
         "t.__dlpack_device__()": lambda: q.__dlpack_device__(),
-        "t.__dlpack__(stream=current)": lambda: q.__dlpack__(stream=s),
-        "t.__dlpack__(stream=current, max_version=(1, 1))": lambda: q.__dlpack__(stream=s, max_version=(1, 1)),
+        "t.__dlpack__(stream=current)": lambda: q.__dlpack__(stream=sd),
+        "t.__dlpack__(stream=current, max_version=(1, 1))": lambda: q.__dlpack__(stream=sd, max_version=(1, 1)),
         "t.__dlpack__(stream=-1)": lambda: q.__dlpack__(stream=-1),
         "torch.cuda.current_stream().cuda_stream": lambda: torch.cuda.current_stream().cuda_stream,
     }

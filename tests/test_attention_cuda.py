@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 
 import selfext_native  # noqa: E402
 from selfext_native import _native  # noqa: E402
+from selfext_native.attention import cope_attention  # noqa: E402
 from selfext_native.errors import ArgumentError, ArrayTypeError  # noqa: E402
 from selfext_native.rope import RopeConfig, rope_inv_freq  # noqa: E402
 
@@ -433,24 +434,30 @@ def test_cope_full(rng, T_q, T_k, H, H_kv, D, npos, per_head, spl, q_mult, dtype
     assert _rel(out, ref) <= COPE_TOL[dtype]
 
 
-@pytest.mark.parametrize("balance", ["1", "0"])
-@pytest.mark.parametrize("npos, per_head, spl, dtype", [(64, False, False, torch.bfloat16),
-                                                        (300, True, True, torch.float16)])
-def test_cope_one_wave_split(rng, monkeypatch, balance, npos, per_head, spl, dtype):
-    """As many blocks as SMs (one wave): by default the key range is split in 4 (gate totals, partial
-    states, merge) so the longest rows do not run alone; SELFEXT_CUDA_COPE_BALANCE=0 keeps one pass.
-    Both against the reference; the workspace query says which plan ran (npos <= 192: no other workspace)."""
-    monkeypatch.setenv("SELFEXT_CUDA_COPE_BALANCE", balance)
-    H, D = 4, 64
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    T = 64 * ((sms + H - 1) // H)  # one 64-row query tile per block: ceil(sms / H) * H >= sms blocks
-    q, k, v = (_randn(rng, (T, H, D), dtype) for _ in range(3))
-    pe = _randn(rng, (H, npos, D) if per_head else (npos, D), dtype)
-    out, scale = run_cope(q, k, v, pe, scale_pos_logits=spl)
-    ref = cope_reference(q, k, v, pe, torch.arange(T, device=_dev()), scale=scale, scale_pos_logits=spl)
-    assert _rel(out, ref) <= COPE_TOL[dtype]
-    if npos <= 192 and (T // 64) * H == sms:  # exactly one block per SM: the split plan's case on any GPU
-        assert (_native.cope_attention_cuda_workspace_bytes(T, T, H, H, D, npos) > 0) == (balance == "1")
+@pytest.mark.parametrize("op", ["cope", "self_extend"])
+def test_same_stream_skips_only_the_handshake(rng, op):
+    """same_stream=True (what the public ops pass for torch tensors on the current stream) asks DLPack for
+    no synchronization; the result is the same bits as with the handshake, and the public op agrees."""
+    T, H, H_kv, D = 200, 4, 2, 64
+    dtype = torch.float16
+    q, k, v = _randn(rng, (T, H, D), dtype), _randn(rng, (T, H_kv, D), dtype), _randn(rng, (T, H_kv, D), dtype)
+    outs = []
+    for same in (False, True):
+        out = torch.full_like(q, float("nan"))
+        if op == "cope":
+            pe = _randn(np.random.default_rng(1), (16, D), dtype)
+            _native.cope_attention_cuda(q, k, v, pe, out, D ** -0.5, False, _stream(), same_stream=same)
+        else:
+            inv, mscale = rope_inv_freq(RopeConfig(freq_base=10000.0, dim=D))
+            _native.self_extend_attention_cuda(q, k, v, out, inv, mscale, 4, 64, "norm", D, D ** -0.5, _stream(),
+                                               same_stream=same)
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1])
+    if op == "cope":
+        public = cope_attention(q, k, v, pe)
+        ref = cope_reference(q, k, v, pe, torch.arange(T, device=_dev()), scale=D ** -0.5, scale_pos_logits=False)
+        assert _rel(public, ref) <= COPE_TOL[dtype]
+        assert _rel(outs[1], ref) <= COPE_TOL[dtype]
 
 
 def test_cope_positions_on_integers_and_clamp(rng):

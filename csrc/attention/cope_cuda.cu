@@ -20,8 +20,6 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 
 #include "attention/attention_cuda.h"
 #include "attention/attention_host.cuh"
@@ -297,42 +295,17 @@ struct CopePlan {
 // Workspace regions start on 256-byte boundaries (the partial accumulators are stored as float2).
 inline size_t round_up_256(size_t n) { return (n + 255) / 256 * 256; }
 
-// Blocks of the one-pass kernel one SM holds, from its shared memory (the registers allow at least 2 at
-// 128 threads; the estimate only decides whether a call runs in one wave, below).
-int cope_blocks_per_sm(int head_dim, int npos, bool l_in_smem) {
-  int dev = 0, smem_sm = 0;
-  SELFEXT_CUDA_CHECK(cudaGetDevice(&dev));
-  SELFEXT_CUDA_CHECK(cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev));
-  const size_t per_block = size_t(kBM + 4 * kBN) * (head_dim + 8) * 2 + (l_in_smem ? size_t(kBM) * l_stride(npos) * 4 : 0) +
-                           1024;  // + the driver's reserve per block
-  return std::max(1, std::min(4, int(size_t(smem_sm) / per_block)));
-}
-
-// Whether a call whose blocks all fit in one wave splits its long rows anyway (SELFEXT_CUDA_COPE_BALANCE=0:
-// never; read at every call).
-bool cope_balance_enabled() {
-  const char* e = std::getenv("SELFEXT_CUDA_COPE_BALANCE");
-  return !(e && std::strcmp(e, "0") == 0);
-}
-
 CopePlan plan_cope(const AttentionParams& p) {
   CopePlan pl;
   const int n_rep = p.n_heads / p.n_kv_heads;
   const int64_t rows = p.T_q * n_rep;
   pl.n_mtiles = (rows + kBM - 1) / kBM;
   pl.l_in_smem = p.npos_max <= kMaxSmemNpos;
-  const int64_t n_blocks = pl.n_mtiles * p.n_kv_heads, n_key_tiles = (p.T_k + kBN - 1) / kBN;
-  const int sms = multiprocessor_count();
-  pl.split = plan_splits(n_blocks, n_key_tiles, sms);
-  // A causal prefill whose blocks all run at once takes as long as its longest block: the last query
-  // tile walks all n_key_tiles tiles in series, twice the average. When the blocks fit in one wave,
-  // the key range is split in 4 (the two-pass split path: gate totals, partial states, LSE merge), so
-  // the longest chain is a quarter as long and the split blocks fill up to four waves of the same slots.
-  if (pl.split.n_splits == 1 && n_key_tiles >= 8 && cope_balance_enabled() &&
-      n_blocks <= int64_t(sms) * cope_blocks_per_sm(p.head_dim, p.npos_max, pl.l_in_smem)) {
-    pl.split.tiles_per_split = int((n_key_tiles + 3) / 4);
-    pl.split.n_splits = int((n_key_tiles + pl.split.tiles_per_split - 1) / pl.split.tiles_per_split);
-  }
+  // A causal prefill whose blocks all fit in one wave takes as long as its longest block (the last query
+  // tile walks every key tile). Splitting the key range in 4 there (gate totals, partial states, merge)
+  // was measured twice as slow (H200, 2026-12-03: T = 1k, H = 16, D = 64: 117 against 55 us on the GPU
+  // clock), so only calls that cannot fill the GPU split (plan_splits).
+  pl.split = plan_splits(pl.n_mtiles * p.n_kv_heads, (p.T_k + kBN - 1) / kBN, multiprocessor_count());
   if (!pl.l_in_smem) pl.l_bytes = round_up_256(size_t(p.n_kv_heads) * pl.n_mtiles * kBM * l_stride(p.npos_max) * sizeof(float));
   if (pl.split.n_splits > 1) {
     const size_t rows_all = size_t(pl.split.n_splits) * p.T_q * p.n_heads;

@@ -36,13 +36,13 @@ void check_head_dim_contiguous(const ArrayView& a, const char* name) {
                 ": the last (head_dim) axis must be contiguous (stride 1), got stride ", a.strides[a.ndim - 1]);
 }
 
-AttnArrays convert_qkv(py::handle q, py::handle k, py::handle v, py::handle out, int64_t stream) {
+AttnArrays convert_qkv(py::handle q, py::handle k, py::handle v, py::handle out, int64_t stream, bool same_stream) {
   AttnArrays a;
   auto [device, device_id] = array_device(q, "q");
   a.device = device;
   a.device_id = device_id;
   if (device == Device::kCUDA) require_cuda();
-  const int64_t s = device == Device::kCUDA ? stream : kNoStream;
+  const int64_t s = device == Device::kCUDA ? dlpack_stream(stream, same_stream) : kNoStream;
   a.q = to_array(q, "q", false, s);
   a.k = to_array(k, "k", false, s);
   a.v = to_array(v, "v", false, s);
@@ -166,10 +166,10 @@ void run_cpu_or_cuda(const AttnArrays& a, AttentionParams& p, const ArrayArg* in
 
 void self_extend_attention_op(py::object q, py::object k, py::object v, py::object out, int64_t group, int64_t window,
                               py::object inv_freq, int rope_dim, float scale, double mscale,
-                              const std::string& rope_style, int64_t stream) {
+                              const std::string& rope_style, int64_t stream, bool same_stream) {
   SELFEXT_CHECK(group >= 1, ArgumentError, "group must be >= 1, got ", group);
   SELFEXT_CHECK(window >= 1, ArgumentError, "window must be >= 1, got ", window);
-  AttnArrays a = convert_qkv(q, k, v, out, stream);
+  AttnArrays a = convert_qkv(q, k, v, out, stream, same_stream);
   AttentionParams p = make_params(a, scale);
   p.group = group;
   p.window = window;
@@ -182,12 +182,12 @@ void self_extend_attention_op(py::object q, py::object k, py::object v, py::obje
 
 void cope_attention_op(py::object q, py::object k, py::object v, py::object pos_emb, py::object out, float scale,
                        bool scale_pos_logits, py::object inv_freq, double mscale, const std::string& rope_style,
-                       int rope_dim, int64_t stream) {
-  AttnArrays a = convert_qkv(q, k, v, out, stream);
+                       int rope_dim, int64_t stream, bool same_stream) {
+  AttnArrays a = convert_qkv(q, k, v, out, stream, same_stream);
   AttentionParams p = make_params(a, scale);
   p.stream = reinterpret_cast<void*>(stream);
   p.scale_pos_logits = scale_pos_logits;
-  ArrayArg e = to_array(pos_emb, "pos_emb", false, a.device == Device::kCUDA ? stream : kNoStream);
+  ArrayArg e = to_array(pos_emb, "pos_emb", false, a.device == Device::kCUDA ? dlpack_stream(stream, same_stream) : kNoStream);
   check_device(e.view, "pos_emb", a.device);
   SELFEXT_CHECK(e.view.ndim == 2 || e.view.ndim == 3, ArgumentError,
                 "pos_emb must be (npos_max, head_dim) or (n_heads, npos_max, head_dim), got ", e.view.shape_str());
@@ -214,12 +214,12 @@ void cope_attention_op(py::object q, py::object k, py::object v, py::object pos_
 void register_attention(py::module_& m) {
   m.def("self_extend_attention", &self_extend_attention_op, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
         py::kw_only(), py::arg("group"), py::arg("window"), py::arg("inv_freq"), py::arg("rope_dim"), py::arg("scale"),
-        py::arg("mscale") = 1.0, py::arg("rope_style") = "norm", py::arg("stream") = 0,
+        py::arg("mscale") = 1.0, py::arg("rope_style") = "norm", py::arg("stream") = 0, py::arg("same_stream") = false,
         "SelfExtend attention into out; q, out (T_q, H, D), k, v (T_k, H_kv, D) un-rotated.");
   m.def("cope_attention", &cope_attention_op, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("pos_emb"),
         py::arg("out"), py::kw_only(), py::arg("scale"), py::arg("scale_pos_logits") = false,
         py::arg("inv_freq") = py::none(), py::arg("mscale") = 1.0, py::arg("rope_style") = "norm",
-        py::arg("rope_dim") = 0, py::arg("stream") = 0,
+        py::arg("rope_dim") = 0, py::arg("stream") = 0, py::arg("same_stream") = false,
         "Fused CoPE attention into out; pos_emb (npos_max, D) or (H, npos_max, D).");
 }
 

@@ -3,8 +3,8 @@
 // routes CUDA arrays here; the output comes allocated from the caller's framework.
 //
 //   _native.self_extend_attention_cuda(q, k, v, out, inv_freq, mscale, group, window, rope_style,
-//                                      rope_dim, scale, stream, rope_table=None)
-//   _native.cope_attention_cuda(q, k, v, pos_emb, out, scale, scale_pos_logits, stream)
+//                                      rope_dim, scale, stream, rope_table=None, same_stream=False)
+//   _native.cope_attention_cuda(q, k, v, pos_emb, out, scale, scale_pos_logits, stream, same_stream=False)
 //   _native.rope_table_cuda(inv_freq, mscale, table, stream)
 //   _native.self_extend_attention_cuda_workspace_bytes(T_q, T_k, n_heads, n_kv_heads, head_dim,
 //                                                      rope_dim, with_table)
@@ -77,21 +77,21 @@ void fill_qkvo(AttentionParams& p, const ArrayView& q, const ArrayView& k, const
 void self_extend_attention_cuda_op(py::object q_obj, py::object k_obj, py::object v_obj, py::object out_obj,
                                    py::object inv_freq_obj, double mscale, int64_t group, int64_t window,
                                    const std::string& rope_style, int rope_dim, double scale, int64_t stream,
-                                   py::object rope_table_obj) {
+                                   py::object rope_table_obj, bool same_stream) {
   const char* op = "self_extend_attention_cuda";
   const CallDevice cd = cuda_call_device(q_obj, op);
   SELFEXT_CHECK(group >= 1, ArgumentError, "group must be >= 1, got ", group);
   SELFEXT_CHECK(window >= 1, ArgumentError, "window must be >= 1, got ", window);
   SELFEXT_CHECK(std::isfinite(scale), ArgumentError, "scale must be finite, got ", scale);
   SELFEXT_CHECK(std::isfinite(mscale) && mscale > 0, ArgumentError, "mscale must be finite and > 0, got ", mscale);
-  ArrayArg q = to_array(q_obj, "q", false, stream);
+  ArrayArg q = to_array(q_obj, "q", false, dlpack_stream(stream, same_stream));
   check_dtype(q.view, "q", {DType::kFloat16, DType::kBFloat16});
   check_tensor3(q.view, "q", cd.id, q.view.dtype);
-  ArrayArg k = to_array(k_obj, "k", false, stream);
+  ArrayArg k = to_array(k_obj, "k", false, dlpack_stream(stream, same_stream));
   check_tensor3(k.view, "k", cd.id, q.view.dtype);
-  ArrayArg v = to_array(v_obj, "v", false, stream);
+  ArrayArg v = to_array(v_obj, "v", false, dlpack_stream(stream, same_stream));
   check_tensor3(v.view, "v", cd.id, q.view.dtype);
-  ArrayArg out = to_array(out_obj, "out", true, stream);
+  ArrayArg out = to_array(out_obj, "out", true, dlpack_stream(stream, same_stream));
   check_tensor3(out.view, "out", cd.id, q.view.dtype);
   AttentionParams p;
   fill_qkvo(p, q.view, k.view, v.view, out.view, op);
@@ -108,7 +108,7 @@ void self_extend_attention_cuda_op(py::object q_obj, py::object k_obj, py::objec
   ArrayArg table, inv;
   const double* inv_ptr = nullptr;
   if (!rope_table_obj.is_none()) {
-    table = to_array(rope_table_obj, "rope_table", false, stream);
+    table = to_array(rope_table_obj, "rope_table", false, dlpack_stream(stream, same_stream));
     check_device(table.view, "rope_table", Device::kCUDA);
     SELFEXT_CHECK(table.view.device_id == cd.id, ArrayTypeError, "rope_table is on cuda:", table.view.device_id,
                   " but q is on cuda:", cd.id);
@@ -141,20 +141,21 @@ void self_extend_attention_cuda_op(py::object q_obj, py::object k_obj, py::objec
 }
 
 void cope_attention_cuda_op(py::object q_obj, py::object k_obj, py::object v_obj, py::object pe_obj,
-                            py::object out_obj, double scale, bool scale_pos_logits, int64_t stream) {
+                            py::object out_obj, double scale, bool scale_pos_logits, int64_t stream,
+                            bool same_stream) {
   const char* op = "cope_attention_cuda";
   const CallDevice cd = cuda_call_device(q_obj, op);
   SELFEXT_CHECK(std::isfinite(scale), ArgumentError, "scale must be finite, got ", scale);
-  ArrayArg q = to_array(q_obj, "q", false, stream);
+  ArrayArg q = to_array(q_obj, "q", false, dlpack_stream(stream, same_stream));
   check_dtype(q.view, "q", {DType::kFloat16, DType::kBFloat16});
   check_tensor3(q.view, "q", cd.id, q.view.dtype);
-  ArrayArg k = to_array(k_obj, "k", false, stream);
+  ArrayArg k = to_array(k_obj, "k", false, dlpack_stream(stream, same_stream));
   check_tensor3(k.view, "k", cd.id, q.view.dtype);
-  ArrayArg v = to_array(v_obj, "v", false, stream);
+  ArrayArg v = to_array(v_obj, "v", false, dlpack_stream(stream, same_stream));
   check_tensor3(v.view, "v", cd.id, q.view.dtype);
-  ArrayArg out = to_array(out_obj, "out", true, stream);
+  ArrayArg out = to_array(out_obj, "out", true, dlpack_stream(stream, same_stream));
   check_tensor3(out.view, "out", cd.id, q.view.dtype);
-  ArrayArg pe = to_array(pe_obj, "pos_emb", false, stream);
+  ArrayArg pe = to_array(pe_obj, "pos_emb", false, dlpack_stream(stream, same_stream));
   check_device(pe.view, "pos_emb", Device::kCUDA);
   SELFEXT_CHECK(pe.view.device_id == cd.id, ArrayTypeError, "pos_emb is on cuda:", pe.view.device_id,
                 " but q is on cuda:", cd.id);
@@ -233,13 +234,15 @@ void register_attention_cuda(py::module_& m) {
   m.def("self_extend_attention_cuda", &self_extend_attention_cuda_op, py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("out"), py::arg("inv_freq"), py::arg("mscale"), py::arg("group"), py::arg("window"),
         py::arg("rope_style"), py::arg("rope_dim"), py::arg("scale"), py::arg("stream"),
-        py::arg("rope_table") = py::none(),
+        py::arg("rope_table") = py::none(), py::arg("same_stream") = false,
         "SelfExtend attention on CUDA arrays (float16/bfloat16): q (T_q, H, D), k and v (T_k, H_kv, D) before "
         "RoPE, out like q; runs on `stream`. The RoPE table is built on the device from inv_freq (float64 NumPy, "
-        "(rope_dim/2,)) and mscale, unless a device rope_table (n_pos >= T_k, rope_dim/2, 2) float32 is given.");
+        "(rope_dim/2,)) and mscale, unless a device rope_table (n_pos >= T_k, rope_dim/2, 2) float32 is given. "
+        "same_stream=True: the arrays were produced on `stream`, so DLPack is asked for no synchronization.");
   m.def("cope_attention_cuda", &cope_attention_cuda_op, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("pos_emb"),
-        py::arg("out"), py::arg("scale"), py::arg("scale_pos_logits"), py::arg("stream"),
-        "Contextual position encoding attention on CUDA arrays; pos_emb (npos_max, D) or (H, npos_max, D).");
+        py::arg("out"), py::arg("scale"), py::arg("scale_pos_logits"), py::arg("stream"), py::arg("same_stream") = false,
+        "Contextual position encoding attention on CUDA arrays; pos_emb (npos_max, D) or (H, npos_max, D). "
+        "same_stream=True: the arrays were produced on `stream`, so DLPack is asked for no synchronization.");
   m.def("rope_table_cuda", &rope_table_cuda_op, py::arg("inv_freq"), py::arg("mscale"), py::arg("table"),
         py::arg("stream"), "Fill a CUDA float32 table (n_pos, n_pairs, 2) with mscale * (cos, sin)(pos * inv_freq).");
   m.def(

@@ -73,7 +73,8 @@ ArrayArg from_dlpack(py::handle obj, const char* name, bool writable, int64_t cu
   // The consumer names the stream: for CUDA, the stream our kernel will run on (never 0, which DLPack
   // reserves as ambiguous: the legacy default stream is 1). For CPU arrays, no stream.
   py::object stream = py::none();
-  if (cuda_stream != kNoStream) stream = py::int_(cuda_stream == 0 ? 1 : cuda_stream);
+  if (cuda_stream == kStreamNoSync) stream = py::int_(-1);  // DLPack: no synchronization
+  else if (cuda_stream != kNoStream) stream = py::int_(cuda_stream == 0 ? 1 : cuda_stream);
   try {
     capsule = obj.attr("__dlpack__")(py::arg("stream") = stream, py::arg("max_version") = py::make_tuple(1, 1));
   } catch (py::error_already_set& e) {

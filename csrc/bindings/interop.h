@@ -24,6 +24,13 @@ struct ArrayArg {
 
 // Stream value meaning "not a CUDA call" in to_array's cuda_stream argument.
 constexpr int64_t kNoStream = -1;
+// Stream value for CUDA arrays the caller produced on the stream the call runs on (its framework's current
+// stream): the producer is asked for no synchronization, __dlpack__(stream=-1). torch's __dlpack__ with a
+// stream builds stream objects and compares them in Python (~20 us per tensor) to find nothing to do.
+constexpr int64_t kStreamNoSync = -2;
+// The stream argument of to_array for a call on `stream`: kStreamNoSync when the caller says its arrays are
+// already ordered on it (same_stream), else the stream itself.
+inline int64_t dlpack_stream(int64_t stream, bool same_stream) { return same_stream ? kStreamNoSync : stream; }
 
 // Converts obj into an ArrayArg. `name` is the argument's name for error messages. For a CUDA array,
 // cuda_stream is the stream the consumer (us) will use; the producer makes the data ready on it

@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from . import _native
-from ._arrays import cuda_stream_of, empty_like
+from ._arrays import cuda_stream_of, empty_like, on_current_torch_stream
 from .errors import ArgumentError
 from .rope import RopeConfig, rope_inv_freq
 
@@ -114,6 +114,7 @@ def self_extend_attention(
     _native.self_extend_attention(
         q, k, v, out, group=group, window=window, inv_freq=inv_freq, rope_dim=rope_dim,
         scale=_scale(scale, D), mscale=float(mscale), rope_style=rope_style, stream=cuda_stream_of(q),
+        same_stream=on_current_torch_stream(q, k, v, out),
     )
     return out
 
@@ -156,5 +157,6 @@ def cope_attention(
     _native.cope_attention(
         q, k, v, pos_emb, out, scale=_scale(scale, D), scale_pos_logits=bool(scale_pos_logits),
         inv_freq=inv_freq, mscale=float(mscale), rope_style=rope_style, rope_dim=rdim, stream=cuda_stream_of(q),
+        same_stream=on_current_torch_stream(q, k, v, pos_emb, out),
     )
     return out
