@@ -168,6 +168,9 @@ def test_matmul_cuda_current_stream(rng):
 # for RMSNorm, whose float32 sum of squares over <= 4096 terms, in 16-term thread chains, a 5-level
 # shuffle tree and an 8-term chain, moves 1/rms by <= ~20 u32 with rsqrtf's 2 ulp) -- plus the float32
 # accumulation of the float matvec, (cols / 1024 + 40) u32 M.
+# SELFEXT_CUDA_MVQ_BITS=8 multiplies by the high bytes h = (v + 128) >> 8 only (|v - 256 h| <= 128) while the
+# offset / min terms keep the sums of v: |x - 256 d h| <= 128.51 d on the codes' side, whose weight is
+# dl q = w - w0 (w0: the dequantized zero codes), so that part of the bound is (|w| + |w0|) 128.51 d.
 
 KINDS = ["float", "rmsnorm", "swiglu", "f16", "bf16"]
 
@@ -193,7 +196,7 @@ def _prepared(kind, rng, cols):
     return x, None, x.to(torch.float64)
 
 
-def check_q(name, kind, rng, rows, cols, accumulate=False):
+def check_q(name, kind, rng, rows, cols, accumulate=False, bits="16"):
     data = weights(name, rng, rows, cols)
     w = torch.from_numpy(dequantize(data, name, (rows, cols)).astype(np.float64)).to(_dev())
     w0 = torch.from_numpy(dequantize(zero_codes(name, data, rows, cols), name, (rows, cols)).astype(np.float64)).to(_dev())
@@ -212,6 +215,8 @@ def check_q(name, kind, rng, rows, cols, accumulate=False):
     amax = p.abs().reshape(-1, 32).amax(dim=1).repeat_interleave(32)
     aw = w.abs()
     tol = aw @ (0.51 * amax / 32512 + e * p.abs()) + (cols / 1024 + 40) * U32 * ((aw + 2 * w0.abs()) @ p.abs())
+    if bits == "8":
+        tol = tol + (aw + w0.abs()) @ (128.51 * amax / 32512)
     if accumulate:
         ref = ref + y0.to(torch.float64)
         tol = tol + 2 * U32 * (y0.abs().to(torch.float64) + ref.abs())
@@ -220,36 +225,40 @@ def check_q(name, kind, rng, rows, cols, accumulate=False):
     assert ratio <= 1.0, f"{name} {kind} rows={rows} cols={cols}: max err {err.max().item():.3g}, err/tol {ratio:.3g}"
 
 
+@pytest.mark.parametrize("bits", ["16", "8"])
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", ["Q4_0", "Q4_K", "Q6_K"])
-def test_matvec_q_cuda(name, kind, rng):
+def test_matvec_q_cuda(name, kind, bits, rng, monkeypatch):
     """Rows 1, 17 (odd: a warp's second row missing), 300, 2205 (Q4_0: two rows per warp from 8192 rows
     on is not reached; 2205 fills many blocks with a partial last one); Q4_0 with odd block counts, so
     rows start at every 2-byte offset inside a 16-byte word; column counts inside one 1 KiB chunk, past
     it, and of 9, 17 and 33 chunks with idle lanes in the last chunk."""
     shapes = [(1, 32), (17, 96), (300, 1184), (64, 4096)] if name == "Q4_0" else [(1, 256), (17, 768), (300, 2304), (64, 4096)]
     shapes += [(2205, 1024), (40, 9216), (9, 17408), (3, 33792)]
+    monkeypatch.setenv("SELFEXT_CUDA_MVQ_BITS", bits)
     for rows, cols in shapes:
-        check_q(name, kind, rng, rows, cols)
-    check_q(name, kind, rng, 33, shapes[2][1], accumulate=True)
-    check_q(name, kind, rng, 2205, 1024, accumulate=True)
+        check_q(name, kind, rng, rows, cols, bits=bits)
+    check_q(name, kind, rng, 33, shapes[2][1], accumulate=True, bits=bits)
+    check_q(name, kind, rng, 2205, 1024, accumulate=True, bits=bits)
 
 
+@pytest.mark.parametrize("bits", ["16", "8"])
 @pytest.mark.parametrize("ks", ["1", "2", "4", "auto"])
 @pytest.mark.parametrize("nr", ["1", "2", "4"])
 @pytest.mark.parametrize("name", ["Q4_0", "Q4_K", "Q6_K"])
-def test_matvec_q_cuda_split_rows(name, nr, ks, rng, monkeypatch):
+def test_matvec_q_cuda_split_rows(name, nr, ks, bits, rng, monkeypatch):
     """KS warps sharing each row group's chunks (SELFEXT_CUDA_MVQ_KS) with NR rows per group
     (SELFEXT_CUDA_MVQ_NR): row counts that leave a block's last groups empty (1, 17, 1029), chunk counts
     below, at and above KS (1, 3, 4, 9), plain and accumulating."""
     monkeypatch.setenv("SELFEXT_CUDA_MVQ_NR", nr)
     monkeypatch.setenv("SELFEXT_CUDA_MVQ_KS", ks)
+    monkeypatch.setenv("SELFEXT_CUDA_MVQ_BITS", bits)
     shapes = [(1, 1024), (17, 3072), (1029, 4096), (40, 9216)]
     if name == "Q4_0":
         shapes.append((9, 1184))  # odd block count: rows at every 2-byte offset
     for rows, cols in shapes:
-        check_q(name, "float", rng, rows, cols)
-    check_q(name, "rmsnorm", rng, 33, 4096, accumulate=True)
+        check_q(name, "float", rng, rows, cols, bits=bits)
+    check_q(name, "rmsnorm", rng, 33, 4096, accumulate=True, bits=bits)
 
 
 def test_matvec_q_cuda_nonfinite_input_gives_nan_rows(rng):

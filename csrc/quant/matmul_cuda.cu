@@ -16,6 +16,7 @@
 //   matvec_q (Q4_0, Q4_K, Q6_K decode rows, the model's unfused path): the activation row prepared into
 //           16-bit codes and multiplied with dp4a over 16-byte weight loads; 0.46-0.58 of the copy
 //           bandwidth on the same H200 (see "decode products over 16-bit activation codes" below).
+//           SELFEXT_CUDA_MVQ_BITS=8 multiplies by the codes' high bytes only (8-bit activations).
 //   mma     (n > kMatvecMaxN: prefill). Tensor cores through nvcuda::wmma 16x16x16, fp16 inputs, fp32
 //           accumulation. A block of 4 warps computes a kBM x kBN = 64 weight rows x 128 activation rows
 //           tile, stepping K by kBK = 32: the weights are dequantized to float32 (dl * q - ml), rounded
@@ -215,6 +216,22 @@ __device__ __forceinline__ int dot16(const uint32_t (&qw)[4], const uint4& h, co
   return 256 * sh + sl;
 }
 
+// The same sum with the codes' high bytes only: 256 sum q h, i.e. v rounded to a multiple of 256 (an 8-bit
+// code h = (v + 128) >> 8 per element, |v - 256 h| <= 128). Half the activation bytes and dp4a of dot16.
+__device__ __forceinline__ int dot16_hi(const uint32_t (&qw)[4], const uint4& h) {
+  int sh = dp4a(qw[0], h.x, 0);
+  sh = dp4a(qw[1], h.y, sh);
+  sh = dp4a(qw[2], h.z, sh);
+  sh = dp4a(qw[3], h.w, sh);
+  return 256 * sh;
+}
+// dot16 (k8 = false) or dot16_hi (k8): the formats' products below take both.
+template <bool k8>
+__device__ __forceinline__ int dot16_v(const uint32_t (&qw)[4], const uint4& h, const uint4& l) {
+  if constexpr (k8) return dot16_hi(qw, h);
+  else return dot16(qw, h, l);
+}
+
 // The three formats as the two kernel layouts below see them. A warp reads its columns in chunks of
 // 1024 elements (1 KiB of 16-bit codes per activation plane): `load` gives a lane its activation codes
 // for chunk c (false when the lane's block lies past the row's end), `fetch` its weight bytes of chunk c
@@ -246,6 +263,7 @@ __device__ __forceinline__ void ld16_a2(const uint8_t* p, uint32_t (&v)[4]) {
   for (int k = 0; k < 4; ++k) v[k] = __funnelshift_r(X[k], X[k + 1], sh);
 }
 
+template <bool k8>
 struct MvqQ4_0 {
   struct Act { uint4 h0, h1, l0, l1; float da; int sv; };
   struct Raw { uint4 A, B; int o; };
@@ -254,8 +272,10 @@ struct MvqQ4_0 {
     if (b >= int(cols / 32)) return false;
     a.h0 = reinterpret_cast<const uint4*>(x.h)[2 * b];
     a.h1 = reinterpret_cast<const uint4*>(x.h)[2 * b + 1];
-    a.l0 = reinterpret_cast<const uint4*>(x.l)[2 * b];
-    a.l1 = reinterpret_cast<const uint4*>(x.l)[2 * b + 1];
+    if constexpr (!k8) {
+      a.l0 = reinterpret_cast<const uint4*>(x.l)[2 * b];
+      a.l1 = reinterpret_cast<const uint4*>(x.l)[2 * b + 1];
+    }
     a.da = x.d[b];
     a.sv = x.s16[2 * b] + x.s16[2 * b + 1];
     return true;
@@ -282,11 +302,12 @@ struct MvqQ4_0 {
       lo[k] = qs & 0x0F0F0F0Fu;         // elements 4k..4k+3
       hi[k] = (qs >> 4) & 0x0F0F0F0Fu;  // elements 16+4k..
     }
-    const int S = dot16(lo, a.h0, a.l0) + dot16(hi, a.h1, a.l1) - 8 * a.sv;
+    const int S = dot16_v<k8>(lo, a.h0, a.l0) + dot16_v<k8>(hi, a.h1, a.l1) - 8 * a.sv;
     return __half2float(__ushort_as_half(uint16_t(dbits))) * a.da * float(S);
   }
 };
 
+template <bool k8>
 struct MvqQ4_K {
   struct Act { uint4 hl, hh, ll, lh; float da_lo, da_hi, sv_lo, sv_hi; int jlo; };
   struct Raw { uint4 hdr, q; };
@@ -296,8 +317,10 @@ struct MvqQ4_K {
     const int64_t e = int64_t(256) * sb + 64 * (i >> 1) + 16 * (i & 1);
     a.hl = *reinterpret_cast<const uint4*>(x.h + e);
     a.hh = *reinterpret_cast<const uint4*>(x.h + e + 32);
-    a.ll = *reinterpret_cast<const uint4*>(x.l + e);
-    a.lh = *reinterpret_cast<const uint4*>(x.l + e + 32);
+    if constexpr (!k8) {
+      a.ll = *reinterpret_cast<const uint4*>(x.l + e);
+      a.lh = *reinterpret_cast<const uint4*>(x.l + e + 32);
+    }
     a.da_lo = x.d[e / 32];
     a.da_hi = x.d[e / 32 + 1];
     a.sv_lo = float(x.s16[e / 16]);
@@ -335,12 +358,13 @@ struct MvqQ4_K {
       lo[k] = qw[k] & 0x0F0F0F0Fu;
       hi[k] = (qw[k] >> 4) & 0x0F0F0F0Fu;
     }
-    const float s_lo = float(dot16(lo, a.hl, a.ll)), s_hi = float(dot16(hi, a.hh, a.lh));
+    const float s_lo = float(dot16_v<k8>(lo, a.hl, a.ll)), s_hi = float(dot16_v<k8>(hi, a.hh, a.lh));
     return fmaf(a.da_hi, d * float(sc[1]) * s_hi - dmin * float(mn[1]) * a.sv_hi,
                 a.da_lo * (d * float(sc[0]) * s_lo - dmin * float(mn[0]) * a.sv_lo));
   }
 };
 
+template <bool k8>
 struct MvqQ6_K {
   static constexpr int kBytes = 210;
   struct Act { uint4 hl, hx, ll, lx; float da_lo, da_hi; int sv_lo, sv_hi; int i; };
@@ -351,8 +375,10 @@ struct MvqQ6_K {
     const int64_t e = int64_t(256) * sb + 128 * (i >> 2) + 16 * (i & 3);  // low-nibble elements; +64: high
     a.hl = *reinterpret_cast<const uint4*>(x.h + e);
     a.hx = *reinterpret_cast<const uint4*>(x.h + e + 64);
-    a.ll = *reinterpret_cast<const uint4*>(x.l + e);
-    a.lx = *reinterpret_cast<const uint4*>(x.l + e + 64);
+    if constexpr (!k8) {
+      a.ll = *reinterpret_cast<const uint4*>(x.l + e);
+      a.lx = *reinterpret_cast<const uint4*>(x.l + e + 64);
+    }
     a.da_lo = x.d[e / 32];
     a.da_hi = x.d[(e + 64) / 32];
     a.sv_lo = x.s16[e / 16];
@@ -377,7 +403,8 @@ struct MvqQ6_K {
       clo[k] = (r.ql[k] & 0x0F0F0F0Fu) | (((r.qh[k] >> s_pair) & 0x03030303u) << 4);
       chi[k] = ((r.ql[k] >> 4) & 0x0F0F0F0Fu) | (((r.qh[k] >> (s_pair + 4)) & 0x03030303u) << 4);
     }
-    const float s_lo = float(dot16(clo, a.hl, a.ll) - 32 * a.sv_lo), s_hi = float(dot16(chi, a.hx, a.lx) - 32 * a.sv_hi);
+    const float s_lo = float(dot16_v<k8>(clo, a.hl, a.ll) - 32 * a.sv_lo),
+                s_hi = float(dot16_v<k8>(chi, a.hx, a.lx) - 32 * a.sv_hi);
     const float d = __half2float(__ushort_as_half(r.dbits));
     return fmaf(d * float(r.sc_hi) * a.da_hi, s_hi, d * float(r.sc_lo) * a.da_lo * s_lo);
   }
@@ -881,9 +908,17 @@ void matvec_q_cuda(const QMatrix& w, const void* xq, float* y, bool accumulate, 
     else if (nr == 2) by_ks(std::integral_constant<int, 2>{});
     else by_ks(std::integral_constant<int, 4>{});
   };
-  if (w.type == QType::Q4_0) rows_layout(MvqQ4_0{});
-  else if (w.type == QType::Q4_K) rows_layout(MvqQ4_K{});
-  else rows_layout(MvqQ6_K{});
+  // SELFEXT_CUDA_MVQ_BITS=8: the codes' high bytes only (8-bit activations, half the activation bytes
+  // through L1; error <= 128.51 d per element against 0.51 d), read at every call.
+  const char* bits_env = std::getenv("SELFEXT_CUDA_MVQ_BITS");
+  const bool k8 = bits_env && std::strcmp(bits_env, "8") == 0;
+  auto by_bits = [&](auto fmt8, auto fmt16) {
+    if (k8) rows_layout(fmt8);
+    else rows_layout(fmt16);
+  };
+  if (w.type == QType::Q4_0) by_bits(MvqQ4_0<true>{}, MvqQ4_0<false>{});
+  else if (w.type == QType::Q4_K) by_bits(MvqQ4_K<true>{}, MvqQ4_K<false>{});
+  else by_bits(MvqQ6_K<true>{}, MvqQ6_K<false>{});
 }
 
 void embed_rows_cuda(const QMatrix& w, const int32_t* ids, int64_t n, float* out, int64_t ldo, void* stream) {
