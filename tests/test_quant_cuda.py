@@ -168,9 +168,9 @@ def test_matmul_cuda_current_stream(rng):
 # for RMSNorm, whose float32 sum of squares over <= 4096 terms, in 16-term thread chains, a 5-level
 # shuffle tree and an 8-term chain, moves 1/rms by <= ~20 u32 with rsqrtf's 2 ulp) -- plus the float32
 # accumulation of the float matvec, (cols / 1024 + 40) u32 M.
-# SELFEXT_CUDA_MVQ_BITS=8 multiplies by the high bytes h = (v + 128) >> 8 only (|v - 256 h| <= 128) while the
-# offset / min terms keep the sums of v: |x - 256 d h| <= 128.51 d on the codes' side, whose weight is
-# dl q = w - w0 (w0: the dequantized zero codes), so that part of the bound is (|w| + |w0|) 128.51 d.
+# SELFEXT_CUDA_MVQ_BITS=8 multiplies by the high bytes h = (v + 128) >> 8 only (|v - 256 h| <= 128), the
+# offset / min terms with the sums of the same h: the product of the weights with the row 256 d h, so the
+# rounding term becomes sum_c |w_rc| 128.51 d_b(c).
 
 KINDS = ["float", "rmsnorm", "swiglu", "f16", "bf16"]
 
@@ -214,9 +214,8 @@ def check_q(name, kind, rng, rows, cols, accumulate=False, bits="16"):
     assert ((prepared.to(torch.float64) - p).abs() <= e * p.abs() + 1e-30).all(), "prepared row"
     amax = p.abs().reshape(-1, 32).amax(dim=1).repeat_interleave(32)
     aw = w.abs()
-    tol = aw @ (0.51 * amax / 32512 + e * p.abs()) + (cols / 1024 + 40) * U32 * ((aw + 2 * w0.abs()) @ p.abs())
-    if bits == "8":
-        tol = tol + (aw + w0.abs()) @ (128.51 * amax / 32512)
+    step = 128.51 if bits == "8" else 0.51  # the activation rounding, in units of d
+    tol = aw @ (step * amax / 32512 + e * p.abs()) + (cols / 1024 + 40) * U32 * ((aw + 2 * w0.abs()) @ p.abs())
     if accumulate:
         ref = ref + y0.to(torch.float64)
         tol = tol + 2 * U32 * (y0.abs().to(torch.float64) + ref.abs())

@@ -225,6 +225,12 @@ __device__ __forceinline__ int dot16_hi(const uint32_t (&qw)[4], const uint4& h)
   sh = dp4a(qw[3], h.w, sh);
   return 256 * sh;
 }
+// sum of 16 high bytes (times 256: the 8-bit row's own sums, in units of v). With k8 the offset and min
+// terms take these instead of the 16-bit sums s16, so the product is exactly the weights times the 8-bit
+// row 256 d h: its error is sum_c |w_c| |x_c - 256 d h_c|, not the uncentred codes' q_c times it.
+__device__ __forceinline__ int hsum16(const uint4& h) {
+  return 256 * dp4a(0x01010101u, h.x, dp4a(0x01010101u, h.y, dp4a(0x01010101u, h.z, dp4a(0x01010101u, h.w, 0))));
+}
 // dot16 (k8 = false) or dot16_hi (k8): the formats' products below take both.
 template <bool k8>
 __device__ __forceinline__ int dot16_v(const uint32_t (&qw)[4], const uint4& h, const uint4& l) {
@@ -277,7 +283,8 @@ struct MvqQ4_0 {
       a.l1 = reinterpret_cast<const uint4*>(x.l)[2 * b + 1];
     }
     a.da = x.d[b];
-    a.sv = x.s16[2 * b] + x.s16[2 * b + 1];
+    if constexpr (k8) a.sv = hsum16(a.h0) + hsum16(a.h1);
+    else a.sv = x.s16[2 * b] + x.s16[2 * b + 1];
     return true;
   }
   __device__ static void fetch(const uint8_t* row, int c, int lane, Raw& r) {
@@ -323,8 +330,8 @@ struct MvqQ4_K {
     }
     a.da_lo = x.d[e / 32];
     a.da_hi = x.d[e / 32 + 1];
-    a.sv_lo = float(x.s16[e / 16]);
-    a.sv_hi = float(x.s16[e / 16 + 2]);
+    a.sv_lo = float(k8 ? hsum16(a.hl) : x.s16[e / 16]);
+    a.sv_hi = float(k8 ? hsum16(a.hh) : x.s16[e / 16 + 2]);
     a.jlo = 2 * (i >> 1);  // sub-block of the low nibbles; jlo + 1 of the high ones
     return true;
   }
@@ -381,8 +388,8 @@ struct MvqQ6_K {
     }
     a.da_lo = x.d[e / 32];
     a.da_hi = x.d[(e + 64) / 32];
-    a.sv_lo = x.s16[e / 16];
-    a.sv_hi = x.s16[(e + 64) / 16];
+    a.sv_lo = k8 ? hsum16(a.hl) : x.s16[e / 16];
+    a.sv_hi = k8 ? hsum16(a.hx) : x.s16[(e + 64) / 16];
     a.i = i;
     return true;
   }
@@ -909,7 +916,8 @@ void matvec_q_cuda(const QMatrix& w, const void* xq, float* y, bool accumulate, 
     else by_ks(std::integral_constant<int, 4>{});
   };
   // SELFEXT_CUDA_MVQ_BITS=8: the codes' high bytes only (8-bit activations, half the activation bytes
-  // through L1; error <= 128.51 d per element against 0.51 d), read at every call.
+  // through L1; error <= 128.51 d per element against 0.51 d; the offset / min sums from the same bytes),
+  // read at every call.
   const char* bits_env = std::getenv("SELFEXT_CUDA_MVQ_BITS");
   const bool k8 = bits_env && std::strcmp(bits_env, "8") == 0;
   auto by_bits = [&](auto fmt8, auto fmt16) {
