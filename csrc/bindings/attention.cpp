@@ -25,6 +25,7 @@ struct AttnArrays {
   ArrayArg q, k, v, out;
   Device device = Device::kCPU;
   int device_id = 0;
+  int64_t dlpack_stream = kNoStream;  // what the arrays' __dlpack__ was asked for (to_array); later arrays too
 };
 
 void check_float(const ArrayView& a, const char* name) {
@@ -42,11 +43,11 @@ AttnArrays convert_qkv(py::handle q, py::handle k, py::handle v, py::handle out,
   a.device = device;
   a.device_id = device_id;
   if (device == Device::kCUDA) require_cuda();
-  const int64_t s = device == Device::kCUDA ? dlpack_stream(stream, same_stream) : kNoStream;
-  a.q = to_array(q, "q", false, s);
-  a.k = to_array(k, "k", false, s);
-  a.v = to_array(v, "v", false, s);
-  a.out = to_array(out, "out", true, s);
+  a.dlpack_stream = device == Device::kCUDA ? dlpack_stream(stream, same_stream) : kNoStream;
+  a.q = to_array(q, "q", false, a.dlpack_stream);
+  a.k = to_array(k, "k", false, a.dlpack_stream);
+  a.v = to_array(v, "v", false, a.dlpack_stream);
+  a.out = to_array(out, "out", true, a.dlpack_stream);
   const std::pair<const ArrayArg*, const char*> all[] = {{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}, {&a.out, "out"}};
   for (auto& [arr, name] : all) {
     check_device(arr->view, name, device);
@@ -187,7 +188,7 @@ void cope_attention_op(py::object q, py::object k, py::object v, py::object pos_
   AttentionParams p = make_params(a, scale);
   p.stream = reinterpret_cast<void*>(stream);
   p.scale_pos_logits = scale_pos_logits;
-  ArrayArg e = to_array(pos_emb, "pos_emb", false, a.device == Device::kCUDA ? dlpack_stream(stream, same_stream) : kNoStream);
+  ArrayArg e = to_array(pos_emb, "pos_emb", false, a.dlpack_stream);
   check_device(e.view, "pos_emb", a.device);
   SELFEXT_CHECK(e.view.ndim == 2 || e.view.ndim == 3, ArgumentError,
                 "pos_emb must be (npos_max, head_dim) or (n_heads, npos_max, head_dim), got ", e.view.shape_str());

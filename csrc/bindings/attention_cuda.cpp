@@ -80,18 +80,19 @@ void self_extend_attention_cuda_op(py::object q_obj, py::object k_obj, py::objec
                                    py::object rope_table_obj, bool same_stream) {
   const char* op = "self_extend_attention_cuda";
   const CallDevice cd = cuda_call_device(q_obj, op);
+  const int64_t ds = dlpack_stream(stream, same_stream);  // what every array's __dlpack__ is asked for
   SELFEXT_CHECK(group >= 1, ArgumentError, "group must be >= 1, got ", group);
   SELFEXT_CHECK(window >= 1, ArgumentError, "window must be >= 1, got ", window);
   SELFEXT_CHECK(std::isfinite(scale), ArgumentError, "scale must be finite, got ", scale);
   SELFEXT_CHECK(std::isfinite(mscale) && mscale > 0, ArgumentError, "mscale must be finite and > 0, got ", mscale);
-  ArrayArg q = to_array(q_obj, "q", false, dlpack_stream(stream, same_stream));
+  ArrayArg q = to_array(q_obj, "q", false, ds);
   check_dtype(q.view, "q", {DType::kFloat16, DType::kBFloat16});
   check_tensor3(q.view, "q", cd.id, q.view.dtype);
-  ArrayArg k = to_array(k_obj, "k", false, dlpack_stream(stream, same_stream));
+  ArrayArg k = to_array(k_obj, "k", false, ds);
   check_tensor3(k.view, "k", cd.id, q.view.dtype);
-  ArrayArg v = to_array(v_obj, "v", false, dlpack_stream(stream, same_stream));
+  ArrayArg v = to_array(v_obj, "v", false, ds);
   check_tensor3(v.view, "v", cd.id, q.view.dtype);
-  ArrayArg out = to_array(out_obj, "out", true, dlpack_stream(stream, same_stream));
+  ArrayArg out = to_array(out_obj, "out", true, ds);
   check_tensor3(out.view, "out", cd.id, q.view.dtype);
   AttentionParams p;
   fill_qkvo(p, q.view, k.view, v.view, out.view, op);
@@ -108,7 +109,7 @@ void self_extend_attention_cuda_op(py::object q_obj, py::object k_obj, py::objec
   ArrayArg table, inv;
   const double* inv_ptr = nullptr;
   if (!rope_table_obj.is_none()) {
-    table = to_array(rope_table_obj, "rope_table", false, dlpack_stream(stream, same_stream));
+    table = to_array(rope_table_obj, "rope_table", false, ds);
     check_device(table.view, "rope_table", Device::kCUDA);
     SELFEXT_CHECK(table.view.device_id == cd.id, ArrayTypeError, "rope_table is on cuda:", table.view.device_id,
                   " but q is on cuda:", cd.id);
@@ -145,17 +146,18 @@ void cope_attention_cuda_op(py::object q_obj, py::object k_obj, py::object v_obj
                             bool same_stream) {
   const char* op = "cope_attention_cuda";
   const CallDevice cd = cuda_call_device(q_obj, op);
+  const int64_t ds = dlpack_stream(stream, same_stream);  // what every array's __dlpack__ is asked for
   SELFEXT_CHECK(std::isfinite(scale), ArgumentError, "scale must be finite, got ", scale);
-  ArrayArg q = to_array(q_obj, "q", false, dlpack_stream(stream, same_stream));
+  ArrayArg q = to_array(q_obj, "q", false, ds);
   check_dtype(q.view, "q", {DType::kFloat16, DType::kBFloat16});
   check_tensor3(q.view, "q", cd.id, q.view.dtype);
-  ArrayArg k = to_array(k_obj, "k", false, dlpack_stream(stream, same_stream));
+  ArrayArg k = to_array(k_obj, "k", false, ds);
   check_tensor3(k.view, "k", cd.id, q.view.dtype);
-  ArrayArg v = to_array(v_obj, "v", false, dlpack_stream(stream, same_stream));
+  ArrayArg v = to_array(v_obj, "v", false, ds);
   check_tensor3(v.view, "v", cd.id, q.view.dtype);
-  ArrayArg out = to_array(out_obj, "out", true, dlpack_stream(stream, same_stream));
+  ArrayArg out = to_array(out_obj, "out", true, ds);
   check_tensor3(out.view, "out", cd.id, q.view.dtype);
-  ArrayArg pe = to_array(pe_obj, "pos_emb", false, dlpack_stream(stream, same_stream));
+  ArrayArg pe = to_array(pe_obj, "pos_emb", false, ds);
   check_device(pe.view, "pos_emb", Device::kCUDA);
   SELFEXT_CHECK(pe.view.device_id == cd.id, ArrayTypeError, "pos_emb is on cuda:", pe.view.device_id,
                 " but q is on cuda:", cd.id);
