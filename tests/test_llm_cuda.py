@@ -197,6 +197,38 @@ def test_fused_decode_equals_unfused(model_dir, rng, monkeypatch, case):
     assert np.abs(codes - ref).max() <= tol * np.abs(ref).max(), case
 
 
+@pytest.mark.parametrize("case", ["Q4_1-f16", "Q4_K-bf16", "Q8_0-f16", "F16-f16", "qwen2-Q8_0-f16", "qwen2-Q6_K-bf16",
+                                  "untied-Q5_1-f16"])
+def test_fused_attention_projection_equals_separate(model_dir, rng, monkeypatch, case):
+    # The fused path's attention + output projection as one kernel (model/attn_o_cuda.cu, the default up to
+    # SELFEXT_CUDA_ATTO_MAX_KEYS keys) against the three kernels it replaces (SELFEXT_CUDA_ATTO=0): the
+    # attention in one split instead of several (another merge order: float32 rounding that can move the
+    # 16-bit attention output by an ulp) and the residual add split into per-kv-head parts (x + p0 + p1
+    # instead of x + (p0 + p1)). Bounded like fused vs unfused, and against the float64 reference; with
+    # MAX_KEYS=256 one generation switches paths at the 256-key bucket edge.
+    name, kv = case.rsplit("-", 1)
+    path = _fused_case_model(model_dir, name)
+    toks = _tokens(rng, 300)  # crosses a 256-key graph bucket
+    args = dict(n_ctx=1024, self_extend=(4, 64), device="cuda", kv_type=kv)
+    monkeypatch.setenv("SELFEXT_CUDA_FUSED", "1")
+    monkeypatch.setenv("SELFEXT_CUDA_ATTO", "0")
+    separate = _decode_rows(LLM(path, **args), toks).astype(np.float64)
+    monkeypatch.setenv("SELFEXT_CUDA_ATTO", "1")
+    fused = _decode_rows(LLM(path, **args), toks).astype(np.float64)
+    monkeypatch.setenv("SELFEXT_CUDA_ATTO_MAX_KEYS", "256")
+    switched = _decode_rows(LLM(path, **args), toks).astype(np.float64)
+    scale = np.abs(separate).max()
+    # Not the same bits: evidence that another kernel chain ran (the sums above differ in order).
+    assert not np.array_equal(fused, separate), case
+    for got in (fused, switched):
+        assert np.isfinite(got).all(), case
+        assert np.abs(got - separate).max() <= 2e-3 * scale, (case, np.abs(got - separate).max() / scale)
+    # up to 256 keys the switched run is the fused kernel chain: the same bits as the fused run
+    assert np.array_equal(switched[:256], fused[:256]), case
+    ref, tol = _reference_and_tol(path, toks, name, kv)
+    assert np.abs(fused - ref).max() <= tol * np.abs(ref).max(), case
+
+
 @pytest.mark.parametrize("fused", ["0", "1"])
 @pytest.mark.parametrize("case", ["Q4_K-f16", "Q4_0-bf16", "mixed-f16", "qwen2-Q8_0-f16", "qwen2-Q6_K-bf16"])
 def test_qkv_store_equals_qkv_post(model_dir, rng, monkeypatch, case, fused):
