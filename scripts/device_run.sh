@@ -131,7 +131,7 @@ PY
       # tests, then decode steps of random SmolLM2-shaped weights with the kernel on / off (and off with one
       # attention split per kv head: SELFEXT_CUDA_SE_DEC_CPS=12), alternating.
       timeout 200 python3 -m pytest tests/test_llm_cuda.py -m cuda -q -p no:cacheprovider -rfE \
-        -k "fused_attention_projection or fused_decode_equals_unfused" 2>&1 | tail -12 || rc=1
+        -k "fused_merge_projection or fused_decode_equals_unfused" 2>&1 | tail -12 || rc=1
       SELFEXT_CUDA_MVQ_BITS=8 timeout 100 python3 -m pytest tests/test_llm_cuda.py -m cuda -q -p no:cacheprovider -rfE \
         -k fused_decode_equals_unfused 2>&1 | tail -6 || rc=1
       timeout 100 python3 -m pytest tests/test_quant_cuda.py -m cuda -q -p no:cacheprovider -rfE -k matvec_q 2>&1 | tail -4 || rc=1

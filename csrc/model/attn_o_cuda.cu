@@ -2,18 +2,18 @@
 //
 // Why: a small model's decode step is a chain of ~6 short kernels per layer, each costing its own launch
 // ramp and first-load latency (~5 us per kernel for SmolLM2 on an H200, docs/cuda_loop.md), not bandwidth.
-// At short caches the split-K attention, its merge and the output product are three of them. Here one
-// kernel does all three: grid (n_kv_heads, n_parts); each block walks all keys of its kv head with the
-// tensor-core decode kernel's block (attention/se_decode_mma.cuh, one split, so no merge kernel), widens
-// its n_rep heads' output as the separate kernel would have stored it, and multiplies it by the matching
-// column slice of wo for rows [part * rows_per_part, ...). The n_kv_heads partial products of a row are
-// summed, in order, by the next two products' loads and store (MatvecAddends) instead of being added into
-// the residual here: no atomics, and the two reads of the residual agree to the bit.
+// The split-K merge and the output product are two of them. Here they are one kernel, grid (n_kv_heads,
+// n_parts): each block merges its kv head's n_rep rows of the split states (the merge kernel's formula),
+// rounds them to the cache type as that kernel stores them, and multiplies them by the matching column
+// slice of wo for rows [part * rows_per_part, ...). The n_kv_heads partial products of a row are summed, in
+// order, by the next two products' loads and store (MatvecAddends) instead of being added into the
+// residual here: no atomics, and the two reads of the residual agree to the bit.
 //
-// The key walk is repeated by the n_parts blocks of a kv head (from L2: the keys are prefetched before the
-// PDL wait), which costs nothing on the critical path while the GPU is otherwise idle; beyond ~1k keys one
-// block's walk is longer than the split plan's (one SM reads all keys), so the model takes this path up to
-// kAttnOMaxKeys keys.
+// Tried first (H200, session 15, SmolLM2-shaped random weights, 512-token prefill then 64 steps): the whole
+// attention in this kernel, one split per kv head walked by each block (no merge): 1.24 ms per step against
+// 1.09 for the three separate kernels. One block's walk over ~600 keys (5 of the decode kernel's 16-key
+// steps per warp) is slower than the split plan's one step per warp plus the merge; the attention with one
+// split and the separate merge-free chain (SELFEXT_CUDA_SE_DEC_CPS=12) measured 1.15 ms.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -24,6 +24,7 @@
 #include "attention/selfext_cuda_impl.cuh"
 #include "core/cuda_check.cuh"
 #include "core/cuda_launch.cuh"
+#include "core/split_merge.cuh"
 #include "model/attn_o_cuda.h"
 #include "quant/matvec_cuda.cuh"
 
@@ -38,14 +39,10 @@ struct AttnOArgs {
   QType type;
   float* parts;  // (n_kv_heads, rows)
   int64_t rows_per_part;
+  bool prefetch;  // the block's rows of wo prefetched into L2 before the PDL wait
 };
 
 constexpr int kGroup = 8;  // lanes per output row in the projection
-
-template <int kHeadDim>
-constexpr size_t attn_o_smem_bytes() {  // the decode block's + the widened output (n_rep x D floats)
-  return (dm_smem_bytes<kHeadDim>() + 15) / 16 * 16 + size_t(kDecMaxRep) * kHeadDim * 4;
-}
 
 // Rows [r0, r1) of the partial product of kv head kvh: groups of kGroup lanes per row, each lane a
 // strided share of the slice's 8-element runs, the matvec's formula per run (w = dl q - ml).
@@ -82,24 +79,42 @@ __device__ __forceinline__ void project_rows(const AttnOArgs& o, const float* __
   }
 }
 
-template <typename T, int kHeadDim, bool kNeox>
-__global__ void __launch_bounds__(kDmWarps * 32) attn_o_kernel(const SeArgs a, int subs, const AttnOArgs o) {
-  extern __shared__ __align__(16) unsigned char dm_smem[];
-  const int kvh = blockIdx.x;
+// Grid (n_kv_heads, row parts), kDmWarps * 32 threads. Kv head kvh's n_rep rows of the attention output:
+// merged from the split-K states (n_splits > 1: the merge kernel's formula and loads, core/split_merge.cuh)
+// or read from `out` (one split: the decode kernel wrote it), rounded to the cache type either way, as the
+// separate kernels store it; then its projection onto this block's rows of wo.
+template <typename T>
+__global__ void __launch_bounds__(kDmWarps * 32) merge_o_kernel(const float* __restrict__ ws_o,
+                                                                const float* __restrict__ ws_ml, int n_splits,
+                                                                const uint16_t* __restrict__ out, int64_t out_sh,
+                                                                int n_heads, int n_rep, int head_dim,
+                                                                const AttnOArgs o) {
+  __shared__ float w_sh[kDecMaxRep][kMaxSplits];
+  __shared__ float inv_sh[kDecMaxRep];
+  __shared__ __align__(16) float att[kDecMaxRep * 128];
+  const int kvh = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t r0 = int64_t(blockIdx.y) * o.rows_per_part;
   const int64_t r1 = min(o.rows, r0 + o.rows_per_part);
-  if (a.prefetch && threadIdx.x == 0) {
-    se_decode_prefetch<T, kHeadDim>(a, subs * kDmSub, kvh, 0);
-    prefetch_l2(o.w + r0 * o.row_bytes, (r1 - r0) * o.row_bytes);
-  }
+  if (o.prefetch && threadIdx.x == 0) prefetch_l2(o.w + r0 * o.row_bytes, (r1 - r0) * o.row_bytes);
   kernel_prologue();
-  dm_block_states<T, kHeadDim, kNeox>(a, subs, kvh, 0, dm_smem);
-  const int n_rep = a.rm.n_rep, slice = n_rep * kHeadDim;
-  float* att = reinterpret_cast<float*>(dm_smem + (dm_smem_bytes<kHeadDim>() + 15) / 16 * 16);
-  for (int e = threadIdx.x; e < slice; e += kDmWarps * 32) {
-    float M, acc, lsum;
-    dm_merged<kHeadDim>(dm_smem, e / kHeadDim, e % kHeadDim, M, acc, lsum);
-    att[e] = ld_float<T>(st_bits<T>(lsum > 0.f ? acc / lsum : 0.f));  // as the separate kernel stores it
+  const int slice = n_rep * head_dim;
+  if (n_splits > 1) {
+    if (warp < n_rep) {
+      const float inv = split_merge_weights(ws_ml, n_splits, n_heads, kvh * n_rep + warp, lane, w_sh[warp]);
+      if (lane == 0) inv_sh[warp] = inv;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < slice; e += kDmWarps * 32) {
+      const int r = e / head_dim, d = e % head_dim;
+      const int64_t row = int64_t(kvh) * n_rep + r;
+      const float acc = split_merge_sum(ws_o + row * head_dim + d, int64_t(n_heads) * head_dim, n_splits, w_sh[r]);
+      att[e] = ld_float<T>(st_bits<T>(acc * inv_sh[r]));
+    }
+  } else {
+    for (int e = threadIdx.x; e < slice; e += kDmWarps * 32) {
+      const int r = e / head_dim, d = e % head_dim;
+      att[e] = ld_float<T>(__ldcg(out + (int64_t(kvh) * n_rep + r) * out_sh + d));
+    }
   }
   __syncthreads();
   using namespace mv_cuda;
@@ -139,23 +154,33 @@ int64_t env_int(const char* name, int64_t fallback) {
 
 template <typename T, int kHeadDim, bool kNeox>
 void launch_attn_o(const AttentionParams& p, const QMatrix& wo, float* parts) {
+  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  // The decode attention as run_se launches it (its plan, the states in the caller's workspace) ...
   SeArgs a = make_se_args(p);
-  const int subs = int((p.T_k + kDmSub - 1) / kDmSub);
-  AttnOArgs o{static_cast<const uint8_t*>(wo.data), int64_t(wo.row_bytes), wo.rows, wo.cols, wo.type, parts, 0};
-  // Row parts per kv head: enough blocks that each projects a few dozen rows, few enough that the
-  // repeated key walks stay a small share of L2's bandwidth (SELFEXT_CUDA_ATTO_PARTS, for measuring).
-  const int64_t n_parts = std::clamp<int64_t>(env_int("SELFEXT_CUDA_ATTO_PARTS", 8), 1, (wo.rows + 31) / 32);
+  const DecodePlan dp = decode_mma_plan(p.T_k, p.n_kv_heads, multiprocessor_count(),
+                                        decode_mma_blocks_per_sm<T, kHeadDim, kNeox>());
+  if (dp.n_splits > 1) {
+    const SplitWorkspace wl = split_workspace(dp.n_splits, 1, p.n_heads, kHeadDim);
+    SELFEXT_CHECK(p.workspace != nullptr && p.workspace_bytes >= int64_t(wl.total), ArgumentError,
+                  "self_extend_attn_o: the workspace has ", p.workspace ? p.workspace_bytes : 0,
+                  " bytes, this call needs ", wl.total);
+    char* base = static_cast<char*>(p.workspace);
+    a.oa.ws_o = reinterpret_cast<float*>(base + wl.o_offset);
+    a.oa.ws_ml = reinterpret_cast<float*>(base + wl.ml_offset);
+  }
+  launch_kernel(se_decode_mma_kernel<T, kHeadDim, kNeox>, dim3(unsigned(p.n_kv_heads), unsigned(dp.n_splits)),
+                dim3(kDmWarps * 32), dm_smem_bytes<kHeadDim>(), stream, a, dp.chunks_per_split);
+  // ... then the merge and the projection in one kernel.
+  AttnOArgs o{static_cast<const uint8_t*>(wo.data), int64_t(wo.row_bytes), wo.rows, wo.cols, wo.type, parts, 0,
+              l2_prefetch_enabled()};
+  // Row parts per kv head: short row ranges per block (the projection's time grows with them), few
+  // enough blocks that each still has a few dozen rows (SELFEXT_CUDA_ATTO_PARTS, for measuring).
+  const int64_t n_parts = std::clamp<int64_t>(env_int("SELFEXT_CUDA_ATTO_PARTS", 16), 1, (wo.rows + 15) / 16);
   o.rows_per_part = (wo.rows + n_parts - 1) / n_parts;
   const unsigned grid_y = unsigned((wo.rows + o.rows_per_part - 1) / o.rows_per_part);
-  auto kernel = attn_o_kernel<T, kHeadDim, kNeox>;
-  constexpr size_t smem = attn_o_smem_bytes<kHeadDim>();
-  static const bool attr = [&] {
-    SELFEXT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    return true;
-  }();
-  (void)attr;
-  launch_kernel(kernel, dim3(unsigned(p.n_kv_heads), grid_y), dim3(kDmWarps * 32), smem,
-                static_cast<cudaStream_t>(p.stream), a, subs, o);
+  launch_kernel(merge_o_kernel<T>, dim3(unsigned(p.n_kv_heads), grid_y), dim3(kDmWarps * 32), 0, stream,
+                a.oa.ws_o, a.oa.ws_ml, dp.n_splits, static_cast<const uint16_t*>(p.out), p.out_stride_h, p.n_heads,
+                p.n_heads / p.n_kv_heads, kHeadDim, o);
 }
 
 }  // namespace
@@ -166,7 +191,7 @@ bool attn_o_supported(const AttentionParams& p, const QMatrix& wo) {
   const int n_rep = p.n_heads / p.n_kv_heads;
   if (n_rep > kDecMaxRep || (p.head_dim != 64 && p.head_dim != 128)) return false;
   if (!decode_mma_supported(p.head_dim, p.rope_dim, p.rope_style) || p.rope_table == nullptr) return false;
-  if (p.T_k < 1 || p.T_k > env_int("SELFEXT_CUDA_ATTO_MAX_KEYS", kAttnOMaxKeys)) return false;
+  if (p.T_k < 1 || p.out_stride_t < 0) return false;
   return supported_type(wo.type) && wo.data != nullptr && wo.cols == int64_t(p.n_heads) * p.head_dim && wo.rows >= 1;
 }
 

@@ -606,21 +606,19 @@ void ModelCuda::layer(int il, int64_t n, int64_t pos0, int64_t graph_bound) {
     ap.scale_pos_logits = c.cope_scale_pos_logits;
     cope_attention_cuda(ap);
   }
-  // Fused decode rows at short caches: the attention, its merge and the output product as one kernel
+  // Fused decode rows: the attention's split-K merge and the output product as one kernel
   // (model/attn_o_cuda.h), whose per-kv-head parts of attn · Wo^T the feed-forward products add to the
   // residual: the gate/up loads read x + parts, the down product's store writes x + parts + down.
+  if (!c.cope && n == 1 && sl_.attn_decode_bytes > 0) {
+    ap.workspace = scratch_.as<void>(sl_.attn_decode_ws);
+    ap.workspace_bytes = sl_.attn_decode_bytes;
+  }
   MatvecAddends o_parts{};
   if (!c.cope && fuse && attn_o_supported(ap, l.wo)) {
     o_parts = MatvecAddends{scratch_.as<float>(sl_.attn_o), int(c.n_head_kv), E};
     self_extend_attn_o_cuda(ap, l.wo, scratch_.as<float>(sl_.attn_o));
   } else {
-    if (!c.cope) {
-      if (n == 1 && sl_.attn_decode_bytes > 0) {
-        ap.workspace = scratch_.as<void>(sl_.attn_decode_ws);
-        ap.workspace_bytes = sl_.attn_decode_bytes;
-      }
-      self_extend_attention_cuda(ap);
-    }
+    if (!c.cope) self_extend_attention_cuda(ap);
     const MatvecInput att_in{c.kv_dtype == DType::kBFloat16 ? MatvecInput::kBF16 : MatvecInput::kF16, att16, QD};
     step(att_in, QD, xb, [&] {
       launch_kernel(to_float_kernel<T>, dim3(blocks_for(n * QD, 256)), dim3(256), 0, stream_, att16, xb, n * QD);
