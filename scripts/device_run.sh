@@ -126,31 +126,6 @@ PY
           "$OUT/ncu_se.log" | head -120
       fi
       ;;
-    s15a)
-      # Session 15, first call: the fused attention-projection kernel's tests and the 8-bit decode products'
-      # tests, then decode steps of random SmolLM2-shaped weights with the kernel on / off (and off with one
-      # attention split per kv head: SELFEXT_CUDA_SE_DEC_CPS=12), alternating.
-      timeout 200 python3 -m pytest tests/test_llm_cuda.py -m cuda -q -p no:cacheprovider -rfE \
-        -k "fused_merge_projection or fused_decode_equals_unfused" 2>&1 | tee "$OUT/s15a_tests.log" | tail -12 || rc=1
-      ( cd bench
-        pd() { echo "--- $1 $2"; env $2 timeout 60 python3 profile_decode.py $1 --steps 64 2>&1 | tail -1; }
-        for round in 1 2; do
-          pd smollm2-shapes SELFEXT_CUDA_ATTO=1
-          pd smollm2-shapes SELFEXT_CUDA_ATTO=0
-        done
-        pd smollm2-shapes "SELFEXT_CUDA_ATTO=1 SELFEXT_CUDA_ATTO_PARTS=8"
-        pd smollm2-shapes "SELFEXT_CUDA_ATTO=1 SELFEXT_CUDA_ATTO_PARTS=32" ) 2>&1 | tee "$OUT/s15a.log"
-      ;;
-    s15b)
-      # Session 15, second call: the CoPE tests and block order A/B, the 8-bit products in 8B-shaped steps.
-      timeout 120 python3 -m pytest tests/test_attention_cuda.py -m cuda -q -p no:cacheprovider -rfE -k cope 2>&1 | tail -4 || rc=1
-      timeout 90 python3 scripts/cope_order_ab.py 2>&1 | tee "$OUT/cope_order.log" || rc=1
-      [ -n "${S15B_8B:-}" ] && ( cd bench
-        pd() { echo "--- $1 $2"; env $2 timeout 80 python3 profile_decode.py $1 --steps 64 2>&1 | tail -1; }
-        for m in llama-3-8b-q4_k_m-shapes llama-3-8b-q4_0-shapes; do
-          for bits in 16 8; do pd $m SELFEXT_CUDA_MVQ_BITS=$bits; done
-        done ) 2>&1 | tee "$OUT/s15b.log"
-      ;;
     overhead)
       timeout 60 python3 scripts/binding_overhead.py 2>&1 | tee "$OUT/overhead.log" || rc=1
       ;;

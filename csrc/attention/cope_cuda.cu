@@ -20,7 +20,6 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
-#include <cstdlib>
 
 #include "attention/attention_cuda.h"
 #include "attention/attention_host.cuh"
@@ -64,7 +63,6 @@ struct CopeArgs {
   bool l_in_smem;
   float* lws;  // (n_kv_heads, n_mtiles * kBM, l_stride(npos)) when !l_in_smem
   int tiles_per_split, n_splits;
-  int snake_sms;  // kFull in one wave: blocks dealt to the SMs boustrophedon by work (0: grid order)
   float* ws_tot;  // (n_splits, T_q, n_heads) gate totals
   OutArgs oa;
 };
@@ -86,18 +84,8 @@ __global__ void __launch_bounds__(kThreads) cope_attention_kernel(const CopeArgs
   float* lsm = reinterpret_cast<float*>(vs + 2 * kBN * S);  // (kBM, l_stride(npos)) when l_in_smem
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  // Work items (mt, kvh) sorted by decreasing work (key tiles walked): heaviest query tiles first.
-  int r_item = blockIdx.y * gridDim.x + blockIdx.x;  // the dispatch order (x fastest)
-  if (kMode == kFull && a.snake_sms > 0) {
-    // One wave: block b most likely lands on SM b % S, so round k of S blocks is dealt forwards for even k
-    // and backwards for odd k; each SM then holds a heavy and a light tile (sum ~ constant) instead of the
-    // grid order's pairs, where the SM holding the last query tile also held the third-heaviest.
-    const int S = a.snake_sms, N = gridDim.x * gridDim.y;
-    const int round = r_item / S, s = r_item % S, k = min(S, N - round * S);
-    r_item = round * S + ((round & 1) ? (k - 1 - s) : s);
-  }
-  const int mt = gridDim.x - 1 - r_item / gridDim.y;
-  const int kvh = r_item % gridDim.y;
+  const int mt = gridDim.x - 1 - blockIdx.x;
+  const int kvh = blockIdx.y;
   const RowMap rm = a.rm;
   const int npos = a.npos, ldl = l_stride(npos);
   const float top = float(npos - 1);
@@ -296,23 +284,6 @@ void launch_cope(const CopeArgs& a, int64_t n_mtiles, int n_kv_heads, int n_spli
   launch_kernel(kernel, dim3(unsigned(n_mtiles), unsigned(n_kv_heads), unsigned(n_splits)), dim3(kThreads), smem, stream, a);
 }
 
-// The SM count for the boustrophedon order of a one-pass call of n_blocks blocks, or 0 (grid order): only
-// when every block is resident at once (one wave) and there is more than one block per SM. A longer call
-// keeps the grid order, heaviest tiles first, which the block scheduler balances as blocks finish.
-// SELFEXT_CUDA_COPE_SNAKE=0 turns it off (read at every call).
-template <typename T, int kHeadDim>
-int snake_sms(int64_t n_blocks, int npos, bool l_in_smem) {
-  if (const char* e = std::getenv("SELFEXT_CUDA_COPE_SNAKE"); e && e[0] == '0') return 0;
-  const int sms = multiprocessor_count();
-  if (n_blocks <= sms) return 0;
-  auto kernel = cope_attention_kernel<T, kHeadDim, kFull>;
-  const size_t smem = cope_smem_bytes<kHeadDim>(npos, l_in_smem);
-  SELFEXT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  int per_sm = 0;
-  SELFEXT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
-  return n_blocks <= int64_t(per_sm) * sms ? sms : 0;
-}
-
 struct CopePlan {
   int64_t n_mtiles = 0;
   SplitPlan split;
@@ -368,7 +339,6 @@ void run_cope(const AttentionParams& p) {
   DeviceScratch ws(pl.total(), stream);
   a.lws = pl.l_bytes ? ws.as<float>() : nullptr;
   if (pl.split.n_splits == 1) {
-    a.snake_sms = snake_sms<T, kHeadDim>(pl.n_mtiles * p.n_kv_heads, a.npos, a.l_in_smem);
     launch_cope<T, kHeadDim, kFull>(a, pl.n_mtiles, p.n_kv_heads, 1, stream);
     return;
   }

@@ -79,37 +79,10 @@ __device__ __forceinline__ void rot_neox(uint32_t& x, uint32_t& y, float4 cs) {
   y = pack2<T>(y0, y1);
 }
 
-// The warps' merged state of row r (< n_rep), output column d, from dm_block_states' shared memory: the
-// running max M (base 2, -inf for a split without keys), the weighted sums of P V (acc) and of P (lsum).
-template <int kHeadDim>
-__device__ __forceinline__ void dm_merged(const unsigned char* smem, int r, int d, float& M, float& acc, float& lsum) {
-  const float* red_o = reinterpret_cast<const float*>(smem);    // (kDmWarps, kDecMaxRep, kHeadDim)
-  const float* red_ml = red_o + kDmWarps * kDecMaxRep * kHeadDim;  // (kDmWarps, kDecMaxRep, 2)
-  M = -INFINITY;
-#pragma unroll
-  for (int w = 0; w < kDmWarps; ++w) M = fmaxf(M, red_ml[(w * kDecMaxRep + r) * 2]);
-  acc = 0.f;
-  lsum = 0.f;
-  if (M != -INFINITY) {
-#pragma unroll
-    for (int w = 0; w < kDmWarps; ++w) {
-      const float mw = red_ml[(w * kDecMaxRep + r) * 2];
-      if (mw == -INFINITY) continue;  // a warp without keys
-      const float wgt = exp2f(mw - M);
-      acc = fmaf(wgt, red_o[(w * kDecMaxRep + r) * kHeadDim + d], acc);
-      lsum = fmaf(wgt, red_ml[(w * kDecMaxRep + r) * 2 + 1], lsum);
-    }
-  }
-}
-
-// One block's work on split `split` of kv head kvh (kDmWarps * 32 threads, dm_smem_bytes<kHeadDim>() of
-// dynamic shared memory at smem): the key walk, then every warp's state in shared memory for dm_merged,
-// ending on a block barrier. Split s takes keys [s * subs_per_split * 16, (s + 1) * subs_per_split * 16) of
-// the run-time key count. Called after the PDL wait. se_decode_mma_kernel writes its output from it, the
-// fused decode layer (model/attn_o_cuda.cu) projects it through the output matrix.
+// Grid (n_kv_heads, n_splits), kDmWarps * 32 threads, dm_smem_bytes<kHeadDim>() of dynamic shared memory.
+// Split s takes keys [s * subs_per_split * 16, (s + 1) * subs_per_split * 16) of the run-time key count.
 template <typename T, int kHeadDim, bool kNeox>
-__device__ __forceinline__ void dm_block_states(const SeArgs& a, int subs_per_split, int kvh, int split,
-                                                unsigned char* dm_smem) {
+__global__ void __launch_bounds__(kDmWarps * 32) se_decode_mma_kernel(const SeArgs a, int subs_per_split) {
   if constexpr (kNeox && (kHeadDim / 2) % 16 != 0) {
     return;  // never launched (decode_mma_supported)
   } else {
@@ -118,10 +91,14 @@ __device__ __forceinline__ void dm_block_states(const SeArgs& a, int subs_per_sp
     constexpr int kKS = kHeadDim / 16;        // k-steps of the logits
     constexpr int kStage = 2 * kDmSub * S;    // elements per ring slot: K then V
     constexpr int kStep = kDmWarps * kDmSub;  // keys between a warp's steps
+    extern __shared__ __align__(16) unsigned char dm_smem[];
     uint16_t* ring = reinterpret_cast<uint16_t*>(dm_smem);
     uint16_t* qs = reinterpret_cast<uint16_t*>(dm_smem + dm_q_offset<kHeadDim>());
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int kvh = blockIdx.x, split = blockIdx.y, n_splits = gridDim.y;
+    if (a.prefetch && threadIdx.x == 0) se_decode_prefetch<T, kHeadDim>(a, subs_per_split * kDmSub, kvh, split);
+    kernel_prologue();
     const int T_k = a.T_k_dev ? *a.T_k_dev : a.rm.T_k;
     const int i = T_k - 1;  // the query's position
     const int G = a.group, W = a.window, n_rep = a.rm.n_rep, n_pos = a.rope.n_pos;
@@ -307,31 +284,32 @@ __device__ __forceinline__ void dm_block_states(const SeArgs& a, int subs_per_sp
       }
     }
     __syncthreads();
-  }
-}
-
-// Grid (n_kv_heads, n_splits), kDmWarps * 32 threads, dm_smem_bytes<kHeadDim>() of dynamic shared memory.
-template <typename T, int kHeadDim, bool kNeox>
-__global__ void __launch_bounds__(kDmWarps * 32) se_decode_mma_kernel(const SeArgs a, int subs_per_split) {
-  extern __shared__ __align__(16) unsigned char dm_smem[];
-  const int kvh = blockIdx.x, split = blockIdx.y, n_splits = gridDim.y;
-  if (a.prefetch && threadIdx.x == 0) se_decode_prefetch<T, kHeadDim>(a, subs_per_split * kDmSub, kvh, split);
-  kernel_prologue();
-  dm_block_states<T, kHeadDim, kNeox>(a, subs_per_split, kvh, split, dm_smem);
-  const int n_rep = a.rm.n_rep;
-  for (int e = threadIdx.x; e < n_rep * kHeadDim; e += kDmWarps * 32) {
-    const int r = e / kHeadDim, d = e % kHeadDim;
-    float M, acc, lsum;
-    dm_merged<kHeadDim>(dm_smem, r, d, M, acc, lsum);
-    if (n_splits == 1) {
-      uint16_t* out = static_cast<uint16_t*>(a.oa.out);
-      out[int64_t(kvh * n_rep + r) * a.oa.stride_h + d] = st_bits<T>(lsum > 0.f ? acc / lsum : 0.f);
-    } else {
-      const int64_t row = int64_t(split) * a.oa.n_heads + int64_t(kvh) * n_rep + r;  // T_q = 1
-      a.oa.ws_o[row * kHeadDim + d] = acc;
-      if (d == 0) {
-        a.oa.ws_ml[row * 2] = M == -INFINITY ? -INFINITY : M * kLn2;
-        a.oa.ws_ml[row * 2 + 1] = lsum;
+    for (int e = threadIdx.x; e < n_rep * kHeadDim; e += kDmWarps * 32) {
+      const int r = e / kHeadDim, d = e % kHeadDim;
+      float M = -INFINITY;
+#pragma unroll
+      for (int w = 0; w < kDmWarps; ++w) M = fmaxf(M, red_ml[(w * kDecMaxRep + r) * 2]);
+      float acc = 0.f, lsum = 0.f;
+      if (M != -INFINITY) {
+#pragma unroll
+        for (int w = 0; w < kDmWarps; ++w) {
+          const float mw = red_ml[(w * kDecMaxRep + r) * 2];
+          if (mw == -INFINITY) continue;  // a warp without keys
+          const float wgt = exp2f(mw - M);
+          acc = fmaf(wgt, red_o[(w * kDecMaxRep + r) * kHeadDim + d], acc);
+          lsum = fmaf(wgt, red_ml[(w * kDecMaxRep + r) * 2 + 1], lsum);
+        }
+      }
+      if (n_splits == 1) {
+        uint16_t* out = static_cast<uint16_t*>(a.oa.out);
+        out[int64_t(kvh * n_rep + r) * a.oa.stride_h + d] = st_bits<T>(lsum > 0.f ? acc / lsum : 0.f);
+      } else {
+        const int64_t row = int64_t(split) * a.oa.n_heads + int64_t(kvh) * n_rep + r;  // T_q = 1
+        a.oa.ws_o[row * kHeadDim + d] = acc;
+        if (d == 0) {
+          a.oa.ws_ml[row * 2] = M == -INFINITY ? -INFINITY : M * kLn2;
+          a.oa.ws_ml[row * 2 + 1] = lsum;
+        }
       }
     }
   }

@@ -23,7 +23,6 @@
 #include "core/cuda_launch.cuh"
 #include "core/cuda_info.h"
 #include "core/half.h"
-#include "model/attn_o_cuda.h"
 #include "model/decode_mega.cuh"
 #include "model/model_cuda.h"
 #include "model/rms_norm.h"
@@ -190,7 +189,7 @@ struct DeviceLayer {
 // Scratch of one chunk, by part: float32 unless noted. B = n_batch.
 struct ScratchLayout {
   int64_t ids, pos, x, xb, qkv, q16, att16, ff, ffa, logits, matmul_ws, xq, attn_ws, attn_decode_ws, attn_decode_bytes,
-      attn_o, mega_sync, total;
+      mega_sync, total;
 };
 
 ScratchLayout scratch_layout(const ModelConfig& c, const ModelWeights& w) {
@@ -245,8 +244,6 @@ ScratchLayout scratch_layout(const ModelConfig& c, const ModelWeights& w) {
     s.attn_decode_bytes = self_extend_attention_cuda_workspace_bytes(p);
   }
   s.attn_decode_ws = take(s.attn_decode_bytes);
-  // The fused decode layer's output-projection parts (model/attn_o_cuda.h): one row per kv head.
-  s.attn_o = take(c.cope ? 0 : int64_t(c.n_head_kv) * E * 4);
   s.mega_sync = take(sizeof(mega::MegaSync));  // zeroed once; every megakernel launch leaves it zero
   s.total = off;
   return s;
@@ -605,30 +602,21 @@ void ModelCuda::layer(int il, int64_t n, int64_t pos0, int64_t graph_bound) {
     ap.pe_stride_h = c.cope_per_head ? int64_t(c.npos_max) * c.head_dim : 0;
     ap.scale_pos_logits = c.cope_scale_pos_logits;
     cope_attention_cuda(ap);
-  }
-  // Fused decode rows: the attention's split-K merge and the output product as one kernel
-  // (model/attn_o_cuda.h), whose per-kv-head parts of attn · Wo^T the feed-forward products add to the
-  // residual: the gate/up loads read x + parts, the down product's store writes x + parts + down.
-  if (!c.cope && n == 1 && sl_.attn_decode_bytes > 0) {
-    ap.workspace = scratch_.as<void>(sl_.attn_decode_ws);
-    ap.workspace_bytes = sl_.attn_decode_bytes;
-  }
-  MatvecAddends o_parts{};
-  if (!c.cope && fuse && attn_o_supported(ap, l.wo)) {
-    o_parts = MatvecAddends{scratch_.as<float>(sl_.attn_o), int(c.n_head_kv), E};
-    self_extend_attn_o_cuda(ap, l.wo, scratch_.as<float>(sl_.attn_o));
   } else {
-    if (!c.cope) self_extend_attention_cuda(ap);
-    const MatvecInput att_in{c.kv_dtype == DType::kBFloat16 ? MatvecInput::kBF16 : MatvecInput::kF16, att16, QD};
-    step(att_in, QD, xb, [&] {
-      launch_kernel(to_float_kernel<T>, dim3(blocks_for(n * QD, 256)), dim3(256), 0, stream_, att16, xb, n * QD);
-    });
-    product(l.wo, att_in, xb, QD, x, E, true);  // x += attn · Wo^T
+    if (n == 1 && sl_.attn_decode_bytes > 0) {
+      ap.workspace = scratch_.as<void>(sl_.attn_decode_ws);
+      ap.workspace_bytes = sl_.attn_decode_bytes;
+    }
+    self_extend_attention_cuda(ap);
   }
+  const MatvecInput att_in{c.kv_dtype == DType::kBFloat16 ? MatvecInput::kBF16 : MatvecInput::kF16, att16, QD};
+  step(att_in, QD, xb, [&] {
+    launch_kernel(to_float_kernel<T>, dim3(blocks_for(n * QD, 256)), dim3(256), 0, stream_, att16, xb, n * QD);
+  });
+  product(l.wo, att_in, xb, QD, x, E, true);  // x += attn · Wo^T
 
   // --- feed-forward (SwiGLU) ---
-  MatvecInput ffn_in{MatvecInput::kRmsNorm, x, E, l.ffn_norm, c.rms_eps};
-  ffn_in.add = o_parts;  // fused only (empty otherwise)
+  const MatvecInput ffn_in{MatvecInput::kRmsNorm, x, E, l.ffn_norm, c.rms_eps};
   step(ffn_in, E, xb, [&] { rms_norm_cuda<float>(RmsNormParams{x, l.ffn_norm, xb, n, E, E, E, c.rms_eps, stream_}); });
   if (l.w_gate_up.data) {
     product(l.w_gate_up, ffn_in, xb, E, ff, 2 * F, false);
@@ -638,8 +626,7 @@ void ModelCuda::layer(int il, int64_t n, int64_t pos0, int64_t graph_bound) {
   }
   const MatvecInput down_in{MatvecInput::kSwiGlu, ff, 2 * F};
   step(down_in, F, ffa, [&] { launch_kernel(swiglu_kernel, dim3(blocks_for(n * F, 256)), dim3(256), 0, stream_, ff, ffa, n, F); });
-  if (o_parts.n > 0) matvec_cuda_fused(l.w_down, down_in, x, true, stream_, nullptr, &o_parts);  // x += parts + down
-  else product(l.w_down, down_in, ffa, F, x, E, true);  // x += down(SwiGLU)
+  product(l.w_down, down_in, ffa, F, x, E, true);  // x += down(SwiGLU)
 }
 
 template <typename T>

@@ -775,7 +775,7 @@ bool matvec_warp_rows(int64_t cols) {
 }
 
 FusedMatvec fused_matvec_plan(const QMatrix& w, const MatvecInput& in, float* y, bool accumulate,
-                              const QkvScatter* scatter, const MatvecAddends* y_add) {
+                              const QkvScatter* scatter) {
   check_matrix(w);
   SELFEXT_CHECK(in.x != nullptr && y != nullptr, ArgumentError, "x and y must not be null");
   const bool swiglu = in.kind == MatvecInput::kSwiGlu;
@@ -789,26 +789,6 @@ FusedMatvec fused_matvec_plan(const QMatrix& w, const MatvecInput& in, float* y,
   a.norm_w = in.norm_w;
   a.eps = in.eps;
   a.x_bf16 = in.kind == MatvecInput::kBF16;
-  auto check_add = [&](const MatvecAddends& ad, int64_t len, const char* what) {
-    SELFEXT_CHECK(ad.n >= 0 && ad.n <= 64 && (ad.n == 0 || (ad.rows != nullptr && ad.stride >= len)), ArgumentError,
-                  what, ": addends need 0..64 rows of >= ", len, " floats (got n = ", ad.n, ", stride ", ad.stride, ")");
-  };
-  if (in.add.n > 0) {
-    SELFEXT_CHECK(in.kind == MatvecInput::kRmsNorm, ArgumentError, "input addends go with an RMSNorm input only");
-    check_add(in.add, w.cols, "the input's");
-    SELFEXT_CHECK(!(y_add && y_add->n > 0) || y_add->stride == in.add.stride, ArgumentError,
-                  "the input's and the output's addends must share one stride");
-    a.x_add = in.add.rows;
-    a.n_x_add = in.add.n;
-    a.add_stride = in.add.stride;
-  }
-  if (y_add && y_add->n > 0) {
-    SELFEXT_CHECK(accumulate && !scatter, ArgumentError, "output addends need an accumulating product");
-    check_add(*y_add, w.rows, "the output's");
-    a.y_add = y_add->rows;
-    a.n_y_add = y_add->n;
-    a.add_stride = y_add->stride;
-  }
   if (scatter) {
     check_scatter(*scatter, w, 1);
     a.scatter = true;
@@ -816,8 +796,7 @@ FusedMatvec fused_matvec_plan(const QMatrix& w, const MatvecInput& in, float* y,
   }
   // One row: only the row's own alignment matters for the 16-byte loads (kSwiGlu's up half starts cols
   // elements in, aligned whenever cols % 8 == 0), and the norm weight's for kRmsNorm.
-  a.vec_x = w.cols % kRun == 0 && aligned16(in.x) && (in.kind != MatvecInput::kRmsNorm || aligned16(in.norm_w)) &&
-            (a.n_x_add == 0 || (aligned16(a.x_add) && a.add_stride % 4 == 0));
+  a.vec_x = w.cols % kRun == 0 && aligned16(in.x) && (in.kind != MatvecInput::kRmsNorm || aligned16(in.norm_w));
   f.type = w.type;
   f.in = in.kind == MatvecInput::kFloat ? kInFloat : in.kind == MatvecInput::kRmsNorm ? kInRmsNorm
        : in.kind == MatvecInput::kSwiGlu ? kInSwiGlu : kInHalf;
@@ -830,8 +809,8 @@ FusedMatvec fused_matvec_plan(const QMatrix& w, const MatvecInput& in, float* y,
 }  // namespace mv_cuda
 
 void matvec_cuda_fused(const QMatrix& w, const MatvecInput& in, float* y, bool accumulate, void* stream,
-                       const QkvScatter* scatter, const MatvecAddends* y_add) {
-  const FusedMatvec f = fused_matvec_plan(w, in, y, accumulate, scatter, y_add);
+                       const QkvScatter* scatter) {
+  const FusedMatvec f = fused_matvec_plan(w, in, y, accumulate, scatter);
   const ProductArgs& a = f.a;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   SELFEXT_CUDA_FORMAT_SWITCH(w.type, F, {

@@ -32,25 +32,15 @@ void matmul_cuda(const QMatrix& w, const float* x, int64_t n, int64_t ldx, float
 //   kSwiGlu  silu(x[c]) * x[cols + c]                  (x: float32 gate | up, ldx >= 2 cols)
 //   kF16/kBF16 x[c] widened                            (x: 16-bit, the attention output)
 // Each formula matches the separate kernel it replaces, in the same order (the RMS sum to float32 rounding).
-// Rows of floats added to a vector first: rows[h * stride + c] for h < n, in order h = 0, 1, ... (the
-// fused decode layer's split-K parts of the output projection, model/attn_o_cuda.cu).
-struct MatvecAddends {
-  const float* rows = nullptr;
-  int n = 0;
-  int64_t stride = 0;
-};
 struct MatvecInput {
   enum Kind { kFloat, kRmsNorm, kSwiGlu, kF16, kBF16 } kind = kFloat;
   const void* x = nullptr;
   int64_t ldx = 0;             // unused for one row except in the kSwiGlu bound check
   const float* norm_w = nullptr;
   float eps = 0.0f;
-  MatvecAddends add{};         // kRmsNorm: the row is x + the addends (x itself is not written)
 };
-// y_add (accumulate only): y[r] = (y[r] + y_add rows at r) + product, the same sums in the same order as
-// an input's `add`, so a residual split over two kernels' reads agrees to the bit.
 void matvec_cuda_fused(const QMatrix& w, const MatvecInput& in, float* y, bool accumulate, void* stream,
-                       const QkvScatter* scatter = nullptr, const MatvecAddends* y_add = nullptr);
+                       const QkvScatter* scatter = nullptr);
 
 // A decode row's Q/K/V product with the model's qkv step as its store (matvec_cuda_fused, matvec_q_cuda,
 // and matmul_cuda with n = 1): output row r, at e = row0 + r of the q | k | v row, becomes

@@ -136,19 +136,7 @@ struct ProductArgs {
   bool prefetch = false;  // matvec: each block's weight rows prefetched into L2 before the PDL wait
   bool scatter = false;   // matvec, one row: stores through qkv_store (sc) instead of into y
   QkvScatter sc{};
-  // Addends (fused decode, one row; MatvecAddends): kInRmsNorm reads x + x_add[0] + ... + x_add[n_x_add - 1]
-  // (rows of cols floats, stride add_stride) as its row; an accumulating store adds y_add's rows to y first.
-  const float* x_add = nullptr;
-  const float* y_add = nullptr;
-  int n_x_add = 0, n_y_add = 0;
-  int64_t add_stride = 0;
 };
-
-// x + the addends of element c, in the order the other side of the split residual add uses.
-__device__ __forceinline__ float add_rows(float x, const float* __restrict__ rows, int n, int64_t stride, int64_t c) {
-  for (int h = 0; h < n; ++h) x += rows[h * stride + c];
-  return x;
-}
 
 // The Q/K/V product's store of output row r (QkvScatter): the model's qkv step, same float add and
 // rounding (core/half.h's round to nearest even).
@@ -216,11 +204,6 @@ __device__ __forceinline__ void load_in_run(const ProductArgs& a, const float* _
   } else if constexpr (kIn == kInRmsNorm) {
     float g[kRun];
     load_x_run(xr, j, a.cols, a.vec_x, v);
-    for (int h = 0; h < a.n_x_add; ++h) {
-      load_x_run(a.x_add + h * a.add_stride, j, a.cols, a.vec_x, g);
-#pragma unroll
-      for (int k = 0; k < kRun; ++k) v[k] += g[k];
-    }
     load_x_run(a.norm_w, j, a.cols, a.vec_x, g);
 #pragma unroll
     for (int k = 0; k < kRun; ++k) v[k] = v[k] * inv * g[k];
@@ -281,7 +264,7 @@ __device__ __forceinline__ void matvec_block(const ProductArgs& a, int bx, int b
       float ss = 0.0f;
       if (t < nt)
         for (int64_t c = threadIdx.x; c < a.cols; c += kMvWarps * 32) {
-          const float v = add_rows(x_row(t)[c], a.x_add, a.n_x_add, a.add_stride, c);
+          const float v = x_row(t)[c];
           ss += v * v;
         }
       ss = warp_sum(ss);
@@ -359,7 +342,7 @@ __device__ __forceinline__ void matvec_block(const ProductArgs& a, int bx, int b
         if (lane == 0 && r < nr && t < nt) {
           float* dst = a.y + (t0 + t) * a.ldy + r0 + r;
           if (a.scatter) qkv_store(a.sc, r0 + r, v);
-          else *dst = a.accumulate ? add_rows(*dst, a.y_add, a.n_y_add, a.add_stride, r0 + r) + v : v;
+          else *dst = a.accumulate ? *dst + v : v;
         }
       }
   } else {  // the block's warps share its rows: shuffles, then across warps through shared memory
@@ -380,7 +363,7 @@ __device__ __forceinline__ void matvec_block(const ProductArgs& a, int bx, int b
         for (int k = 0; k < kMvWarps; ++k) s += red[k][i];
         float* dst = a.y + (t0 + t) * a.ldy + r0 + r;
         if (a.scatter) qkv_store(a.sc, r0 + r, s);
-        else *dst = a.accumulate ? add_rows(*dst, a.y_add, a.n_y_add, a.add_stride, r0 + r) + s : s;
+        else *dst = a.accumulate ? *dst + s : s;
       }
     }
   }
@@ -398,7 +381,7 @@ struct FusedMatvec {
 };
 // Checks the arguments as matvec_cuda_fused does (ArgumentError) and plans the product; host only.
 FusedMatvec fused_matvec_plan(const QMatrix& w, const MatvecInput& in, float* y, bool accumulate,
-                              const QkvScatter* scatter, const MatvecAddends* y_add = nullptr);
+                              const QkvScatter* scatter);
 // Whether a one-row product of `cols` columns takes the warp-rows layout (SELFEXT_CUDA_MV_WARP_ROWS=0: never).
 bool matvec_warp_rows(int64_t cols);
 
