@@ -512,12 +512,34 @@ __device__ __forceinline__ void merge_splits_row(const float* ws_o, const float*
   __shared__ float w_sh[kMaxSplits];
   __shared__ float inv_sh;
   const int64_t t = row / n_heads, h = row % n_heads;
+  // Up to kPre splits with one element per thread: the states are loaded before the weights are known,
+  // so their L2 round trip overlaps the (max, sum) loads instead of following them (same sums, same order
+  // as split_merge_sum: the same bits).
+  constexpr int kPre = 16;
+  const bool pre_ok = n_splits <= kPre && head_dim <= int(blockDim.x);
+  float pre[kPre];
+  if (pre_ok && int(threadIdx.x) < head_dim) {
+#pragma unroll
+    for (int s = 0; s < kPre; ++s)
+      pre[s] = s < n_splits ? __ldcg(ws_o + (int64_t(s) * n_rows + row) * head_dim + threadIdx.x) : 0.f;
+  }
   if (threadIdx.x < 32) {
     const float inv = split_merge_weights(ws_ml, n_splits, n_rows, row, threadIdx.x, w_sh);
     if (threadIdx.x == 0) inv_sh = inv;
   }
   __syncthreads();
   const float inv = inv_sh;
+  if (pre_ok) {
+    const int d = threadIdx.x;
+    if (d < head_dim) {
+      float acc = 0.f;
+#pragma unroll
+      for (int s = 0; s < kPre; ++s)
+        if (s < n_splits) acc = fmaf(w_sh[s], pre[s], acc);
+      out[t * stride_t + h * stride_h + d].bits = st_bits<T>(acc * inv);
+    }
+    return;
+  }
   for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
     const float acc = split_merge_sum(ws_o + row * head_dim + d, n_rows * head_dim, n_splits, w_sh);
     out[t * stride_t + h * stride_h + d].bits = st_bits<T>(acc * inv);

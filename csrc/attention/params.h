@@ -53,6 +53,13 @@ struct AttentionParams {
   // memory nodes in a graph).
   void* workspace = nullptr;
   int64_t workspace_bytes = 0;
+
+  // CUDA SelfExtend decode (T_q = 1) only: the caller promises that keys and values 0 .. T_k - 2 (and the
+  // key count at T_k_dev) were complete before the previous kernel on the stream started (the model's
+  // decode steps: only the current token's row is written within the step). The decode kernel then issues
+  // their copies before the PDL wait, so they overlap the previous kernel's tail; the current row is read
+  // after the wait.
+  bool past_kv_ready = false;
 };
 
 class ThreadPool;

@@ -36,6 +36,7 @@ struct SeArgs {
   const void* v_t;
   int64_t vt_st;
   bool prefetch;  // decode kernel: the block's keys and values prefetched into L2 before the PDL wait
+  bool past_kv_ready;  // AttentionParams::past_kv_ready (the tensor-core decode kernel)
 };
 
 // The phased prefill kernels' key tiles (bn keys each) for query positions i_lo..i_hi, in visiting order:

@@ -98,7 +98,10 @@ __global__ void __launch_bounds__(kDmWarps * 32) se_decode_mma_kernel(const SeAr
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int kvh = blockIdx.x, split = blockIdx.y, n_splits = gridDim.y;
     if (a.prefetch && threadIdx.x == 0) se_decode_prefetch<T, kHeadDim>(a, subs_per_split * kDmSub, kvh, split);
-    kernel_prologue();
+    // past_kv_ready: the key count and the keys before the current one were written before the previous
+    // kernel started, so their copies go out before the PDL wait; only the current row waits for it.
+    const bool early = a.past_kv_ready;
+    if (!early) kernel_prologue();
     const int T_k = a.T_k_dev ? *a.T_k_dev : a.rm.T_k;
     const int i = T_k - 1;  // the query's position
     const int G = a.group, W = a.window, n_rep = a.rm.n_rep, n_pos = a.rope.n_pos;
@@ -109,7 +112,8 @@ __global__ void __launch_bounds__(kDmWarps * 32) se_decode_mma_kernel(const SeAr
     const uint16_t* k = static_cast<const uint16_t*>(a.k);
     const uint16_t* v = static_cast<const uint16_t*>(a.v);
     uint16_t* my = ring + warp * kDmStages * kStage;
-    auto issue = [&](int t) {
+    const int j_cur = early ? T_k - 1 : -1;  // the row the previous kernel wrote (early only)
+    auto issue = [&](int t, int skip_j) {  // slot t's copies, except row skip_j's
       const int j0 = first + t * kStep;
       uint16_t* ks = my + (t % kDmStages) * kStage;
       uint16_t* vs = ks + kDmSub * S;
@@ -117,6 +121,7 @@ __global__ void __launch_bounds__(kDmWarps * 32) se_decode_mma_kernel(const SeAr
       for (int idx = lane; idx < kDmSub * L::kChunks; idx += 32) {
         const int r = idx / L::kChunks, c = idx % L::kChunks;
         const int j = j0 + r;
+        if (j == skip_j) continue;
         const bool ok = j < j_hi;
         const int64_t jj = ok ? j : 0;
         cp_async16(ks + r * S + c * 8, k + jj * a.k_st + int64_t(kvh) * a.k_sh + c * 8, ok);
@@ -125,8 +130,25 @@ __global__ void __launch_bounds__(kDmWarps * 32) se_decode_mma_kernel(const SeAr
     };
 #pragma unroll
     for (int t = 0; t < kDmStages - 1; ++t) {  // the ring's first slots in flight during the query setup
-      if (t < n_my) issue(t);
+      if (t < n_my) issue(t, j_cur);
       cp_async_commit();
+    }
+    // early: the current row, when it falls in one of those slots of this warp, is loaded after the wait
+    // (lanes 0 .. 2 kChunks - 1: its K then V chunks) and stored into the slot after the query setup.
+    uint4 cur_val = make_uint4(0u, 0u, 0u, 0u);
+    uint16_t* cur_dst = nullptr;
+    if (early) {
+      kernel_prologue();
+      const int rel = j_cur - j_lo;
+      if (j_cur >= j_lo && j_cur < j_hi && (rel / kDmSub) % kDmWarps == warp && rel / kStep < kDmStages - 1 &&
+          lane < 2 * L::kChunks) {
+        const int t = rel / kStep, r = rel % kDmSub, c = lane % L::kChunks;
+        const bool is_v = lane >= L::kChunks;
+        const uint16_t* src = (is_v ? v + int64_t(j_cur) * a.v_st + int64_t(kvh) * a.v_sh
+                                    : k + int64_t(j_cur) * a.k_st + int64_t(kvh) * a.k_sh) + c * 8;
+        cur_val = __ldcg(reinterpret_cast<const uint4*>(src));
+        cur_dst = my + (t % kDmStages) * kStage + (is_v ? kDmSub * S : 0) + r * S + c * 8;
+      }
     }
 
     // The query tile: row h < n_rep head kvh * n_rep + h at position i, row 8 + h at the grouped position.
@@ -152,6 +174,7 @@ __global__ void __launch_bounds__(kDmWarps * 32) se_decode_mma_kernel(const SeAr
         qs[row * S + d] = st_bits<T>(val);
       }
     }
+    if (cur_dst) *reinterpret_cast<uint4*>(cur_dst) = cur_val;
     __syncthreads();
     uint32_t qa[kKS][4];
 #pragma unroll
@@ -194,7 +217,7 @@ __global__ void __launch_bounds__(kDmWarps * 32) se_decode_mma_kernel(const SeAr
         }
       cp_async_wait<kDmStages - 2>();
       __syncwarp();  // every lane's copies of slot t landed; every lane done with slot t - 1
-      if (t + kDmStages - 1 < n_my) issue(t + kDmStages - 1);
+      if (t + kDmStages - 1 < n_my) issue(t + kDmStages - 1, -1);
       cp_async_commit();
       const uint16_t* ks = my + (t % kDmStages) * kStage;
       const uint16_t* vs = ks + kDmSub * S;

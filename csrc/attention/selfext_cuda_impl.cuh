@@ -569,6 +569,13 @@ inline void check_common(const AttentionParams& p, const char* op) {
                 ") must be a multiple of n_kv_heads (", p.n_kv_heads, ")");
 }
 
+// Whether decode calls that allow it (AttentionParams::past_kv_ready) issue the past keys' copies before
+// the PDL wait (SELFEXT_CUDA_SE_DEC_EARLY=0 turns it off; read at every call).
+inline bool early_kv_enabled() {
+  const char* e = std::getenv("SELFEXT_CUDA_SE_DEC_EARLY");
+  return !(e && std::strcmp(e, "0") == 0);
+}
+
 // The kernels' arguments for p (split-K workspace pointers and tiles_per_split left to the caller).
 inline SeArgs make_se_args(const AttentionParams& p) {
   SeArgs a{};
@@ -589,6 +596,7 @@ inline SeArgs make_se_args(const AttentionParams& p) {
   a.oa = OutArgs{p.out, p.out_stride_t, p.out_stride_h, nullptr, nullptr, p.n_heads};
   a.T_k_dev = p.T_k_dev;
   a.prefetch = l2_prefetch_enabled();
+  a.past_kv_ready = p.past_kv_ready && p.T_q == 1 && early_kv_enabled();
   return a;
 }
 

@@ -595,6 +595,9 @@ void ModelCuda::layer(int il, int64_t n, int64_t pos0, int64_t graph_bound) {
   ap.T_k_dev = graph_bound > 0 ? dpos + 1 : nullptr;
   ap.q_dtype = ap.kv_dtype = ap.out_dtype = c.kv_dtype;
   ap.stream = stream_;
+  // One row: this step writes only the cache row of its own token (the Q/K/V product just before), and
+  // the key count was copied in before the step's first kernel.
+  ap.past_kv_ready = n == 1;
   if (c.cope) {
     ap.rope_dim = 0;  // q and k were rotated in qkv_post
     ap.pos_emb = l.cope_pos;

@@ -134,6 +134,7 @@ struct ProductArgs {
   float eps = 0.0f;
   bool x_bf16 = false;
   bool prefetch = false;  // matvec: each block's weight rows prefetched into L2 before the PDL wait
+  bool prefetch_l1 = false;  // matvec: ... and into the block's L1 (prefetch_l1_block)
   bool scatter = false;   // matvec, one row: stores through qkv_store (sc) instead of into y
   QkvScatter sc{};
 };
@@ -286,6 +287,22 @@ __device__ __forceinline__ void matvec_block(const ProductArgs& a, int bx, int b
 #pragma unroll
     for (int t = 0; t < NT; ++t) acc[r][t] = 0.0f;
 
+  // One activation row, accumulating: the storing thread loads its rows' current values now, so that the
+  // store at the end does not wait for an L2 round trip (no other thread writes them: the same bits).
+  float old[NR];
+#pragma unroll
+  for (int r = 0; r < NR; ++r) old[r] = 0.0f;
+  const bool early_old = NT == 1 && a.accumulate && !a.scatter;
+  if (early_old) {
+    if constexpr (kWarpRows) {  // lane 0 stores the warp's rows
+#pragma unroll
+      for (int r = 0; r < NR; ++r)
+        if (lane == 0 && r < nr) old[r] = a.y[t0 * a.ldy + r0 + r];
+    } else if (int(threadIdx.x) < nr) {  // thread i < NR stores row i
+      old[0] = a.y[t0 * a.ldy + r0 + threadIdx.x];
+    }
+  }
+
   // A lane's unit: U consecutive runs (U = 4: 32 elements, inside one block of every format), so a
   // scale is loaded and widened once per kRunsPerScale runs (the products are issue-bound, not
   // bandwidth-bound, when every run decodes its own scale: measured on an H200, 2026-12-01, ~15
@@ -342,7 +359,7 @@ __device__ __forceinline__ void matvec_block(const ProductArgs& a, int bx, int b
         if (lane == 0 && r < nr && t < nt) {
           float* dst = a.y + (t0 + t) * a.ldy + r0 + r;
           if (a.scatter) qkv_store(a.sc, r0 + r, v);
-          else *dst = a.accumulate ? *dst + v : v;
+          else *dst = a.accumulate ? (early_old ? old[r] : *dst) + v : v;
         }
       }
   } else {  // the block's warps share its rows: shuffles, then across warps through shared memory
@@ -363,7 +380,7 @@ __device__ __forceinline__ void matvec_block(const ProductArgs& a, int bx, int b
         for (int k = 0; k < kMvWarps; ++k) s += red[k][i];
         float* dst = a.y + (t0 + t) * a.ldy + r0 + r;
         if (a.scatter) qkv_store(a.sc, r0 + r, s);
-        else *dst = a.accumulate ? *dst + s : s;
+        else *dst = a.accumulate ? (early_old ? old[0] : *dst) + s : s;
       }
     }
   }
