@@ -76,7 +76,7 @@ __device__ __forceinline__ void prefetch_l1_block(const void* p, int64_t bytes) 
 // Whether kernels issue their prefetch_l2 hints (SELFEXT_CUDA_PREFETCH=0 turns them off; read once).
 bool l2_prefetch_enabled();
 // Whether the decode products issue prefetch_l1_block for their weight rows (SELFEXT_CUDA_PREFETCH_L1=0 turns
-// it off; read once).
+// it off; read at every call, so a process can compare both).
 bool l1_prefetch_enabled();
 
 // Whether launches on the current device use PDL (cached per device; SELFEXT_CUDA_PDL=0 turns it off).
