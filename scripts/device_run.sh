@@ -127,21 +127,19 @@ PY
       fi
       ;;
     s15c)
-      # Session 15: the pre-wait loads (decode attention's past keys, L1 weight prefetch) - tests, then decode
-      # steps of random SmolLM2- and 8B-shaped weights with each off, alternating.
+      # Session 15: the decode attention's pre-wait loads of the past keys - tests, then decode steps of random
+      # SmolLM2- and 8B-shaped weights with them on / off, alternating.
       timeout 150 python3 -m pytest tests/test_llm_cuda.py -m cuda -q -p no:cacheprovider -rfE \
         -k "pre_wait_loads or fused_decode_equals_unfused or graphs" 2>&1 | tee "$OUT/s15c_tests.log" | tail -8 || rc=1
       ( cd bench
         pd() { echo "--- $1 $2"; env $2 timeout 80 python3 profile_decode.py $1 --steps 64 2>&1 | tail -1; }
         for round in 1 2; do
           pd smollm2-shapes SELFEXT_CUDA_SE_DEC_EARLY=1
-          pd smollm2-shapes "SELFEXT_CUDA_SE_DEC_EARLY=0 SELFEXT_CUDA_PREFETCH_L1=0"
           pd smollm2-shapes SELFEXT_CUDA_SE_DEC_EARLY=0
-          pd smollm2-shapes SELFEXT_CUDA_PREFETCH_L1=0
         done
         for round in 1 2; do
           pd llama-3-8b-q4_k_m-shapes SELFEXT_CUDA_SE_DEC_EARLY=1
-          pd llama-3-8b-q4_k_m-shapes "SELFEXT_CUDA_SE_DEC_EARLY=0 SELFEXT_CUDA_PREFETCH_L1=0"
+          pd llama-3-8b-q4_k_m-shapes SELFEXT_CUDA_SE_DEC_EARLY=0
         done ) 2>&1 | tee "$OUT/s15c.log"
       ;;
     overhead)

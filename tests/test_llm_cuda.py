@@ -201,11 +201,10 @@ def test_fused_decode_equals_unfused(model_dir, rng, monkeypatch, case):
 @pytest.mark.parametrize("case", ["Q4_1-f16", "Q4_K-bf16", "qwen2-Q8_0-f16"])
 def test_pre_wait_loads_keep_the_bits(model_dir, rng, monkeypatch, case, fused):
     # Decode steps issue the loads that need nothing from the kernel before them ahead of the PDL wait:
-    # the decode attention's copies of the past keys and values (the current token's row after the wait,
-    # SELFEXT_CUDA_SE_DEC_EARLY), the products' weight rows into L1 (SELFEXT_CUDA_PREFETCH_L1) and their
-    # accumulated rows. Only the timing of loads moves, so every logit is the same bits with them off; a
-    # current row read before the Q/K/V product stored it would change them. Fused and unfused paths,
-    # neox RoPE (qwen2), a bf16 cache, across a 256-key graph bucket.
+    # the decode attention's copies of the past keys and values, the current token's row after the wait
+    # (SELFEXT_CUDA_SE_DEC_EARLY=0: all after it). Only the timing of loads moves, so every logit is the
+    # same bits either way; a current row read before the Q/K/V product stored it would change them.
+    # Fused and unfused paths, neox RoPE (qwen2), a bf16 cache, across a 256-key graph bucket.
     name, kv = case.rsplit("-", 1)
     path = _fused_case_model(model_dir, name)
     toks = _tokens(rng, 300)
@@ -213,7 +212,6 @@ def test_pre_wait_loads_keep_the_bits(model_dir, rng, monkeypatch, case, fused):
     monkeypatch.setenv("SELFEXT_CUDA_FUSED", fused)
     early = _decode_rows(LLM(path, **args), toks)
     monkeypatch.setenv("SELFEXT_CUDA_SE_DEC_EARLY", "0")
-    monkeypatch.setenv("SELFEXT_CUDA_PREFETCH_L1", "0")
     late = _decode_rows(LLM(path, **args), toks)
     assert np.isfinite(early).all()
     assert np.array_equal(early, late), (case, fused, np.abs(early - late).max())

@@ -6,11 +6,6 @@
 
 namespace selfext {
 
-bool l1_prefetch_enabled() {
-  const char* e = std::getenv("SELFEXT_CUDA_PREFETCH_L1");
-  return !(e != nullptr && std::strcmp(e, "0") == 0);
-}
-
 bool l2_prefetch_enabled() {
   static const bool on = [] {
     const char* e = std::getenv("SELFEXT_CUDA_PREFETCH");

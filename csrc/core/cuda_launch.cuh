@@ -62,22 +62,8 @@ __device__ __forceinline__ void prefetch_l2(const void* p, int64_t bytes) {
 #endif
 }
 
-// The lines of [p, p + bytes) into this SM's L1, spread over the block's threads: for a block's own weight
-// rows (a few KiB), issued before pdl_wait, so that its loads after the wait are L1 hits instead of an L2
-// round trip each. Only for data no kernel of the chain writes (L1 is not coherent with other SMs' writes).
-__device__ __forceinline__ void prefetch_l1_block(const void* p, int64_t bytes) {
-  const uint64_t a0 = reinterpret_cast<uint64_t>(p) & ~uint64_t(127);
-  const uint64_t e = reinterpret_cast<uint64_t>(p) + uint64_t(bytes > 0 ? bytes : 0);
-  const unsigned nthreads = blockDim.x * blockDim.y * blockDim.z;
-  for (uint64_t a = a0 + uint64_t(threadIdx.x) * 128; a < e; a += uint64_t(nthreads) * 128)
-    asm volatile("prefetch.global.L1 [%0];" ::"l"(a));
-}
-
 // Whether kernels issue their prefetch_l2 hints (SELFEXT_CUDA_PREFETCH=0 turns them off; read once).
 bool l2_prefetch_enabled();
-// Whether the decode products issue prefetch_l1_block for their weight rows (SELFEXT_CUDA_PREFETCH_L1=0 turns
-// it off; read at every call, so a process can compare both).
-bool l1_prefetch_enabled();
 
 // Whether launches on the current device use PDL (cached per device; SELFEXT_CUDA_PDL=0 turns it off).
 bool pdl_enabled_on_current_device();

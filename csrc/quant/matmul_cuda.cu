@@ -66,11 +66,6 @@ __global__ void __launch_bounds__(kMvWarps * 32) matvec_kernel(ProductArgs a) {
     const int64_t b0 = int64_t(blockIdx.x) * kBlockRows;
     if (b0 < a.rows) prefetch_l2(a.w + b0 * a.row_bytes, (min(a.rows, b0 + kBlockRows) - b0) * a.row_bytes);
   }
-  if (a.prefetch_l1 && blockIdx.y == 0) {  // ... and into this SM's L1 (a few KiB per block)
-    constexpr int64_t kBlockRows = matvec_block_rows<NR, kWarpRows>();
-    const int64_t b0 = int64_t(blockIdx.x) * kBlockRows;
-    if (b0 < a.rows) prefetch_l1_block(a.w + b0 * a.row_bytes, (min(a.rows, b0 + kBlockRows) - b0) * a.row_bytes);
-  }
   kernel_prologue();
   matvec_block<F, NR, NT, U, kIn, kWarpRows>(a, int(blockIdx.x), int(blockIdx.y));
 }
@@ -726,8 +721,6 @@ ProductArgs product_args(const QMatrix& w, const float* x, int64_t n, int64_t ld
   a.accumulate = accumulate;
   a.vec_x = aligned16(x) && ldx % 4 == 0 && w.cols % kRun == 0;
   a.prefetch = l2_prefetch_enabled() && w.rows * w.row_bytes <= kPrefetchMaxBytes;
-  // L1: one activation row (decode), whose block covers at most kFusedNR * kMvWarps rows.
-  a.prefetch_l1 = l1_prefetch_enabled() && n == 1 && int64_t(kFusedNR) * kMvWarps * w.row_bytes <= 32 * 1024;
   return a;
 }
 

@@ -134,7 +134,6 @@ struct ProductArgs {
   float eps = 0.0f;
   bool x_bf16 = false;
   bool prefetch = false;  // matvec: each block's weight rows prefetched into L2 before the PDL wait
-  bool prefetch_l1 = false;  // matvec: ... and into the block's L1 (prefetch_l1_block)
   bool scatter = false;   // matvec, one row: stores through qkv_store (sc) instead of into y
   QkvScatter sc{};
 };
