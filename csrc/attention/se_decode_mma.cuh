@@ -17,6 +17,11 @@
 // cp.async ring: no block barrier inside the key loop. At the end the block's warps merge their states in
 // shared memory; the block writes the output (one split) or its split-K state for the merge kernel.
 //
+// With AttentionParams::past_kv_ready (the model's decode steps) the first ring slots' copies of the past
+// keys go out before the PDL wait, so they overlap the Q/K/V product still running; the current token's
+// row, which that product writes, is a plain load after the wait (H200, SmolLM2-shaped steps: 1.021-1.033
+// -> 0.993-1.001 ms, docs/cuda_loop.md session 15).
+//
 // Precision: q and the rotated keys enter the multiply rounded to the storage type, as in the prefill
 // kernels (rope_tile); logits, softmax and P V accumulate in float32.
 #pragma once
