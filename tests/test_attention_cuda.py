@@ -202,23 +202,29 @@ DECODE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("kernel, mma, cps, threads",
-                         [("1", "1", None, None), ("1", "1", "3", None), ("1", "1", "100000", None),
-                          ("1", "0", None, None), ("1", "0", "3", None), ("1", "0", "100000", None),
-                          ("1", "0", None, "128"), ("1", "0", "3", "128"), ("1", "0", "100000", "128"),
-                          ("0", None, None, None)],
-                         ids=["mma", "mma-3-chunks-per-split", "mma-one-split", "decode", "decode-3-chunks-per-split",
+@pytest.mark.parametrize("kernel, mma, cps, threads, cluster",
+                         [("1", "1", None, None, None), ("1", "1", "3", None, None), ("1", "1", "100000", None, None),
+                          ("1", "1", None, None, "0"), ("1", "1", "3", None, "0"),
+                          ("1", "0", None, None, None), ("1", "0", "3", None, None), ("1", "0", "100000", None, None),
+                          ("1", "0", None, "128", None), ("1", "0", "3", "128", None),
+                          ("1", "0", "100000", "128", None), ("0", None, None, None, None)],
+                         ids=["mma", "mma-3-chunks-per-split", "mma-one-split", "mma-merge-kernel",
+                              "mma-3-chunks-per-split-merge-kernel", "decode", "decode-3-chunks-per-split",
                               "decode-one-split", "decode128", "decode128-3-chunks-per-split", "decode128-one-split",
                               "tile"])
 @pytest.mark.parametrize("T_k, H, H_kv, D, G, W, style, rope_dim, dtype", DECODE_CASES)
-def test_self_extend_decode_kernels(rng, monkeypatch, kernel, mma, cps, threads, T_k, H, H_kv, D, G, W, style,
-                                    rope_dim, dtype):
+def test_self_extend_decode_kernels(rng, monkeypatch, kernel, mma, cps, threads, cluster, T_k, H, H_kv, D, G, W,
+                                    style, rope_dim, dtype):
     """T_q = 1 through the tensor-core decode kernel (the default where RoPE covers the head; other layouts
     fall back to the CUDA-core one), the CUDA-core decode kernel (SELFEXT_CUDA_SE_DEC_MMA=0) and the tile
     kernel (SELFEXT_CUDA_SE_DECODE=0); the decode kernels also with at least 3 chunks of 64 keys per split
     and with one split (their own output, no merge), and the CUDA-core one with 128-thread blocks of
-    32-key chunks (SELFEXT_CUDA_SE_DEC_THREADS=128: two element pairs per thread in P V at D >= 80)."""
+    32-key chunks (SELFEXT_CUDA_SE_DEC_THREADS=128: two element pairs per thread in P V at D >= 80). The
+    tensor-core kernel merges up to 8 splits within a thread-block cluster on compute capability >= 9.0
+    (more take the merge kernel: T_k = 4097 here); SELFEXT_CUDA_SE_DEC_CLUSTER=0 takes the merge kernel."""
     monkeypatch.setenv("SELFEXT_CUDA_SE_DECODE", kernel)
+    if cluster is not None:
+        monkeypatch.setenv("SELFEXT_CUDA_SE_DEC_CLUSTER", cluster)
     if mma is not None:
         monkeypatch.setenv("SELFEXT_CUDA_SE_DEC_MMA", mma)
     if cps is not None:

@@ -37,6 +37,9 @@ struct SeArgs {
   int64_t vt_st;
   bool prefetch;  // decode kernel: the block's keys and values prefetched into L2 before the PDL wait
   bool past_kv_ready;  // AttentionParams::past_kv_ready (the tensor-core decode kernel)
+  // The tensor-core decode kernel: the splits of a kv head are one thread-block cluster (y) and merge their
+  // states through distributed shared memory, no merge kernel (compute capability >= 9.0, <= 8 splits).
+  bool cluster_merge;
 };
 
 // The phased prefill kernels' key tiles (bn keys each) for query positions i_lo..i_hi, in visiting order:

@@ -41,6 +41,7 @@ namespace attn_cuda {
 constexpr int kDmWarps = 8;   // warps per block
 constexpr int kDmSub = 16;    // keys per warp step
 constexpr int kDmStages = 3;  // cp.async ring depth per warp
+constexpr int kDecMaxSplitsCluster = 8;  // the portable cluster size: splits merged in a cluster at most
 
 template <int kHeadDim>
 constexpr size_t dm_ring_bytes() {
@@ -82,6 +83,58 @@ __device__ __forceinline__ void rot_neox(uint32_t& x, uint32_t& y, float4 cs) {
   rope_rotate(x1, y1, cs.z, cs.w);
   x = pack2<T>(x0, x1);
   y = pack2<T>(y0, y1);
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// Every thread of the cluster arrives (its shared-memory writes released) and waits (the others' acquired).
+__device__ __forceinline__ void cluster_barrier() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+// The float at p in the shared memory of the cluster's block `rank`.
+__device__ __forceinline__ float ld_cluster_f32(const float* p, int rank) {
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_u32(p)), "r"(rank));
+  float x;
+  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(x) : "r"(remote) : "memory");
+  return x;
+}
+#endif
+
+// The split-K merge inside one cluster (grid (n_kv_heads, n_splits), cluster (1, n_splits), so the block of
+// split s has cluster rank s): each block's merged (o, M, l) sits in its shared memory at cl_o / cl_ml; after
+// a cluster barrier the blocks share the kv head's n_rep x head_dim outputs and combine every split's state,
+// read remotely, by the merge kernel's formula (in base 2). The second barrier keeps each block's shared
+// memory alive until the others have read it.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void cluster_merge_splits(const SeArgs& a, const float* cl_o, const float* cl_ml, int kvh,
+                                                     int split, int n_splits, int n_rep) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cluster_barrier();
+  const int stride = n_splits * int(blockDim.x);
+  for (int e = split * int(blockDim.x) + int(threadIdx.x); e < n_rep * kHeadDim; e += stride) {
+    const int r = e / kHeadDim, d = e % kHeadDim;
+    float ms[kDecMaxSplitsCluster];
+    float M = -INFINITY;
+#pragma unroll
+    for (int s = 0; s < kDecMaxSplitsCluster; ++s) {
+      ms[s] = s < n_splits ? ld_cluster_f32(cl_ml + 2 * r, s) : -INFINITY;
+      M = fmaxf(M, ms[s]);
+    }
+    float acc = 0.f, lsum = 0.f;
+    if (M != -INFINITY) {
+#pragma unroll
+      for (int s = 0; s < kDecMaxSplitsCluster; ++s) {
+        if (s >= n_splits || ms[s] == -INFINITY) continue;  // a split without keys
+        const float w = exp2f(ms[s] - M);
+        acc = fmaf(w, ld_cluster_f32(cl_o + r * kHeadDim + d, s), acc);
+        lsum = fmaf(w, ld_cluster_f32(cl_ml + 2 * r + 1, s), lsum);
+      }
+    }
+    uint16_t* out = static_cast<uint16_t*>(a.oa.out);
+    out[int64_t(kvh * n_rep + r) * a.oa.stride_h + d] = st_bits<T>(lsum > 0.f ? acc / lsum : 0.f);
+  }
+  cluster_barrier();
+#endif
 }
 
 // Grid (n_kv_heads, n_splits), kDmWarps * 32 threads, dm_smem_bytes<kHeadDim>() of dynamic shared memory.
@@ -312,6 +365,12 @@ __global__ void __launch_bounds__(kDmWarps * 32) se_decode_mma_kernel(const SeAr
       }
     }
     __syncthreads();
+    // cluster_merge: the block's merged state goes over the query tile (read into registers before the key
+    // loop), where the other splits of the kv head read it through distributed shared memory.
+    const bool cluster = a.cluster_merge && n_splits > 1;
+    float* cl_o = reinterpret_cast<float*>(qs);  // (n_rep, kHeadDim), then (M, l) per row
+    float* cl_ml = cl_o + kDecMaxRep * kHeadDim;
+    static_assert(size_t(kDecMaxRep) * (kHeadDim + 2) * 4 <= size_t(16) * S * 2, "cluster state fits the query tile");
     for (int e = threadIdx.x; e < n_rep * kHeadDim; e += kDmWarps * 32) {
       const int r = e / kHeadDim, d = e % kHeadDim;
       float M = -INFINITY;
@@ -328,7 +387,13 @@ __global__ void __launch_bounds__(kDmWarps * 32) se_decode_mma_kernel(const SeAr
           lsum = fmaf(wgt, red_ml[(w * kDecMaxRep + r) * 2 + 1], lsum);
         }
       }
-      if (n_splits == 1) {
+      if (cluster) {  // this split's state, for the cluster's merge below
+        cl_o[r * kHeadDim + d] = acc;
+        if (d == 0) {
+          cl_ml[2 * r] = M;
+          cl_ml[2 * r + 1] = lsum;
+        }
+      } else if (n_splits == 1) {
         uint16_t* out = static_cast<uint16_t*>(a.oa.out);
         out[int64_t(kvh * n_rep + r) * a.oa.stride_h + d] = st_bits<T>(lsum > 0.f ? acc / lsum : 0.f);
       } else {
@@ -340,6 +405,7 @@ __global__ void __launch_bounds__(kDmWarps * 32) se_decode_mma_kernel(const SeAr
         }
       }
     }
+    if (cluster) cluster_merge_splits<T, kHeadDim>(a, cl_o, cl_ml, kvh, split, n_splits, n_rep);
   }
 }
 

@@ -358,6 +358,47 @@ int decode_mma_blocks_per_sm() {
   return cached;
 }
 
+// The largest number of splits (<= kDecMaxSplitsCluster) the tensor-core decode kernel can run as one
+// thread-block cluster on the current device (its shared memory set), 0 below compute capability 9.0 or when
+// no cluster of 2 fits; cached per instantiation, as the occupancy above.
+template <typename T, int kHeadDim, bool kNeox>
+int decode_mma_max_cluster() {
+  static int cached = [] {
+    if (current_device_compute_capability() < 90) return 0;
+    auto kernel = se_decode_mma_kernel<T, kHeadDim, kNeox>;
+    constexpr size_t smem = dm_smem_bytes<kHeadDim>();
+    SELFEXT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    for (int n = kDecMaxSplitsCluster; n >= 2; --n) {
+      cudaLaunchConfig_t cfg{};
+      cfg.gridDim = dim3(1u, unsigned(n));
+      cfg.blockDim = dim3(kDmWarps * 32);
+      cfg.dynamicSmemBytes = smem;
+      cudaLaunchAttribute attr;
+      attr.id = cudaLaunchAttributeClusterDimension;
+      attr.val.clusterDim.x = 1;
+      attr.val.clusterDim.y = unsigned(n);
+      attr.val.clusterDim.z = 1;
+      cfg.attrs = &attr;
+      cfg.numAttrs = 1;
+      int clusters = 0;
+      if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) {
+        (void)cudaGetLastError();  // clear it: the merge kernel path stays
+        continue;
+      }
+      if (clusters >= 1) return n;
+    }
+    return 0;
+  }();
+  return cached;
+}
+
+// Whether the tensor-core decode kernel merges its splits within a cluster where it can (the default);
+// SELFEXT_CUDA_SE_DEC_CLUSTER=0 keeps the merge kernel (read at every call, so a process can compare both).
+inline bool decode_cluster_merge_enabled() {
+  const char* e = std::getenv("SELFEXT_CUDA_SE_DEC_CLUSTER");
+  return !(e && std::strcmp(e, "0") == 0);
+}
+
 // Whether a decode call takes the tensor-core kernel (se_decode_mma.cuh): wherever its RoPE layout is
 // supported, unless SELFEXT_CUDA_SE_DEC_MMA=0 (the CUDA-core kernel, for comparison; read at every call).
 inline bool use_decode_mma(const AttentionParams& p) {
@@ -611,9 +652,17 @@ void run_se(const AttentionParams& p) {
   const int sms = multiprocessor_count();
   // A decode kernel (either one: the same arguments) over plan dp, then the split-K merge when it splits;
   // the partial states in the caller's workspace when given (the model's graphs: no allocation).
-  auto run_decode = [&](void (*kernel)(const SeArgs, int), unsigned threads, size_t smem, const DecodePlan& dp) {
+  // max_cluster: the most splits the kernel may merge within a thread-block cluster (0: never).
+  auto run_decode = [&](void (*kernel)(const SeArgs, int), unsigned threads, size_t smem, const DecodePlan& dp,
+                        int max_cluster) {
     if (dp.n_splits == 1) {  // the kernel writes the output
       launch_kernel(kernel, dim3(unsigned(p.n_kv_heads), 1u), dim3(threads), smem, stream, a, dp.chunks_per_split);
+      return;
+    }
+    if (dp.n_splits <= max_cluster) {  // the splits merge in their cluster: no workspace, no merge kernel
+      a.cluster_merge = true;
+      launch_kernel_clustered(kernel, dim3(unsigned(p.n_kv_heads), unsigned(dp.n_splits)), dim3(threads), smem,
+                              stream, dim3(1u, unsigned(dp.n_splits), 1u), a, dp.chunks_per_split);
       return;
     }
     const SplitWorkspace wl = split_workspace(dp.n_splits, 1, p.n_heads, kHeadDim);
@@ -633,7 +682,8 @@ void run_se(const AttentionParams& p) {
     auto decode_mma = [&](auto neox_c) {
       constexpr bool kNeox = decltype(neox_c)::value;
       run_decode(se_decode_mma_kernel<T, kHeadDim, kNeox>, kDmWarps * 32, dm_smem_bytes<kHeadDim>(),
-                 decode_mma_plan(p.T_k, p.n_kv_heads, sms, decode_mma_blocks_per_sm<T, kHeadDim, kNeox>()));
+                 decode_mma_plan(p.T_k, p.n_kv_heads, sms, decode_mma_blocks_per_sm<T, kHeadDim, kNeox>()),
+                 decode_cluster_merge_enabled() ? decode_mma_max_cluster<T, kHeadDim, kNeox>() : 0);
     };
     if (p.rope_style == RopeStyle::kNorm) decode_mma(std::false_type{});
     else if constexpr ((kHeadDim / 2) % 16 == 0) decode_mma(std::true_type{});
@@ -643,7 +693,7 @@ void run_se(const AttentionParams& p) {
     auto decode = [&](auto threads_c) {
       constexpr int kThreads = decltype(threads_c)::value;
       run_decode(se_decode_kernel<T, kHeadDim, kThreads>, kThreads, dec_smem_bytes<kHeadDim, kThreads>(),
-                 decode_plan(p.T_k, p.n_kv_heads, sms, decode_blocks_per_sm<T, kHeadDim, kThreads>(), kThreads / 4));
+                 decode_plan(p.T_k, p.n_kv_heads, sms, decode_blocks_per_sm<T, kHeadDim, kThreads>(), kThreads / 4), 0);
     };
     if (decode_threads() == 128) decode(std::integral_constant<int, 128>{});
     else decode(std::integral_constant<int, kDecThreads>{});
