@@ -61,6 +61,8 @@ def main():
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out", default=None)
     ap.add_argument("--decode-only", action="store_true", help="skip the matrix-matrix part")
+    ap.add_argument("--shapes", default=None,
+                    help="ROWSxCOLS,... instead of the default shapes (e.g. 49152x576: SmolLM2's head)")
     args = ap.parse_args()
     types = args.types.split(",")
     dev = torch.device("cuda")
@@ -71,7 +73,8 @@ def main():
     decode_rows, prefill_rows = [], []
     for name in types:
         info = quant.block_info(name)
-        for rows, cols in SHAPES:
+        shapes = [tuple(int(v) for v in sh.split("x")) for sh in args.shapes.split(",")] if args.shapes else SHAPES
+        for rows, cols in shapes:
             nbytes = weight_bytes(name, rows, cols)
             host = qc.random_weights(name, rows, cols, info["block_size"], info["block_bytes"], rng)
             w0 = torch.from_numpy(host).to(dev)
@@ -89,7 +92,7 @@ def main():
                 "us": round(t * 1e6, 1), "GB/s": round(gbs), "copy GB/s": round(copy_gbs),
                 "ratio": round(gbs / copy_gbs, 3), "target": TARGET_BW,
             })
-            if name in ("Q4_0", "Q4_K", "Q6_K"):
+            if name in ("Q4_0", "Q8_0", "Q4_K", "Q6_K"):
                 # The model's decode path for these types: the activation row prepared into 16-bit codes
                 # (its own kernel, timed with the product) and the dp4a product (matvec_q_cuda).
                 from selfext_native import _native

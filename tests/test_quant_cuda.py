@@ -158,7 +158,7 @@ def test_matmul_cuda_current_stream(rng):
     assert ((z.to(torch.float64) - ref).abs() <= tolerance(w, w0, x.to(torch.float64), 3)).all()
 
 
-# --- the 16-bit-activation decode product (matvec_q_cuda: Q4_0, Q4_K, Q6_K) -----------------------
+# --- the 16-bit-activation decode product (matvec_q_cuda: Q4_0, Q8_0, Q4_K, Q6_K) ----------------
 #
 # The activation row is prepared (float, RMSNorm, SwiGLU, or 16-bit widening) and quantized per 32
 # elements to x ~ d v with |v| <= 32512, d = amax / 32512, then multiplied with integer dot products.
@@ -226,13 +226,14 @@ def check_q(name, kind, rng, rows, cols, accumulate=False, bits="16"):
 
 @pytest.mark.parametrize("bits", ["16", "8"])
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("name", ["Q4_0", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("name", ["Q4_0", "Q8_0", "Q4_K", "Q6_K"])
 def test_matvec_q_cuda(name, kind, bits, rng, monkeypatch):
     """Rows 1, 17 (odd: a warp's second row missing), 300, 2205 (Q4_0: two rows per warp from 8192 rows
-    on is not reached; 2205 fills many blocks with a partial last one); Q4_0 with odd block counts, so
-    rows start at every 2-byte offset inside a 16-byte word; column counts inside one 1 KiB chunk, past
-    it, and of 9, 17 and 33 chunks with idle lanes in the last chunk."""
-    shapes = [(1, 32), (17, 96), (300, 1184), (64, 4096)] if name == "Q4_0" else [(1, 256), (17, 768), (300, 2304), (64, 4096)]
+    on is not reached; 2205 fills many blocks with a partial last one); Q4_0 and Q8_0 with odd block
+    counts, so rows start at every 2-byte offset inside a 16-byte word; column counts inside one 1 KiB
+    chunk, past it, and of 9, 17 and 33 chunks with idle lanes in the last chunk."""
+    small = name in ("Q4_0", "Q8_0")
+    shapes = [(1, 32), (17, 96), (300, 1184), (64, 4096)] if small else [(1, 256), (17, 768), (300, 2304), (64, 4096)]
     shapes += [(2205, 1024), (40, 9216), (9, 17408), (3, 33792)]
     monkeypatch.setenv("SELFEXT_CUDA_MVQ_BITS", bits)
     for rows, cols in shapes:
@@ -244,7 +245,7 @@ def test_matvec_q_cuda(name, kind, bits, rng, monkeypatch):
 @pytest.mark.parametrize("bits", ["16", "8"])
 @pytest.mark.parametrize("ks", ["1", "2", "4", "auto"])
 @pytest.mark.parametrize("nr", ["1", "2", "4"])
-@pytest.mark.parametrize("name", ["Q4_0", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("name", ["Q4_0", "Q8_0", "Q4_K", "Q6_K"])
 def test_matvec_q_cuda_split_rows(name, nr, ks, bits, rng, monkeypatch):
     """KS warps sharing each row group's chunks (SELFEXT_CUDA_MVQ_KS) with NR rows per group
     (SELFEXT_CUDA_MVQ_NR): row counts that leave a block's last groups empty (1, 17, 1029), chunk counts
@@ -253,7 +254,7 @@ def test_matvec_q_cuda_split_rows(name, nr, ks, bits, rng, monkeypatch):
     monkeypatch.setenv("SELFEXT_CUDA_MVQ_KS", ks)
     monkeypatch.setenv("SELFEXT_CUDA_MVQ_BITS", bits)
     shapes = [(1, 1024), (17, 3072), (1029, 4096), (40, 9216)]
-    if name == "Q4_0":
+    if name in ("Q4_0", "Q8_0"):
         shapes.append((9, 1184))  # odd block count: rows at every 2-byte offset
     for rows, cols in shapes:
         check_q(name, "float", rng, rows, cols, bits=bits)

@@ -106,12 +106,6 @@ __global__ void __launch_bounds__(kThreads) cope_attention_kernel(const CopeArgs
   const T* v = static_cast<const T*>(a.v);
 
   load_q_async<T, kHeadDim, kBM, kThreads>(qs, q, a.q_st, a.q_sh, rm, m0, kvh);
-  // The first key tile (the diagonal one) goes out with Q, into slot 0 of the double buffers, so its
-  // latency overlaps the integer logits below, which stage the position table in slot 1.
-  if (kt_begin < kt_end) {
-    load_kv_async<T, kHeadDim, kThreads>(ks, k, a.k_st, a.k_sh, kvh, (kt_end - 1) * kBN, rm.T_k);
-    if (kMode != kGateTotals) load_kv_async<T, kHeadDim, kThreads>(vs, v, a.v_st, a.v_sh, kvh, (kt_end - 1) * kBN, rm.T_k);
-  }
   cp_async_commit();
 
   // --- integer position logits L[r][p] = zscale * <q_r, e_head(r)[p]> -------------------------------------
@@ -124,12 +118,12 @@ __global__ void __launch_bounds__(kThreads) cope_attention_kernel(const CopeArgs
       // One table for all rows of the block: tensor-core tiles of 64 positions, as Q K^T.
       const T* pe_head = pe + (a.pe_stride_h == 0 ? 0 : int64_t(kvh) * a.pe_stride_h);
       for (int p0 = 0; p0 < npos; p0 += kBN) {
-        load_kv_async<T, kHeadDim, kThreads>(ks + kBN * S, pe_head, kHeadDim, 0, 0, p0, npos);
+        load_kv_async<T, kHeadDim, kThreads>(ks, pe_head, kHeadDim, 0, 0, p0, npos);
         cp_async_commit();
         cp_async_wait<0>();
         __syncthreads();
         float sl[8][4];
-        qk_tile<T, kHeadDim>(qs, ks + kBN * S, warp, lane, sl);
+        qk_tile<T, kHeadDim>(qs, ks, warp, lane, sl);
 #pragma unroll
         for (int nb = 0; nb < 8; ++nb)
 #pragma unroll
@@ -190,7 +184,12 @@ __global__ void __launch_bounds__(kThreads) cope_attention_kernel(const CopeArgs
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   const float s2 = a.scale * kLog2e;
 
-  // --- key tiles, backwards from the diagonal (the first one issued with Q) ---------------------------------
+  // --- key tiles, backwards from the diagonal ------------------------------------------------------------
+  if (kt_begin < kt_end) {
+    load_kv_async<T, kHeadDim, kThreads>(ks, k, a.k_st, a.k_sh, kvh, (kt_end - 1) * kBN, rm.T_k);
+    if (kMode != kGateTotals) load_kv_async<T, kHeadDim, kThreads>(vs, v, a.v_st, a.v_sh, kvh, (kt_end - 1) * kBN, rm.T_k);
+    cp_async_commit();
+  }
   for (int kt = kt_end - 1; kt >= kt_begin; --kt) {
     const int buf = (kt_end - 1 - kt) & 1;
     cp_async_wait<0>();

@@ -146,8 +146,9 @@ void matvec_q_cuda_op(py::object weight, int qtype, int64_t rows, int64_t cols, 
                       py::object norm_obj, float eps, py::object prepared_obj, int64_t stream) {
   const int dev = cuda_weight_device(weight, "matvec_q_cuda");
   CudaWeight w = check_cuda_weight(weight, qtype, rows, cols, stream);
-  SELFEXT_CHECK(w.m.type == QType::Q4_0 || w.m.type == QType::Q4_K || w.m.type == QType::Q6_K, ArgumentError,
-                "matvec_q_cuda takes Q4_0, Q4_K or Q6_K weights");
+  SELFEXT_CHECK(w.m.type == QType::Q4_0 || w.m.type == QType::Q8_0 || w.m.type == QType::Q4_K ||
+                    w.m.type == QType::Q6_K, ArgumentError,
+                "matvec_q_cuda takes Q4_0, Q8_0, Q4_K or Q6_K weights");
   MatvecInput in;
   if (kind == "float") in.kind = MatvecInput::kFloat;
   else if (kind == "rmsnorm") in.kind = MatvecInput::kRmsNorm;

@@ -695,10 +695,16 @@ void ModelCuda::head(int64_t r0, int64_t rows) {
   float* x = scratch_.as<float>(sl_.x);
   float* xb = scratch_.as<float>(sl_.xb);
   float* dlog = scratch_.as<float>(sl_.logits);
-  if (fuse_decode_ && rows == 1) {
+  // One row: the 16-bit-code product wherever the head's type has one, also in the fused path. The head is
+  // the step's largest matrix (SmolLM2's Q8_0 49152 x 576: ~30 us fused, ~1 TB/s), and one prepare kernel
+  // is cheap beside it. SELFEXT_CUDA_HEAD_Q=0 keeps the fused product for it (read at every call).
+  const char* hq = std::getenv("SELFEXT_CUDA_HEAD_Q");
+  const bool head_q = rows == 1 && (decode_q_ || fuse_decode_) && E % 32 == 0 && matvec_q_supported(output_) &&
+                      !(hq && std::strcmp(hq, "0") == 0);
+  if (fuse_decode_ && rows == 1 && !head_q) {
     matvec_cuda_fused(output_, MatvecInput{MatvecInput::kRmsNorm, x + r0 * E, E, output_norm_, c.rms_eps}, dlog,
                       false, stream_);
-  } else if (decode_q_ && rows == 1 && matvec_q_supported(output_)) {
+  } else if (head_q) {
     void* xq = scratch_.as<void>(sl_.xq);
     prepare_activation_cuda(MatvecInput{MatvecInput::kRmsNorm, x + r0 * E, E, output_norm_, c.rms_eps}, E, xb, xq,
                             stream_);

@@ -13,7 +13,7 @@
 //           DRAM 25%): the lanes' 8-byte weight loads are scattered over ~5 cache lines per warp
 //           instruction. The next step is staging each warp's contiguous row bytes through shared
 //           memory with 16-byte loads (or llama.cpp's int8 activations + dp4a), not more rows per block.
-//   matvec_q (Q4_0, Q4_K, Q6_K decode rows, the model's unfused path): the activation row prepared into
+//   matvec_q (Q4_0, Q8_0, Q4_K, Q6_K decode rows: the model's unfused path, and the head of any model): the activation row prepared into
 //           16-bit codes and multiplied with dp4a over 16-byte weight loads; 0.46-0.58 of the copy
 //           bandwidth on the same H200 (see "decode products over 16-bit activation codes" below).
 //           SELFEXT_CUDA_MVQ_BITS=8 multiplies by the codes' high bytes only (8-bit activations).
@@ -207,7 +207,8 @@ __global__ void __launch_bounds__(kPrepThreads) prepare_activation_kernel(const 
 
 __device__ __forceinline__ int dp4a(uint32_t a, uint32_t b, int c) { return __dp4a(int(a), int(b), c); }
 
-// sum over 16 elements of q * v, q in the bytes of qw[0..3] (each < 128), v = 256 h + l.
+// sum over 16 elements of q * v, q the signed bytes of qw[0..3] (nibbles 0..15 or Q8_0's codes), v = 256 h + l;
+// exact in int32 (|sum| <= 16 * 128 * 32640).
 __device__ __forceinline__ int dot16(const uint32_t (&qw)[4], const uint4& h, const uint4& l) {
   int sh = dp4a(qw[0], h.x, 0), sl = dp4a(qw[0], l.x, 0);
   sh = dp4a(qw[1], h.y, sh); sl = dp4a(qw[1], l.y, sl);
@@ -238,13 +239,15 @@ __device__ __forceinline__ int dot16_v(const uint32_t (&qw)[4], const uint4& h, 
   else return dot16(qw, h, l);
 }
 
-// The three formats as the two kernel layouts below see them. A warp reads its columns in chunks of
+// The formats as the kernel below sees them. A warp reads its columns in chunks of
 // 1024 elements (1 KiB of 16-bit codes per activation plane): `load` gives a lane its activation codes
 // for chunk c (false when the lane's block lies past the row's end), `fetch` its weight bytes of chunk c
 // of one row (16-byte loads only, issued before any of them is used), `dot` their product in float:
 // scale d_a per 32 activations times the exact int32 sum, times the weight block's scales.
 //   Q4_0 (18-byte blocks, 2-byte aligned): lane b takes block 32 c + b, loading the two aligned 16-byte
 //     words around its 18 bytes (they never reach past the 16-byte granule of the block's last byte).
+//   Q8_0 (34-byte blocks, 2-byte aligned): lane b takes block 32 c + b through the three aligned 16-byte
+//     words around its 34 bytes (they never reach past the granule of the block's last byte).
 //   Q4_K (144-byte super-blocks): 8 lanes share a super-block, four per chunk; lane i of a group loads
 //     the 16-byte header (d, dmin, scales) and code bytes 16 i .. 16 i + 15: elements 64 (i/2) + 16 (i%2)
 //     + [0, 16) in the low nibbles (sub-block 2 (i/2)) and 32 further in the high ones (2 (i/2) + 1).
@@ -310,6 +313,49 @@ struct MvqQ4_0 {
       hi[k] = (qs >> 4) & 0x0F0F0F0Fu;  // elements 16+4k..
     }
     const int S = dot16_v<k8>(lo, a.h0, a.l0) + dot16_v<k8>(hi, a.h1, a.l1) - 8 * a.sv;
+    return __half2float(__ushort_as_half(uint16_t(dbits))) * a.da * float(S);
+  }
+};
+
+template <bool k8>
+struct MvqQ8_0 {
+  struct Act { uint4 h0, h1, l0, l1; float da; };
+  struct Raw { uint4 A, B, C; int o; };
+  __device__ static bool load(const ActQ& x, int64_t cols, int c, int lane, Act& a) {
+    const int b = 32 * c + lane;
+    if (b >= int(cols / 32)) return false;
+    a.h0 = reinterpret_cast<const uint4*>(x.h)[2 * b];
+    a.h1 = reinterpret_cast<const uint4*>(x.h)[2 * b + 1];
+    if constexpr (!k8) {
+      a.l0 = reinterpret_cast<const uint4*>(x.l)[2 * b];
+      a.l1 = reinterpret_cast<const uint4*>(x.l)[2 * b + 1];
+    }
+    a.da = x.d[b];
+    return true;
+  }
+  __device__ static void fetch(const uint8_t* row, int c, int lane, Raw& r) {
+    const uintptr_t p = reinterpret_cast<uintptr_t>(row + int64_t(34) * (32 * c + lane));
+    const uint4* a16 = reinterpret_cast<const uint4*>(p & ~uintptr_t(15));
+    r.A = a16[0];
+    r.B = a16[1];
+    r.C = a16[2];
+    r.o = int(p & 15);
+  }
+  __device__ static float dot(const Raw& r, const Act& a) {
+    const uint32_t W[12] = {r.A.x, r.A.y, r.A.z, r.A.w, r.B.x, r.B.y, r.B.z, r.B.w, r.C.x, r.C.y, r.C.z, r.C.w};
+    const int wi = r.o >> 2;
+    const bool odd = (r.o & 2) != 0;  // the block starts in the upper half of word wi
+    uint32_t X[9];
+#pragma unroll
+    for (int t = 0; t < 9; ++t) X[t] = wi == 0 ? W[t] : wi == 1 ? W[t + 1] : wi == 2 ? W[t + 2] : W[t + 3];
+    const uint32_t dbits = (odd ? X[0] >> 16 : X[0]) & 0xFFFFu;
+    uint32_t q0[4], q1[4];  // the signed codes of elements 0..15 and 16..31
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      q0[k] = __funnelshift_rc(X[k], X[k + 1], odd ? 32u : 16u);
+      q1[k] = __funnelshift_rc(X[k + 4], X[k + 5], odd ? 32u : 16u);
+    }
+    const int S = dot16_v<k8>(q0, a.h0, a.l0) + dot16_v<k8>(q1, a.h1, a.l1);
     return __half2float(__ushort_as_half(uint16_t(dbits))) * a.da * float(S);
   }
 };
@@ -824,7 +870,8 @@ void matvec_cuda_fused(const QMatrix& w, const MatvecInput& in, float* y, bool a
 }
 
 bool matvec_q_supported(const QMatrix& w) {
-  return mvq_enabled() && (w.type == QType::Q4_0 || w.type == QType::Q4_K || w.type == QType::Q6_K);
+  return mvq_enabled() &&
+         (w.type == QType::Q4_0 || w.type == QType::Q8_0 || w.type == QType::Q4_K || w.type == QType::Q6_K);
 }
 
 size_t activation_q_bytes(int64_t cols) {
@@ -858,8 +905,8 @@ void prepare_activation_cuda(const MatvecInput& in, int64_t cols, float* out_f, 
 void matvec_q_cuda(const QMatrix& w, const void* xq, float* y, bool accumulate, void* stream,
                    const QkvScatter* scatter) {
   check_matrix(w);
-  SELFEXT_CHECK(w.type == QType::Q4_0 || w.type == QType::Q4_K || w.type == QType::Q6_K, ArgumentError,
-                "matvec_q takes Q4_0, Q4_K or Q6_K weights, got ", qtype_name(w.type));
+  SELFEXT_CHECK(w.type == QType::Q4_0 || w.type == QType::Q8_0 || w.type == QType::Q4_K || w.type == QType::Q6_K,
+                ArgumentError, "matvec_q takes Q4_0, Q8_0, Q4_K or Q6_K weights, got ", qtype_name(w.type));
   SELFEXT_CHECK(xq != nullptr && y != nullptr, ArgumentError, "xq and y must not be null");
   SELFEXT_CHECK(reinterpret_cast<uintptr_t>(xq) % 256 == 0, ArgumentError, "xq must be 256-byte aligned");
   if (scatter) check_scatter(*scatter, w, 1);
@@ -925,6 +972,7 @@ void matvec_q_cuda(const QMatrix& w, const void* xq, float* y, bool accumulate, 
     else rows_layout(fmt16);
   };
   if (w.type == QType::Q4_0) by_bits(MvqQ4_0<true>{}, MvqQ4_0<false>{});
+  else if (w.type == QType::Q8_0) by_bits(MvqQ8_0<true>{}, MvqQ8_0<false>{});
   else if (w.type == QType::Q4_K) by_bits(MvqQ4_K<true>{}, MvqQ4_K<false>{});
   else by_bits(MvqQ6_K<true>{}, MvqQ6_K<false>{});
 }

@@ -60,7 +60,7 @@ struct QkvScatter {
   bool bf16 = false;                          // bf16 (else f16) q and cache
 };
 
-// --- decode products over 16-bit activation codes (Q4_0, Q4_K, Q6_K) ---------------------------------
+// --- decode products over 16-bit activation codes (Q4_0, Q8_0, Q4_K, Q6_K) ---------------------------
 // One activation row is first prepared (prepare_activation_cuda: the MatvecInput step applied, then
 // quantized per 32 elements to x ~ d * v, v = 256 h + l, |v| <= 32512, h and l signed bytes, so a
 // 16-bit code split in two bytes), and the product then runs on integer dot products (dp4a) of the
