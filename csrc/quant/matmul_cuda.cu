@@ -257,6 +257,36 @@ __device__ __forceinline__ int dot16_v(const uint32_t (&qw)[4], const uint4& h, 
 //     of the same elements), each through the two aligned words around it (inside the super-block).
 constexpr int kMvqChunk = 1024;
 
+// X[t] = W[wi + t], t < N, for a run-time wi in 0..3 (selects, not a local-memory index).
+template <int N, int M>
+__device__ __forceinline__ void words_from(const uint32_t (&W)[M], int wi, uint32_t (&X)[N]) {
+  static_assert(N + 3 <= M, "wi + t must stay inside W");
+#pragma unroll
+  for (int t = 0; t < N; ++t) X[t] = wi == 0 ? W[t] : wi == 1 ? W[t + 1] : wi == 2 ? W[t + 2] : W[t + 3];
+}
+
+// The activation codes of block b = 32 c + lane (32 elements) for the formats of 32-element blocks (Q4_0,
+// Q8_0): the 16-byte words of both code planes (the high bytes only with k8), the block's scale and, with
+// kSum, the codes' sum (Q4_0's offset term). False when the block lies past the row's end.
+struct Act32 { uint4 h0, h1, l0, l1; float da; int sv; };
+template <bool k8, bool kSum>
+__device__ __forceinline__ bool load_act32(const ActQ& x, int64_t cols, int c, int lane, Act32& a) {
+  const int b = 32 * c + lane;
+  if (b >= int(cols / 32)) return false;
+  a.h0 = reinterpret_cast<const uint4*>(x.h)[2 * b];
+  a.h1 = reinterpret_cast<const uint4*>(x.h)[2 * b + 1];
+  if constexpr (!k8) {
+    a.l0 = reinterpret_cast<const uint4*>(x.l)[2 * b];
+    a.l1 = reinterpret_cast<const uint4*>(x.l)[2 * b + 1];
+  }
+  a.da = x.d[b];
+  if constexpr (kSum) {
+    if constexpr (k8) a.sv = hsum16(a.h0) + hsum16(a.h1);
+    else a.sv = x.s16[2 * b] + x.s16[2 * b + 1];
+  }
+  return true;
+}
+
 // 16 bytes at a 2-byte aligned global address, from the two aligned 16-byte words around them.
 __device__ __forceinline__ void ld16_a2(const uint8_t* p, uint32_t (&v)[4]) {
   const uintptr_t a = reinterpret_cast<uintptr_t>(p);
@@ -266,29 +296,17 @@ __device__ __forceinline__ void ld16_a2(const uint8_t* p, uint32_t (&v)[4]) {
   const int wi = int(a & 15) >> 2;
   const uint32_t sh = uint32_t(a & 2) * 8u;
   uint32_t X[5];
-#pragma unroll
-  for (int t = 0; t < 5; ++t) X[t] = wi == 0 ? W[t] : wi == 1 ? W[t + 1] : wi == 2 ? W[t + 2] : W[t + 3];
+  words_from(W, wi, X);
 #pragma unroll
   for (int k = 0; k < 4; ++k) v[k] = __funnelshift_r(X[k], X[k + 1], sh);
 }
 
 template <bool k8>
 struct MvqQ4_0 {
-  struct Act { uint4 h0, h1, l0, l1; float da; int sv; };
+  using Act = Act32;
   struct Raw { uint4 A, B; int o; };
   __device__ static bool load(const ActQ& x, int64_t cols, int c, int lane, Act& a) {
-    const int b = 32 * c + lane;
-    if (b >= int(cols / 32)) return false;
-    a.h0 = reinterpret_cast<const uint4*>(x.h)[2 * b];
-    a.h1 = reinterpret_cast<const uint4*>(x.h)[2 * b + 1];
-    if constexpr (!k8) {
-      a.l0 = reinterpret_cast<const uint4*>(x.l)[2 * b];
-      a.l1 = reinterpret_cast<const uint4*>(x.l)[2 * b + 1];
-    }
-    a.da = x.d[b];
-    if constexpr (k8) a.sv = hsum16(a.h0) + hsum16(a.h1);
-    else a.sv = x.s16[2 * b] + x.s16[2 * b + 1];
-    return true;
+    return load_act32<k8, true>(x, cols, c, lane, a);
   }
   __device__ static void fetch(const uint8_t* row, int c, int lane, Raw& r) {
     const uintptr_t p = reinterpret_cast<uintptr_t>(row + int64_t(18) * (32 * c + lane));
@@ -302,8 +320,7 @@ struct MvqQ4_0 {
     const int wi = r.o >> 2;
     const bool odd = (r.o & 2) != 0;  // the block starts in the upper half of word wi
     uint32_t X[5];
-#pragma unroll
-    for (int t = 0; t < 5; ++t) X[t] = wi == 0 ? W[t] : wi == 1 ? W[t + 1] : wi == 2 ? W[t + 2] : W[t + 3];
+    words_from(W, wi, X);
     const uint32_t dbits = (odd ? X[0] >> 16 : X[0]) & 0xFFFFu;
     uint32_t lo[4], hi[4];
 #pragma unroll
@@ -319,19 +336,10 @@ struct MvqQ4_0 {
 
 template <bool k8>
 struct MvqQ8_0 {
-  struct Act { uint4 h0, h1, l0, l1; float da; };
+  using Act = Act32;
   struct Raw { uint4 A, B, C; int o; };
   __device__ static bool load(const ActQ& x, int64_t cols, int c, int lane, Act& a) {
-    const int b = 32 * c + lane;
-    if (b >= int(cols / 32)) return false;
-    a.h0 = reinterpret_cast<const uint4*>(x.h)[2 * b];
-    a.h1 = reinterpret_cast<const uint4*>(x.h)[2 * b + 1];
-    if constexpr (!k8) {
-      a.l0 = reinterpret_cast<const uint4*>(x.l)[2 * b];
-      a.l1 = reinterpret_cast<const uint4*>(x.l)[2 * b + 1];
-    }
-    a.da = x.d[b];
-    return true;
+    return load_act32<k8, false>(x, cols, c, lane, a);
   }
   __device__ static void fetch(const uint8_t* row, int c, int lane, Raw& r) {
     const uintptr_t p = reinterpret_cast<uintptr_t>(row + int64_t(34) * (32 * c + lane));
@@ -346,8 +354,7 @@ struct MvqQ8_0 {
     const int wi = r.o >> 2;
     const bool odd = (r.o & 2) != 0;  // the block starts in the upper half of word wi
     uint32_t X[9];
-#pragma unroll
-    for (int t = 0; t < 9; ++t) X[t] = wi == 0 ? W[t] : wi == 1 ? W[t + 1] : wi == 2 ? W[t + 2] : W[t + 3];
+    words_from(W, wi, X);
     const uint32_t dbits = (odd ? X[0] >> 16 : X[0]) & 0xFFFFu;
     uint32_t q0[4], q1[4];  // the signed codes of elements 0..15 and 16..31
 #pragma unroll
