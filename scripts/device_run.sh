@@ -13,6 +13,10 @@ export PYTHONUNBUFFERED=1
 stages="${*:-build test bench}"
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
+# Run in bench/: one decode-step timing of profile_decode.py for model $1 under environment assignment $2,
+# and an A/B of switch $2 (=1 then =0, alternating) on model $1 over $3 rounds.
+pd() { echo "--- $1 $2"; env $2 timeout 80 python3 profile_decode.py $1 --steps 64 2>&1 | tail -1; }
+ab() { for _ in $(seq "$3"); do pd "$1" "$2=1"; pd "$1" "$2=0"; done; }
 
 if ls .carry/gguf-*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site .carry/gguf-*.whl && export PYTHONPATH=/tmp/site
@@ -132,15 +136,8 @@ PY
       timeout 150 python3 -m pytest tests/test_llm_cuda.py -m cuda -q -p no:cacheprovider -rfE \
         -k "pre_wait_loads or fused_decode_equals_unfused or graphs" 2>&1 | tee "$OUT/s15c_tests.log" | tail -8 || rc=1
       ( cd bench
-        pd() { echo "--- $1 $2"; env $2 timeout 80 python3 profile_decode.py $1 --steps 64 2>&1 | tail -1; }
-        for round in 1 2; do
-          pd smollm2-shapes SELFEXT_CUDA_SE_DEC_EARLY=1
-          pd smollm2-shapes SELFEXT_CUDA_SE_DEC_EARLY=0
-        done
-        for round in 1 2; do
-          pd llama-3-8b-q4_k_m-shapes SELFEXT_CUDA_SE_DEC_EARLY=1
-          pd llama-3-8b-q4_k_m-shapes SELFEXT_CUDA_SE_DEC_EARLY=0
-        done ) 2>&1 | tee "$OUT/s15c.log"
+        ab smollm2-shapes SELFEXT_CUDA_SE_DEC_EARLY 2
+        ab llama-3-8b-q4_k_m-shapes SELFEXT_CUDA_SE_DEC_EARLY 2 ) 2>&1 | tee "$OUT/s15c.log"
       ;;
     s16)
       # Session 16: decode splits merged within a thread-block cluster (SELFEXT_CUDA_SE_DEC_CLUSTER) - the
@@ -149,13 +146,8 @@ PY
         -k "${S16_K:-pre_wait_loads or fused_decode_equals_unfused or graphs or self_extend or cope}" 2>&1 \
         | tee "$OUT/s16_tests.log" | tail -8 || rc=1
       ( cd bench
-        pd() { echo "--- $1 $2"; env $2 timeout 80 python3 profile_decode.py $1 --steps 64 2>&1 | tail -1; }
-        for round in 1 2; do
-          pd smollm2-shapes SELFEXT_CUDA_SE_DEC_CLUSTER=1
-          pd smollm2-shapes SELFEXT_CUDA_SE_DEC_CLUSTER=0
-        done
-        pd llama-3-8b-q4_k_m-shapes SELFEXT_CUDA_SE_DEC_CLUSTER=1
-        pd llama-3-8b-q4_k_m-shapes SELFEXT_CUDA_SE_DEC_CLUSTER=0 ) 2>&1 | tee "$OUT/s16.log"
+        ab smollm2-shapes SELFEXT_CUDA_SE_DEC_CLUSTER 2
+        ab llama-3-8b-q4_k_m-shapes SELFEXT_CUDA_SE_DEC_CLUSTER 1 ) 2>&1 | tee "$OUT/s16.log"
       ;;
     s16b)
       # Session 16: the Q8_0 16-bit-code product (SmolLM2's head shape and an 8B one), where CoPE's T = 1k time
@@ -166,11 +158,7 @@ PY
         --out "$OUT/quant_cuda-q8_0-head.json" 2>&1 | tail -8 || rc=1
       timeout 60 python3 scripts/cope_probe.py 2>&1 | tee "$OUT/cope_probe.log" || rc=1
       ( cd bench
-        pd() { echo "--- $1 $2"; env $2 timeout 80 python3 profile_decode.py $1 --steps 64 2>&1 | tail -1; }
-        for round in 1 2; do
-          pd smollm2-shapes SELFEXT_CUDA_HEAD_Q=1
-          pd smollm2-shapes SELFEXT_CUDA_HEAD_Q=0
-        done ) 2>&1 | tee "$OUT/s16b.log"
+        ab smollm2-shapes SELFEXT_CUDA_HEAD_Q 2 ) 2>&1 | tee "$OUT/s16b.log"
       ;;
     overhead)
       timeout 60 python3 scripts/binding_overhead.py 2>&1 | tee "$OUT/overhead.log" || rc=1
