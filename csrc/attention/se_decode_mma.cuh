@@ -34,6 +34,7 @@
 #include <cstring>
 
 #include "attention/se_decode.cuh"
+#include "core/sm90.cuh"
 
 namespace selfext {
 namespace attn_cuda {
@@ -85,20 +86,6 @@ __device__ __forceinline__ void rot_neox(uint32_t& x, uint32_t& y, float4 cs) {
   y = pack2<T>(y0, y1);
 }
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-// Every thread of the cluster arrives (its shared-memory writes released) and waits (the others' acquired).
-__device__ __forceinline__ void cluster_barrier() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-// The float at p in the shared memory of the cluster's block `rank`.
-__device__ __forceinline__ float ld_cluster_f32(const float* p, int rank) {
-  uint32_t remote;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_u32(p)), "r"(rank));
-  float x;
-  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(x) : "r"(remote) : "memory");
-  return x;
-}
-#endif
 
 // The split-K merge inside one cluster (grid (n_kv_heads, n_splits), cluster (1, n_splits), so the block of
 // split s has cluster rank s): each block's merged (o, M, l) sits in its shared memory at cl_o / cl_ml; after

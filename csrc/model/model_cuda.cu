@@ -23,6 +23,7 @@
 #include "core/cuda_launch.cuh"
 #include "core/cuda_info.h"
 #include "core/half.h"
+#include "model/decode_cluster.cuh"
 #include "model/decode_mega.cuh"
 #include "model/model_cuda.h"
 #include "model/rms_norm.h"
@@ -263,7 +264,7 @@ class ModelCuda final : public Model {
     return weights_.bytes() + k_cache_.bytes() + v_cache_.bytes() + scratch_.bytes() + rope_table_.bytes();
   }
   std::string decode_path() const override {
-    return !use_graphs_ ? "eager" : mega_ ? "megakernel" : fuse_decode_ ? "graphs-fused" : "graphs";
+    return !use_graphs_ ? "eager" : mega_ ? "megakernel" : cluster_ ? "graphs-cluster" : fuse_decode_ ? "graphs-fused" : "graphs";
   }
 
  private:
@@ -319,6 +320,13 @@ class ModelCuda final : public Model {
   bool mega_ = false;
   int mega_blocks_ = 0;
   std::map<std::tuple<int64_t, int64_t, int64_t>, std::unique_ptr<mega::DecodeMega>> megas_;
+  // Decode steps of small Q4_1 models in one thread-block cluster (model/decode_cluster.cuh), for caches of
+  // up to cluster_max_keys_ keys (longer ones take the graphed kernels, which use the whole GPU for the
+  // attention). SELFEXT_CUDA_CLUSTER=0 turns it off; SELFEXT_CUDA_CLUSTER_MAX_KEYS sets the bound,
+  // SELFEXT_CUDA_CLUSTER_KV_KEYS the keys per split staged at a time (tests: several chunks at short caches).
+  std::unique_ptr<clus::ClusterDecode> cluster_;
+  int64_t cluster_max_keys_ = 0;
+  void init_cluster();
   std::map<std::tuple<int64_t, int64_t, int64_t>, cudaGraphExec_t> graphs_;
   QMatrix token_embd_, output_;
   const float* output_norm_ = nullptr;
@@ -442,8 +450,50 @@ ModelCuda::ModelCuda(ModelConfig config, ModelWeights weights, int device)
   const char* menv = std::getenv("SELFEXT_CUDA_MEGA");
   mega_ = menv && std::strcmp(menv, "1") == 0 && mega_eligible();
   if (mega_) mega_blocks_ = mega::DecodeMega::grid_blocks();
+  init_cluster();
   SELFEXT_CUDA_CHECK(cudaMemsetAsync(scratch_.as<char>(sl_.mega_sync), 0, sizeof(mega::MegaSync), stream_));
   sync();
+}
+
+void ModelCuda::init_cluster() {
+  const ModelConfig& c = cfg_;
+  const char* env = std::getenv("SELFEXT_CUDA_CLUSTER");
+  if ((env && std::strcmp(env, "0") == 0) || !fuse_decode_ || !use_graphs_ || mega_ || c.cope || c.rope_dim <= 0)
+    return;
+  const char* kenv = std::getenv("SELFEXT_CUDA_CLUSTER_MAX_KEYS");
+  cluster_max_keys_ = kenv ? std::atoll(kenv) : 2048;
+  clus::Config cc;
+  cc.n_layer = int(c.n_layer);
+  cc.E = int(c.n_embd);
+  cc.QD = int(c.q_dim());
+  cc.KD = int(c.kv_dim());
+  cc.F = int(c.n_ff);
+  cc.H = int(c.n_head);
+  cc.Hkv = int(c.n_head_kv);
+  cc.D = int(c.head_dim);
+  cc.n_ctx = c.n_ctx;
+  cc.eps = c.rms_eps;
+  cc.scale = float(1.0 / std::sqrt(double(c.head_dim)));
+  cc.group = c.group;
+  cc.window = c.window;
+  cc.rope_table = rope_table_.as<float>();
+  cc.rope_n_pos = c.n_ctx;
+  cc.rope_dim = int(c.rope_dim);
+  cc.style = c.rope_style;
+  cc.bf16 = c.kv_dtype == DType::kBFloat16;
+  if (const char* kk = std::getenv("SELFEXT_CUDA_CLUSTER_KV_KEYS")) cc.kv_keys = std::atoi(kk);
+  std::vector<clus::LayerPtrs> lp;
+  const size_t layer_elems = size_t(c.kv_dim()) * c.n_ctx;
+  for (int il = 0; il < c.n_layer; ++il) {
+    const DeviceLayer& l = layers_[size_t(il)];
+    if (!l.wqkv.data || !l.w_gate.data || !l.w_up.data) return;
+    for (const QMatrix* m : {&l.wqkv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) cc.types.push_back(m->type);
+    const size_t off = size_t(il) * layer_elems * dtype_size(c.kv_dtype);
+    lp.push_back(clus::LayerPtrs{l.wqkv.data, l.wo.data, l.w_gate.data, l.w_up.data, l.w_down.data, l.attn_norm,
+                                 l.ffn_norm, l.bq, l.bk, l.bv, k_cache_.as<char>() + off, v_cache_.as<char>() + off});
+  }
+  if (!clus::why_not(cc).empty()) return;
+  cluster_ = std::make_unique<clus::ClusterDecode>(cc, lp);
 }
 
 bool ModelCuda::mega_eligible() const {
@@ -789,7 +839,10 @@ void ModelCuda::decode_graphed(int32_t token, float* logits) {
       SELFEXT_CUDA_CHECK(cudaMemcpyAsync(scratch_.as<int32_t>(sl_.pos), host_pos_.as<int32_t>(), 8,
                                          cudaMemcpyHostToDevice, stream_));
       embed_rows_cuda(token_embd_, scratch_.as<int32_t>(sl_.ids), 1, scratch_.as<float>(sl_.x), c.n_embd, stream_);
-      if (mg) {
+      if (cluster_ && bound <= cluster_max_keys_) {
+        cluster_->launch(scratch_.as<int32_t>(sl_.pos), scratch_.as<float>(sl_.x), stream_);
+        head(0, 1);
+      } else if (mg) {
         mg->launch(scratch_.as<mega::MegaSync>(sl_.mega_sync), stream_);
         SELFEXT_CUDA_CHECK(cudaMemcpyAsync(host_logits_.as<float>(), scratch_.as<float>(sl_.logits),
                                            size_t(c.n_vocab) * 4, cudaMemcpyDeviceToHost, stream_));
