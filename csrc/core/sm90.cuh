@@ -41,6 +41,14 @@ __device__ __forceinline__ void st_cluster_all_f32(float* p, float v) {
     asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(cluster_map(p, r)), "f"(v) : "memory");
 }
 
+// v into p of the cluster's blocks r0 .. r0 + kN - 1.
+template <int kN>
+__device__ __forceinline__ void st_cluster_range_f32(float* p, float v, int r0) {
+#pragma unroll
+  for (int r = 0; r < kN; ++r)
+    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(cluster_map(p, r0 + r)), "f"(v) : "memory");
+}
+
 // mbarriers for bulk copies: initialized with one arrival per phase; the arrival also sets the bytes the
 // phase waits for (the copies' complete_tx).
 __device__ __forceinline__ void mbar_init(uint64_t* bar) {

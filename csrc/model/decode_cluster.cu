@@ -37,7 +37,7 @@ struct Chunk {
 };
 
 enum Off { kRing, kKv, kXs, kQs, kKvc, kHs, kAtt, kGu, kPart, kCh, kCl, kDa, kSv, kQn, kQg, kSc, kApart, kMl,
-           kRed, kBar, kLayers, kChunkTab, kNumOff };
+           kRed, kProf, kBar, kLayers, kChunkTab, kNumOff };
 
 struct KArgs {
   const LayerPtrs* layers;
@@ -50,8 +50,32 @@ struct KArgs {
   const int32_t* pos_dev;
   float* x;
   int kv_keys;  // keys per staged chunk of a split
+  int prof;     // SELFEXT_CUDA_CLUSTER_PROF=1: block 0 prints where each step's cycles went
   uint32_t off[kNumOff];
 };
+
+// One Q4_1 block (w: d|m, 16 bytes of nibbles) against a block's codes: d da sum q v + m da sum v.
+__device__ __forceinline__ float q41_dot(const uint32_t (&w)[5], const uint32_t (&hw)[8], const uint32_t (&lw)[8], float da,
+                                         float dsv) {
+  int sh = 0, sl = 0;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const uint32_t q = w[1 + k];
+    const uint32_t lo = q & 0x0F0F0F0Fu, hi = (q >> 4) & 0x0F0F0F0Fu;
+    sh = __dp4a(int(lo), int(hw[k]), sh);
+    sh = __dp4a(int(hi), int(hw[4 + k]), sh);
+    sl = __dp4a(int(lo), int(lw[k]), sl);
+    sl = __dp4a(int(hi), int(lw[4 + k]), sl);
+  }
+  const float d = __half2float(__ushort_as_half(uint16_t(w[0] & 0xffffu)));
+  const float m = __half2float(__ushort_as_half(uint16_t(w[0] >> 16)));
+  return d * da * float(256 * sh + sl) + m * dsv;
+}
+
+// Profile slots: cycles per stage kind k (0..4) of work, of waiting for weights, of the cluster barrier.
+// Sub-phases: attention (q setup, logits, softmax, P V, state push), products (codes, partial sums, rows).
+enum Prof { kPWork = 0, kPWeights = 5, kPBarrier = 10, kPKv = 15, kPInit = 16, kPTotal = 17, kPAtt = 18, kPProd = 23,
+            kProfSlots = 26 };
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 
@@ -66,6 +90,11 @@ __device__ __forceinline__ float warp_add(float v) {
   return v;
 }
 
+// A row's value into every block: each of the row's four threads (sub) stores to four blocks.
+__device__ __forceinline__ void push(float* p, float v, int sub) {
+  st_cluster_range_f32<kClusterSize / 4>(p, v, sub * (kClusterSize / 4));
+}
+
 // Everything a block keeps in shared memory, as pointers.
 struct Sm {
   uint8_t* ring;
@@ -76,6 +105,7 @@ struct Sm {
   float* da;
   int* sv;
   float *qn, *qg, *sc, *apart, *ml, *red;
+  unsigned long long* prof;  // kProfSlots cycle counters (block 0, thread 0, with KArgs::prof)
   uint64_t* bar;  // n_chunks weight barriers, then the key/value barrier
   LayerPtrs* layers;
   Chunk* chunks;
@@ -91,6 +121,22 @@ struct Ctx {
   Sm s;
   int rank, t, T_k, next_chunk;
   uint32_t kv_phase;
+  bool prof;
+  long long last;
+
+  // Adds the cycles since the last mark to slot k (profiling only).
+  __device__ __forceinline__ void mark(int k) {
+    if (!prof) return;
+    const long long now = clock64();
+    s.prof[k] += (unsigned long long)(now - last);
+    last = now;
+  }
+  // The cluster barrier closing a stage of kind k.
+  __device__ __forceinline__ void end_stage(int k) {
+    mark(kPWork + k);
+    cluster_barrier();
+    mark(kPBarrier + k);
+  }
 
   // Thread 0: every chunk whose ring slots are free once stage g was consumed.
   __device__ void issue_upto(int g) {
@@ -102,8 +148,10 @@ struct Ctx {
       ++next_chunk;
     }
   }
-  __device__ const uint8_t* chunk(int k) {
+  __device__ const uint8_t* chunk(int k, int kind) {
+    mark(kPWork + kind);
     mbar_wait(&s.bar[k], 0);
+    mark(kPWeights + kind);
     return s.ring + s.chunks[k].dst;
   }
 
@@ -122,30 +170,49 @@ struct Ctx {
     }
   }
 
-  // 16-bit codes of the K values src(c) into ch, cl, da, sv (one warp per 32-element block).
+  // 16-bit codes of the K values src(c) into ch, cl, da, sv: 8 threads per 32-element block, 4 elements each
+  // (the block's max and sum in three shuffles). An inf or NaN in a block gives it a NaN scale and zero codes:
+  // its products come out NaN, as the float path's would.
   template <typename Src>
   __device__ void prep(int K, Src src) {
-    const int warp = t >> 5, lane = t & 31;
-    for (int b = warp; b < K / 32; b += kWarps) {
-      const int c = 32 * b + lane;
-      const float v = src(c);
-      float amax = fabsf(v);
-      const bool bad = __any_sync(0xffffffffu, !(amax <= 3.0e38f));
-      amax = warp_max(amax);
-      int q = amax > 0.f && !bad ? __float2int_rn(v * (float(kActVMax) / amax)) : 0;
-      q = max(-kActVMax, min(kActVMax, q));
-      const int hi = (q + 128) >> 8;
-      s.ch[c] = int8_t(hi);
-      s.cl[c] = int8_t(q - 256 * hi);
-      int sum = q;
+    for (int base = 0; base < K; base += 4 * kThreads) {
+      const int c = base + 4 * t;
+      const bool ok = c < K;
+      float v[4];
+      float amax = 0.f;
 #pragma unroll
-      for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-      if (lane == 0) {
-        s.da[b] = bad ? __int_as_float(0x7fc00000) : amax / float(kActVMax);
-        s.sv[b] = sum;
+      for (int u = 0; u < 4; ++u) {
+        v[u] = ok ? src(c + u) : 0.f;
+        const float m = fabsf(v[u]);
+        amax = fmaxf(amax, m <= 3.0e38f ? m : INFINITY);
+      }
+#pragma unroll
+      for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+      const bool bad = amax == INFINITY;
+      int sum = 0;
+      uint32_t hw = 0, lw = 0;
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        int q = amax > 0.f && !bad ? __float2int_rn(v[u] * (float(kActVMax) / amax)) : 0;
+        q = max(-kActVMax, min(kActVMax, q));
+        const int hi = (q + 128) >> 8;
+        hw |= uint32_t(uint8_t(int8_t(hi))) << (8 * u);
+        lw |= uint32_t(uint8_t(int8_t(q - 256 * hi))) << (8 * u);
+        sum += q;
+      }
+#pragma unroll
+      for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+      if (ok) {
+        reinterpret_cast<uint32_t*>(s.ch)[c / 4] = hw;
+        reinterpret_cast<uint32_t*>(s.cl)[c / 4] = lw;
+        if ((t & 7) == 0) {
+          s.da[c / 32] = bad ? __int_as_float(0x7fc00000) : amax / float(kActVMax);
+          s.sv[c / 32] = sum;
+        }
       }
     }
     __syncthreads();
+    mark(kPProd + 0);
   }
 
   // 1 / rms of the residual row (every block computes it over its own copy).
@@ -176,26 +243,25 @@ struct Ctx {
       const float da = s.da[b];
       const float dsv = da * float(s.sv[b]);
       const int rb = nb * kQ41Bytes;
-      for (int r = g; r < nr; r += ng) {
-        const uint8_t* blk = (r < nr0 ? w0 + r * rb : w1 + (r - nr0) * rb) + b * kQ41Bytes;
-        const uint32_t* wp = reinterpret_cast<const uint32_t*>(blk);
-        const uint32_t dm = wp[0];
-        int sh = 0, sl = 0;
+      // Two rows per step: both rows' words are loaded before either is used.
+      for (int r = g; r < nr; r += 2 * ng) {
+        const int r2 = r + ng;
+        const bool two = r2 < nr;
+        const uint32_t* wa = reinterpret_cast<const uint32_t*>((r < nr0 ? w0 + r * rb : w1 + (r - nr0) * rb) + b * kQ41Bytes);
+        const int rr2 = two ? r2 : r;
+        const uint32_t* wb = reinterpret_cast<const uint32_t*>((rr2 < nr0 ? w0 + rr2 * rb : w1 + (rr2 - nr0) * rb) + b * kQ41Bytes);
+        uint32_t A[5], B[5];
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const uint32_t q = wp[1 + k];
-          const uint32_t lo = q & 0x0F0F0F0Fu, hi = (q >> 4) & 0x0F0F0F0Fu;
-          sh = __dp4a(int(lo), int(hw[k]), sh);
-          sh = __dp4a(int(hi), int(hw[4 + k]), sh);
-          sl = __dp4a(int(lo), int(lw[k]), sl);
-          sl = __dp4a(int(hi), int(lw[4 + k]), sl);
-        }
-        const float d = __half2float(__ushort_as_half(uint16_t(dm & 0xffffu)));
-        const float m = __half2float(__ushort_as_half(uint16_t(dm >> 16)));
-        s.part[r * nb + b] = d * da * float(256 * sh + sl) + m * dsv;
+        for (int k = 0; k < 5; ++k) A[k] = wa[k];
+#pragma unroll
+        for (int k = 0; k < 5; ++k) B[k] = wb[k];
+        const float ya = q41_dot(A, hw, lw, da, dsv), yb = q41_dot(B, hw, lw, da, dsv);
+        s.part[r * nb + b] = ya;
+        if (two) s.part[r2 * nb + b] = yb;
       }
     }
     __syncthreads();
+    mark(kPProd + 1);
     issue_upto(stage);
     // Four threads per row sum its nb partials.
     for (int base = 0; base < 4 * nr; base += kThreads) {
@@ -205,8 +271,9 @@ struct Ctx {
         for (int bb = sub; bb < nb; bb += 4) y += s.part[r * nb + bb];
       y += __shfl_xor_sync(0xffffffffu, y, 1);
       y += __shfl_xor_sync(0xffffffffu, y, 2);
-      if (r < nr && sub == 0) epi(r, y);
+      if (r < nr) epi(r, y, sub);
     }
+    mark(kPProd + 2);
   }
 };
 
@@ -248,6 +315,7 @@ __device__ void attention(Ctx& x, int l) {
     s.ml[3 * t + 1] = 0.f;
   }
   __syncthreads();
+  x.mark(kPAtt + 0);
 
   const int dd = t % (D / 2), ksub = t / (D / 2);
   constexpr int kSubs = kThreads / (D / 2);
@@ -258,7 +326,9 @@ __device__ void attention(Ctx& x, int l) {
   const float* vcur = s.kvc + a.KD + kvh * D;
   for (int c0 = j0; c0 < j1; c0 += a.kv_keys) {
     const int c1 = min(j1, c0 + a.kv_keys), nk = c1 - c0;
+    x.mark(kPWork + 1);
     mbar_wait(&s.bar[a.n_chunks], x.kv_phase);
+    x.mark(kPKv);
     x.kv_phase ^= 1u;
     // Logits: 8 threads per key, pairs kPPT c .. kPPT c + kPPT - 1 each.
     const int c = t & 7;
@@ -299,6 +369,7 @@ __device__ void attention(Ctx& x, int l) {
       }
     }
     __syncthreads();
+    x.mark(kPAtt + 1);
     // Online softmax of the chunk: warp r takes head r.
     const int warp = t >> 5, lane = t & 31;
     if (warp < n_rep) {
@@ -323,6 +394,7 @@ __device__ void attention(Ctx& x, int l) {
       }
     }
     __syncthreads();
+    x.mark(kPAtt + 2);
     // P V: thread (dd, ksub) takes elements 2 dd, 2 dd + 1 of keys ksub, ksub + kSubs, ...
 #pragma unroll
     for (int r = 0; r < kMaxRep; ++r) {
@@ -363,8 +435,9 @@ __device__ void attention(Ctx& x, int l) {
     s.part[(ksub * n_rep + r) * D + 2 * dd + 1] = o[r][1];
   }
   __syncthreads();
-  for (int e = t; e < n_rep * (D + 2); e += kThreads) {
-    const int r = e / (D + 2), d = e % (D + 2);
+  x.mark(kPAtt + 3);
+  for (int e = t; e < 4 * n_rep * (D + 2); e += kThreads) {
+    const int sub = e & 3, r = (e >> 2) / (D + 2), d = (e >> 2) % (D + 2);
     float v;
     if (d < D) {
       v = 0.f;
@@ -372,8 +445,9 @@ __device__ void attention(Ctx& x, int l) {
     } else {
       v = s.ml[3 * r + (d - D)];
     }
-    st_cluster_all_f32<kClusterSize>(s.apart + (sp * a.H + kvh * n_rep + r) * (D + 2) + d, v);
+    push(s.apart + (sp * a.H + kvh * n_rep + r) * (D + 2) + d, v, sub);
   }
+  x.mark(kPAtt + 4);
 }
 
 template <typename T, int D>
@@ -400,11 +474,16 @@ __global__ void __launch_bounds__(kThreads, 1) decode_cluster_kernel(const KArgs
   s.apart = at<float>(smem, a.off[kApart]);
   s.ml = at<float>(smem, a.off[kMl]);
   s.red = at<float>(smem, a.off[kRed]);
+  s.prof = at<unsigned long long>(smem, a.off[kProf]);
   s.bar = at<uint64_t>(smem, a.off[kBar]);
   s.layers = at<LayerPtrs>(smem, a.off[kLayers]);
   s.chunks = at<Chunk>(smem, a.off[kChunkTab]);
   const int t = threadIdx.x;
-  Ctx x{a, s, cluster_rank(), t, 0, 0, 0u};
+  Ctx x{a, s, cluster_rank(), t, 0, 0, 0u, false, 0};
+  x.prof = a.prof && x.rank == 0 && t == 0;
+  const long long t_entry = clock64();
+  x.last = t_entry;
+  if (t < kProfSlots) s.prof[t] = 0;
 
   // Static inputs first (before the PDL wait): the tables, the barriers, the first weights, the key count
   // (copied before the embedding kernel), the first layer's past keys.
@@ -430,6 +509,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_cluster_kernel(const KArgs
   pdl_launch_dependents();
   for (int c = t; c < a.E; c += kThreads) s.xs[c] = a.x[c];
   cluster_barrier();  // every block runs before any block's pushes reach it
+  x.mark(kPInit);
 
   const int E = a.E, QD = a.QD, KD = a.KD, F = a.F;
   const int nbE = E / 32, nbQ = QD / 32, nbF = F / 32;
@@ -440,14 +520,14 @@ __global__ void __launch_bounds__(kThreads, 1) decode_cluster_kernel(const KArgs
     // 1. RMSNorm, Q/K/V rows; q to every block, k and v to the cache and to every block.
     {
       const float inv = x.inv_rms();
-      const float* nw = reinterpret_cast<const float*>(x.chunk(ck + 0));
+      const float* nw = reinterpret_cast<const float*>(x.chunk(ck + 0, 0));
       x.prep(E, [&](int c) { return s.xs[c] * inv * nw[c]; });
-      const uint8_t* w = x.chunk(ck + 1);
-      x.product(w, w, nrq, nrq, nbE, st + 0, [&](int r, float y) {
+      const uint8_t* w = x.chunk(ck + 1, 0);
+      x.product(w, w, nrq, nrq, nbE, st + 0, [&](int r, float y, int sub) {
         const int R = x.rank * nrq + r;
         if (R < QD) {
           if (L.bq) y += L.bq[R];
-          st_cluster_all_f32<kClusterSize>(s.qs + R, ld_float<T>(st_bits<T>(y)));
+          push(s.qs + R, ld_float<T>(st_bits<T>(y)), sub);
         } else {
           const bool is_k = R < QD + KD;
           const int kk = R - QD - (is_k ? 0 : KD);
@@ -455,15 +535,15 @@ __global__ void __launch_bounds__(kThreads, 1) decode_cluster_kernel(const KArgs
           if (bias) y += bias[kk];
           const uint16_t bits = st_bits<T>(y);
           uint16_t* cache = static_cast<uint16_t*>(is_k ? L.kc : L.vc);
-          cache[(int64_t(kk / D) * a.n_ctx + pos) * D + kk % D] = bits;
-          st_cluster_all_f32<kClusterSize>(s.kvc + (is_k ? 0 : KD) + kk, ld_float<T>(bits));
+          if (sub == 0) cache[(int64_t(kk / D) * a.n_ctx + pos) * D + kk % D] = bits;
+          push(s.kvc + (is_k ? 0 : KD) + kk, ld_float<T>(bits), sub);
         }
       });
-      cluster_barrier();
+      x.end_stage(0);
     }
     // 2. Attention.
     if (att_block) attention<T, D>(x, l);
-    cluster_barrier();
+    x.end_stage(1);
     // 3. Merge of the splits (every block, every head), output projection, residual.
     {
       for (int e = t; e < QD; e += kThreads) {
@@ -483,41 +563,56 @@ __global__ void __launch_bounds__(kThreads, 1) decode_cluster_kernel(const KArgs
       }
       __syncthreads();
       x.prep(QD, [&](int c) { return s.att[c]; });
-      const uint8_t* w = x.chunk(ck + 2);
-      x.product(w, w, nro, nro, nbQ, st + 2, [&](int r, float y) {
+      const uint8_t* w = x.chunk(ck + 2, 2);
+      x.product(w, w, nro, nro, nbQ, st + 2, [&](int r, float y, int sub) {
         const int R = x.rank * nro + r;
-        st_cluster_all_f32<kClusterSize>(s.xs + R, s.xs[R] + y);
+        push(s.xs + R, s.xs[R] + y, sub);
       });
-      cluster_barrier();
+      x.end_stage(2);
     }
     // 4. RMSNorm, gate and up, SwiGLU to every block.
     {
       const float inv = x.inv_rms();
-      const float* nw = reinterpret_cast<const float*>(x.chunk(ck + 3));
+      const float* nw = reinterpret_cast<const float*>(x.chunk(ck + 3, 3));
       x.prep(E, [&](int c) { return s.xs[c] * inv * nw[c]; });
-      const uint8_t* wg = x.chunk(ck + 4);
-      const uint8_t* wu = x.chunk(ck + 5);
-      x.product(wg, wu, nrf, 2 * nrf, nbE, st + 3, [&](int r, float y) { s.gu[r] = y; });
+      const uint8_t* wg = x.chunk(ck + 4, 3);
+      const uint8_t* wu = x.chunk(ck + 5, 3);
+      x.product(wg, wu, nrf, 2 * nrf, nbE, st + 3, [&](int r, float y, int sub) {
+        if (sub == 0) s.gu[r] = y;
+      });
       __syncthreads();
-      for (int r = t; r < nrf; r += kThreads) {
+      for (int e = t; e < 4 * nrf; e += kThreads) {
+        const int r = e >> 2;
         const float g = s.gu[r];
-        st_cluster_all_f32<kClusterSize>(s.hs + x.rank * nrf + r, g / (1.f + expf(-g)) * s.gu[nrf + r]);
+        push(s.hs + x.rank * nrf + r, g / (1.f + expf(-g)) * s.gu[nrf + r], e & 3);
       }
-      cluster_barrier();
+      x.end_stage(3);
     }
     // 5. Down projection, residual.
     {
       x.prep(F, [&](int c) { return s.hs[c]; });
-      const uint8_t* w = x.chunk(ck + 6);
-      x.product(w, w, nro, nro, nbF, st + 4, [&](int r, float y) {
+      const uint8_t* w = x.chunk(ck + 6, 4);
+      x.product(w, w, nro, nro, nbF, st + 4, [&](int r, float y, int sub) {
         const int R = x.rank * nro + r;
-        st_cluster_all_f32<kClusterSize>(s.xs + R, s.xs[R] + y);
+        push(s.xs + R, s.xs[R] + y, sub);
       });
-      cluster_barrier();
+      x.end_stage(4);
     }
   }
   if (x.rank == 0)
     for (int c = t; c < E; c += kThreads) a.x[c] = s.xs[c];
+  if (x.prof) {
+    s.prof[kPTotal] = (unsigned long long)(clock64() - t_entry);
+    const unsigned long long* p = s.prof;
+    const double L = double(a.n_layer);
+    printf("cluster-prof cycles: total %llu init %llu | per layer: work %.0f %.0f %.0f %.0f %.0f | weights %.0f %.0f "
+           "%.0f %.0f %.0f | barrier %.0f %.0f %.0f %.0f %.0f | kv %.0f\n",
+           p[kPTotal], p[kPInit], p[0] / L, p[1] / L, p[2] / L, p[3] / L, p[4] / L, p[5] / L, p[6] / L, p[7] / L,
+           p[8] / L, p[9] / L, p[10] / L, p[11] / L, p[12] / L, p[13] / L, p[14] / L, p[kPKv] / L);
+    printf("cluster-prof per layer: attention q %.0f logits %.0f softmax %.0f pv %.0f push %.0f | products codes %.0f "
+           "partials %.0f rows %.0f\n", p[kPAtt] / L, p[kPAtt + 1] / L, p[kPAtt + 2] / L, p[kPAtt + 3] / L,
+           p[kPAtt + 4] / L, p[kPProd] / L, p[kPProd + 1] / L, p[kPProd + 2] / L);
+  }
 }
 
 #else
@@ -559,7 +654,7 @@ Plan plan_for(const Config& c, int smem_limit) {
       c.E * 4, c.QD * 4, 2 * c.KD * 4, c.F * 4, c.QD * 4, 2 * nrf * 4, part * 4,
       Kmax, Kmax, Kmax / 32 * 4, Kmax / 32 * 4,
       int64_t(n_rep) * c.D * 4, int64_t(n_rep) * c.D * 4, int64_t(n_rep) * c.kv_keys * 4,
-      int64_t(ns) * c.H * (c.D + 2) * 4, kMaxRep * 3 * 4, 32 * 4,
+      int64_t(ns) * c.H * (c.D + 2) * 4, kMaxRep * 3 * 4, 32 * 4, kProfSlots * 8,
       int64_t(c.n_layer * kChunksPerLayer + 1) * 8,
       int64_t(c.n_layer) * int64_t(sizeof(LayerPtrs)),
       int64_t(c.n_layer * kChunksPerLayer) * int64_t(sizeof(Chunk))};
@@ -721,6 +816,8 @@ void ClusterDecode::launch(const int32_t* pos_dev, float* x, cudaStream_t stream
   a.pos_dev = pos_dev;
   a.x = x;
   a.kv_keys = c_.kv_keys;
+  const char* pe = std::getenv("SELFEXT_CUDA_CLUSTER_PROF");
+  a.prof = pe && std::strcmp(pe, "1") == 0;
   for (int k = 0; k < kNumOff; ++k) a.off[k] = uint32_t(off_[size_t(k)]);
   void (*k)(const KArgs);
   if (c_.D == 64) k = c_.bf16 ? decode_cluster_kernel<bf16, 64> : decode_cluster_kernel<f16, 64>;
